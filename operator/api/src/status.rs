@@ -1,0 +1,130 @@
+//! The observed state of one camera's tuning loop, written through the status subresource.
+//!
+//! Bounded by design: conditions are a map keyed by type (one entry per type, updated in place),
+//! and history lives in Events and the trainer's reports, not here.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a CameraTuning is in its loop.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Accepted; the workloads are being created.
+    #[default]
+    Pending,
+    /// Selecting frames and collecting teacher labels.
+    Capturing,
+    /// A fine-tuning Job runs.
+    Training,
+    /// The tuned student is being compared with the deployed one.
+    Evaluating,
+    /// A tuned student runs on the camera's node.
+    Deployed,
+    /// The deployed student is checked against the teacher periodically.
+    Monitoring,
+    /// Drift was detected; a new iteration trains on the accumulated data.
+    Retraining,
+    /// Stopped; the Degraded condition says why and what to do.
+    Failed,
+}
+
+/// Observed state of a CameraTuning.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CameraTuningStatus {
+    /// Current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Progressing, Degraded and DriftDetected; one entry per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Progress of frame selection and annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetStatus>,
+
+    /// The student deployed on the camera's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_model: Option<ModelStatus>,
+
+    /// The last comparison of the deployed student with the teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drift_check: Option<DriftCheckStatus>,
+
+    /// Completed training iterations (the first tuning is iteration 1; each retraining adds one).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub iteration: u32,
+}
+
+/// Counts reported by the capture worker.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    /// Decoded frames.
+    #[serde(default)]
+    pub frames_seen: u64,
+    /// Frames with motion that were selected for annotation.
+    #[serde(default)]
+    pub frames_selected: u64,
+    /// Selected frames the teacher has labelled.
+    #[serde(default)]
+    pub annotated: u64,
+    /// Images in the training split.
+    #[serde(default)]
+    pub train: u64,
+    /// Images in the evaluation split.
+    #[serde(default)]
+    pub eval: u64,
+    /// Training starts at this time even if the training split is not full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+}
+
+/// A trained student and how good it is.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelStatus {
+    /// Iteration that produced the model.
+    pub version: u32,
+    /// Where the exported ONNX model is.
+    #[schemars(length(max = 2048))]
+    pub uri: String,
+    /// COCO mAP@[.5:.95] on the eval split.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub map: f64,
+    /// mAP@0.5 on the eval split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub map50: Option<f64>,
+    /// mAP@[.5:.95] of the off-the-shelf student on the same split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub baseline_map: Option<f64>,
+    /// When training finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_at: Option<Time>,
+}
+
+/// One drift check.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftCheckStatus {
+    /// When the check ran.
+    pub time: Time,
+    /// Student accuracy relative to the teacher on the sampled frames (1 = agrees fully).
+    #[schemars(range(min = 0.0))]
+    pub relative_accuracy: f64,
+    /// Frames compared.
+    #[serde(default)]
+    pub sample_size: u32,
+}

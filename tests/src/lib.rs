@@ -1,0 +1,167 @@
+//! Test support for everything that talks to Kubernetes: a real control plane (etcd +
+//! kube-apiserver, optionally kube-controller-manager + kube-scheduler) on loopback, and helpers
+//! for the integration tests in `tests/tests/`.
+//!
+//! The binaries come from `tests/controlplane/build.sh` (built from the Go module proxy at the
+//! versions pinned in `tests/controlplane/go.mod`, cached outside the repository). Set
+//! `AUTOTUNER_CONTROLPLANE_BIN` to a directory holding them to skip the build step.
+
+mod controlplane;
+mod pki;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::sync::OnceCell;
+
+pub use controlplane::{ControlPlane, Options};
+
+/// The repository's root directory.
+pub fn repo_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is inside the repository")
+            .to_path_buf()
+    })
+}
+
+/// The directory holding the control-plane binaries, building the missing ones first.
+pub fn binaries(components: &[&str]) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("AUTOTUNER_CONTROLPLANE_BIN") {
+        let dir = PathBuf::from(dir);
+        for c in components {
+            if !dir.join(c).is_file() {
+                bail!("AUTOTUNER_CONTROLPLANE_BIN={} has no {c}", dir.display());
+            }
+        }
+        return Ok(dir);
+    }
+    let script = repo_root().join("tests/controlplane/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(components)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    let dir = String::from_utf8(output.stdout)?.trim().to_string();
+    Ok(PathBuf::from(dir))
+}
+
+/// The control plane shared by the tests of one test binary: started by the first test that asks,
+/// stopped when the test process exits (the processes are tied to it, see `process`). Tests that
+/// share it work in namespaces of their own.
+pub async fn shared(options: Options) -> &'static ControlPlane {
+    static API_ONLY: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+    static WITH_CONTROLLERS: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+    let cell = if options.controllers {
+        &WITH_CONTROLLERS
+    } else {
+        &API_ONLY
+    };
+    let plane = cell
+        .get_or_init(|| async { ControlPlane::start(options).await.map_err(|e| format!("{e:#}")) })
+        .await;
+    match plane {
+        Ok(plane) => plane,
+        // Every test that shares it fails with the same, complete reason.
+        Err(e) => panic!("the shared test control plane did not start: {e}"),
+    }
+}
+
+/// Installs (server-side applies) the generated CameraTuning CRD from `crds/` and waits until the
+/// API server serves it.
+pub async fn install_crd(client: &kube::Client) -> Result<CustomResourceDefinition> {
+    let path = repo_root().join(autotuner_api::CRD_PATH);
+    let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml)?;
+    let name = crd.metadata.name.clone().context("the CRD has no name")?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply("autotuner-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    wait_for(Duration::from_secs(30), || async {
+        let crd = api.get(&name).await.ok()?;
+        let established = crd
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(crd)
+    })
+    .await
+    .with_context(|| format!("CRD {name} not established"))
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a namespace with a unique name for one test and returns its name.
+pub async fn test_namespace(client: &kube::Client, prefix: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "generateName": format!("{prefix}-") }
+    }))?;
+    let created = api.create(&Default::default(), &ns).await?;
+    created.metadata.name.context("the API server named no namespace")
+}
+
+/// Fails with kubectl's output unless it succeeded; returns its stdout.
+pub fn expect_success(output: Output, what: &str) -> Result<String> {
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Runs the pinned helm against a control plane, with helm's own state in a temporary directory
+/// (nothing written to the user's home).
+pub fn helm(plane: &ControlPlane, args: &[&str]) -> Result<Output> {
+    let bin = binaries(&["helm"])?;
+    let state = plane.dir().join("helm");
+    Command::new(bin.join("helm"))
+        .args(args)
+        .env("KUBECONFIG", plane.kubeconfig())
+        .env("HELM_CACHE_HOME", state.join("cache"))
+        .env("HELM_CONFIG_HOME", state.join("config"))
+        .env("HELM_DATA_HOME", state.join("data"))
+        .output()
+        .context("running helm")
+}

@@ -1,0 +1,99 @@
+//! Throwaway certificates for one test control plane: a CA, the API server's serving certificate,
+//! an administrator client certificate (group `system:masters`) and the service-account signing key.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// PEM documents, written to the control plane's directory by [`Pki::write`].
+pub(crate) struct Pki {
+    pub ca_cert: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub admin_cert: String,
+    pub admin_key: String,
+    pub service_account_key: String,
+    pub service_account_public_key: String,
+}
+
+/// File names inside the control plane's directory.
+pub(crate) const CA_CERT: &str = "ca.crt";
+pub(crate) const SERVER_CERT: &str = "apiserver.crt";
+pub(crate) const SERVER_KEY: &str = "apiserver.key";
+pub(crate) const SA_KEY: &str = "service-account.key";
+pub(crate) const SA_PUBLIC_KEY: &str = "service-account.pub";
+
+impl Pki {
+    pub(crate) fn generate() -> Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "edge-autotuner test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut server_params = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ])?;
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_cert = server_params.signed_by(&server_key, &issuer)?;
+
+        // The API server maps the certificate's organisations to groups: system:masters is the
+        // superuser group that RBAC always allows, as the tests and the controllers need.
+        let admin_key = KeyPair::generate()?;
+        let mut admin_params = CertificateParams::new(Vec::<String>::new())?;
+        admin_params
+            .distinguished_name
+            .push(DnType::CommonName, "edge-autotuner-test-admin");
+        admin_params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        admin_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin_params.signed_by(&admin_key, &issuer)?;
+
+        let service_account_key = KeyPair::generate()?;
+
+        Ok(Self {
+            ca_cert: ca_cert.pem(),
+            server_cert: server_cert.pem(),
+            server_key: server_key.serialize_pem(),
+            admin_cert: admin_cert.pem(),
+            admin_key: admin_key.serialize_pem(),
+            service_account_public_key: service_account_key.public_key_pem(),
+            service_account_key: service_account_key.serialize_pem(),
+        })
+    }
+
+    /// Writes the files the control-plane binaries read (the admin credentials go into the
+    /// kubeconfig instead).
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        for (name, pem) in [
+            (CA_CERT, &self.ca_cert),
+            (SERVER_CERT, &self.server_cert),
+            (SERVER_KEY, &self.server_key),
+            (SA_KEY, &self.service_account_key),
+            (SA_PUBLIC_KEY, &self.service_account_public_key),
+        ] {
+            std::fs::write(dir.join(name), pem).with_context(|| format!("writing {name}"))?;
+        }
+        Ok(())
+    }
+}
