@@ -165,3 +165,20 @@ pub fn helm(plane: &ControlPlane, args: &[&str]) -> Result<Output> {
         .output()
         .context("running helm")
 }
+
+/// A client that authenticates as a ServiceAccount (with a token from the TokenRequest API), so
+/// that a test exercises exactly the permissions its RBAC grants.
+pub async fn service_account_client(
+    plane: &ControlPlane,
+    namespace: &str,
+    name: &str,
+) -> Result<kube::Client> {
+    let token = expect_success(
+        plane.kubectl(["create", "token", name, "-n", namespace, "--duration=2h"])?,
+        "kubectl create token",
+    )?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    config.auth_info = serde_json::from_value(serde_json::json!({ "token": token.trim() }))?;
+    Ok(kube::Client::try_from(config)?)
+}

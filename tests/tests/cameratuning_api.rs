@@ -385,6 +385,22 @@ fn invalid_specs() -> Vec<Invalid> {
             change: |o| set(o, "spec/training/student/uri", json!("gs://models/ssd.onnx")),
             message: "model uri must start with file://, http://, https:// or s3://",
         },
+        Invalid {
+            what: "a name too long to derive Job and Pod names from",
+            change: |o| {
+                set(
+                    o,
+                    "metadata/name",
+                    json!("a-camera-name-that-is-far-too-long-for-its-jobs"),
+                )
+            },
+            message: "metadata.name must be at most 40 characters",
+        },
+        Invalid {
+            what: "a student the trainer cannot fine-tune",
+            change: |o| set(o, "spec/training/student/family", json!("yolo")),
+            message: "training.student.family must be ssdRaw",
+        },
         // Bounds and enumerations in the schema; the messages are the API server's own.
         Invalid {
             what: "a binary threshold above 254",
@@ -517,7 +533,7 @@ async fn status_is_written_only_through_the_status_subresource() {
         .unwrap();
     let stored = patched.status.unwrap();
     assert_eq!(stored.phase, Some(autotuner_api::Phase::Capturing));
-    assert_eq!(stored.dataset.unwrap().train, 12);
+    assert_eq!(stored.dataset.unwrap().train, Some(12));
     assert_eq!(patched.metadata.generation, generation);
 
     // ... and /status does not change the spec.
@@ -527,7 +543,7 @@ async fn status_is_written_only_through_the_status_subresource() {
         .await
         .unwrap();
     assert_eq!(patched.spec.classes, ["person"]);
-    assert_eq!(patched.status.unwrap().iteration, 1);
+    assert_eq!(patched.status.unwrap().iteration, Some(1));
 
     // The status schema is enforced as well.
     let bad = json!({ "status": { "phase": "Exploded" } });
@@ -568,7 +584,7 @@ async fn status_is_written_only_through_the_status_subresource() {
     .await
     .unwrap();
     let status = api.get_status("entrance").await.unwrap().status.unwrap();
-    assert_eq!(status.dataset.unwrap().train, 200);
+    assert_eq!(status.dataset.unwrap().train, Some(200));
     assert_eq!(status.conditions.len(), 1);
     assert_eq!(status.phase, Some(autotuner_api::Phase::Capturing));
 }
@@ -577,24 +593,40 @@ async fn status_is_written_only_through_the_status_subresource() {
 async fn manifests_and_crds_pass_a_server_side_dry_run() {
     let (plane, _client, ns) = setup("dryrun").await;
     let mut files = Vec::new();
-    collect_yaml(&repo_root().join("manifests"), &mut files);
+    collect_yaml(&repo_root().join("manifests/examples"), &mut files);
     collect_yaml(&repo_root().join("crds"), &mut files);
     assert!(files.len() >= 3, "{files:?}");
     for file in files {
+        let args = [
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns,
+            "-f",
+            file.to_str().unwrap(),
+        ];
         expect_success(
-            plane
-                .kubectl([
-                    "apply",
-                    "--dry-run=server",
-                    "-n",
-                    &ns,
-                    "-f",
-                    file.to_str().unwrap(),
-                ])
-                .unwrap(),
+            plane.kubectl(args).unwrap(),
             &format!("server-side dry run of {}", file.display()),
         )
         .unwrap();
+    }
+    // The operator's install, as GitOps tools apply it. A dry run creates nothing, so the
+    // namespace its objects go to must exist already.
+    let _ = plane.kubectl(["create", "namespace", "autotuner-system"]);
+    let kustomization = repo_root().join("manifests/operator");
+    let args = ["apply", "--dry-run=server", "-k", kustomization.to_str().unwrap()];
+    let applied = expect_success(
+        plane.kubectl(args).unwrap(),
+        "server-side dry run of manifests/operator",
+    )
+    .unwrap();
+    for object in [
+        "customresourcedefinition",
+        "clusterrole",
+        "deployment.apps/autotuner-operator",
+    ] {
+        assert!(applied.contains(object), "{object} missing from\n{applied}");
     }
 }
 
@@ -603,6 +635,8 @@ fn collect_yaml(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
         let path = entry.path();
         if path.is_dir() {
             collect_yaml(&path, files);
+        } else if path.file_name().is_some_and(|n| n == "kustomization.yaml") {
+            // Checked through `kubectl apply -k` below.
         } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
             files.push(path);
         }

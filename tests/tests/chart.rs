@@ -3,6 +3,8 @@
 
 use autotuner_api::CameraTuning;
 use autotuner_tests::{ControlPlane, Options, expect_success, helm, repo_root, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use std::time::Duration;
@@ -61,7 +63,6 @@ async fn chart_lints_installs_the_crd_and_renders_objects_the_server_accepts() {
                 "--namespace",
                 "autotuner-system",
                 "--create-namespace",
-                "--wait",
             ],
         )
         .unwrap(),
@@ -80,8 +81,23 @@ async fn chart_lints_installs_the_crd_and_renders_objects_the_server_accepts() {
     .await
     .unwrap();
     // The installed API serves the typed resource.
-    let tunings: Api<CameraTuning> = Api::namespaced(client, "autotuner-system");
+    let tunings: Api<CameraTuning> = Api::namespaced(client.clone(), "autotuner-system");
     assert!(tunings.list(&Default::default()).await.unwrap().items.is_empty());
+    // The operator runs as its own ServiceAccount, bound to the generated ClusterRole.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "autotuner-system")
+        .get("autotuner-operator")
+        .await
+        .unwrap();
+    let pod = deployment.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("autotuner-operator"));
+    let role = Api::<ClusterRole>::all(client)
+        .get("autotuner-operator")
+        .await
+        .unwrap();
+    assert_eq!(
+        role.rules.unwrap().len(),
+        autotuner_operator::rbac::CLUSTER_RULES.len()
+    );
 
     expect_success(
         helm(

@@ -4,6 +4,7 @@
 //! CI fails when the two differ. This crate knows Kubernetes types but nothing of tensors or
 //! video, so both the operator and the workers that report progress can depend on it.
 
+pub mod contract;
 mod spec;
 mod status;
 

@@ -58,7 +58,10 @@ const DURATION_PATTERN: &str = "^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$";
         json_path = ".status.lastDriftCheck.relativeAccuracy",
         description = "Student accuracy relative to the teacher at the last drift check"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40")
+        .message("metadata.name must be at most 40 characters: the names of the Jobs and Pods made for it derive from it")
+        .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("self.dataset.evalSize < self.dataset.trainSize")
@@ -642,6 +645,10 @@ pub enum TrainableLayers {
 
 /// Fine-tuning of the student.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.student.family == 'ssdRaw'")
+    .message("training.student.family must be ssdRaw: the trainer fine-tunes the raw SSD heads (export the student without post-processing)")
+    .field_path(".student.family")
+    .reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingSpec {
     /// The off-the-shelf student (an SSD-MobileNetV2-class detector).

@@ -2,6 +2,11 @@
 //!
 //! Bounded by design: conditions are a map keyed by type (one entry per type, updated in place),
 //! and history lives in Events and the trainer's reports, not here.
+//!
+//! Several writers share it by server-side apply, each sending only the fields it owns (hence
+//! every field is optional and omitted when unset): the operator owns the phase, conditions,
+//! iteration, deadline and current model; the capture worker the dataset counts and drift
+//! checks; the trainer the candidate model. See [`crate::contract`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
@@ -60,10 +65,15 @@ pub struct CameraTuningStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drift_check: Option<DriftCheckStatus>,
 
-    /// Completed training iterations (the first tuning is iteration 1; each retraining adds one).
-    #[serde(default)]
+    /// The last model a training Job reported (written by the trainer); it replaces
+    /// `currentModel` only when better by `spec.rollout.minImprovement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_model: Option<ModelStatus>,
+
+    /// Finished training iterations (the first tuning is iteration 1; each retraining adds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
-    pub iteration: u32,
+    pub iteration: Option<u32>,
 }
 
 /// Counts reported by the capture worker.
@@ -71,20 +81,20 @@ pub struct CameraTuningStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DatasetStatus {
     /// Decoded frames.
-    #[serde(default)]
-    pub frames_seen: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_seen: Option<u64>,
     /// Frames with motion that were selected for annotation.
-    #[serde(default)]
-    pub frames_selected: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames_selected: Option<u64>,
     /// Selected frames the teacher has labelled.
-    #[serde(default)]
-    pub annotated: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated: Option<u64>,
     /// Images in the training split.
-    #[serde(default)]
-    pub train: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<u64>,
     /// Images in the evaluation split.
-    #[serde(default)]
-    pub eval: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<u64>,
     /// Training starts at this time even if the training split is not full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
@@ -125,6 +135,6 @@ pub struct DriftCheckStatus {
     #[schemars(range(min = 0.0))]
     pub relative_accuracy: f64,
     /// Frames compared.
-    #[serde(default)]
-    pub sample_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_size: Option<u32>,
 }

@@ -1,0 +1,750 @@
+//! The objects one CameraTuning wants to exist: pure builders, no client.
+//!
+//! Every pod passes the "restricted" Pod Security Standard (non-root, read-only root filesystem,
+//! no privilege escalation, all capabilities dropped, RuntimeDefault seccomp). Credentials reach
+//! pods only as Secret references; nothing secret is ever copied into an object the operator
+//! writes.
+
+use autotuner_api::contract::{self, ANNOTATOR_PORT, DATASET_MOUNT};
+use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::Config;
+
+/// Label keys and values shared by every child.
+pub mod labels {
+    pub const NAME: &str = "app.kubernetes.io/name";
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// The teacher an annotator serves (a hash of its spec), shared across CameraTunings.
+    pub const TEACHER: &str = "autotuner.io/teacher";
+    /// The training iteration a Job runs.
+    pub const ITERATION: &str = "autotuner.io/iteration";
+    pub const APP: &str = "edge-autotuner";
+    pub const MANAGER: &str = "autotuner-operator";
+    /// Selects every object the operator manages.
+    pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=autotuner-operator";
+}
+
+/// Deterministic child names: a restarted operator finds what it made instead of duplicating it.
+pub mod names {
+    pub fn capture(tuning: &str) -> String {
+        format!("{tuning}-capture")
+    }
+    pub fn worker(tuning: &str) -> String {
+        format!("{tuning}-worker")
+    }
+    pub fn dataset_claim(tuning: &str) -> String {
+        format!("{tuning}-dataset")
+    }
+    pub fn training_job(tuning: &str, iteration: u32) -> String {
+        format!("{tuning}-train-{iteration}")
+    }
+    pub fn annotator(teacher_hash: &str) -> String {
+        format!("annotator-{teacher_hash}")
+    }
+}
+
+/// The teacher's identity for sharing: CameraTunings of a namespace whose teacher specs are
+/// equal share one annotator. FNV-1a over the canonical JSON, so it is stable across releases.
+pub fn teacher_hash(teacher: &TeacherSpec) -> String {
+    format!(
+        "{:012x}",
+        fnv1a(&serde_json::to_vec(teacher).expect("a spec always serializes")) >> 16
+    )
+}
+
+/// A short stable hash of a desired object, to skip applies that would change nothing.
+pub fn object_hash(object: &impl serde::Serialize) -> String {
+    format!(
+        "{:016x}",
+        fnv1a(&serde_json::to_vec(object).expect("objects always serialize"))
+    )
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// An annotator Deployment and its Service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotator {
+    pub teacher_hash: String,
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+/// Everything one CameraTuning wants, at one moment of its loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub dataset_claim: Option<PersistentVolumeClaim>,
+    pub capture: Deployment,
+    /// `None` when the spec names an existing endpoint.
+    pub annotator: Option<Annotator>,
+    /// The Job of the iteration that should be running, if any.
+    pub training_job: Option<Job>,
+}
+
+/// What the builders need besides the spec: decided by the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout<'a> {
+    /// The student the edge runs now (the tuned one, or the off-the-shelf one).
+    pub deployed_model_uri: &'a str,
+    /// Start a training Job for this iteration.
+    pub train_iteration: Option<u32>,
+}
+
+pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> Children {
+    let name = tuning.name_any();
+    let owner = tuning
+        .controller_owner_ref(&())
+        .expect("a stored CameraTuning has a name and uid");
+    let dataset = Dataset::of(tuning);
+    Children {
+        service_account: worker_service_account(&name, &owner),
+        role: worker_role(&name, &owner),
+        role_binding: worker_role_binding(&name, &owner),
+        dataset_claim: dataset_claim(tuning, &owner),
+        capture: capture(tuning, &owner, &dataset, rollout.deployed_model_uri, config),
+        annotator: tuning
+            .spec
+            .annotation
+            .teacher
+            .as_ref()
+            .map(|teacher| annotator(teacher, config)),
+        training_job: rollout.train_iteration.map(|iteration| {
+            training_job(
+                tuning,
+                &owner,
+                &dataset,
+                iteration,
+                rollout.deployed_model_uri,
+                config,
+            )
+        }),
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("the builders produce valid Kubernetes objects")
+}
+
+fn metadata(name: &str, component: &str, instance: Option<&str>, owner: Option<&OwnerReference>) -> Value {
+    let mut labels = json!({
+        labels::NAME: labels::APP,
+        labels::COMPONENT: component,
+        labels::MANAGED_BY: labels::MANAGER,
+    });
+    if let Some(instance) = instance {
+        labels[labels::INSTANCE] = json!(instance);
+    }
+    let mut meta = json!({ "name": name, "labels": labels });
+    if let Some(owner) = owner {
+        meta["ownerReferences"] = json!([owner]);
+    }
+    meta
+}
+
+/// The restricted Pod Security profile, for the pod and for each container.
+fn pod_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": { "type": "RuntimeDefault" }
+    })
+}
+
+fn container_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" }
+    })
+}
+
+fn env(name: &str, value: impl Into<Value>) -> Value {
+    json!({ "name": name, "value": value.into() })
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+}
+
+/// Where the dataset is kept, as the pods see it.
+struct Dataset {
+    uri: String,
+    /// The claim to mount at [`DATASET_MOUNT`], when on a volume.
+    claim: Option<String>,
+    env: Vec<Value>,
+}
+
+impl Dataset {
+    fn of(tuning: &CameraTuning) -> Self {
+        let name = tuning.name_any();
+        let storage = &tuning.spec.dataset.storage;
+        if let Some(s3) = &storage.s3 {
+            let prefix = s3
+                .prefix
+                .clone()
+                .unwrap_or_else(|| format!("{}/{name}", tuning.namespace().unwrap_or_default()));
+            let mut vars = vec![
+                secret_env(
+                    "AWS_ACCESS_KEY_ID",
+                    &s3.credentials_secret_ref.name,
+                    "AWS_ACCESS_KEY_ID",
+                ),
+                secret_env(
+                    "AWS_SECRET_ACCESS_KEY",
+                    &s3.credentials_secret_ref.name,
+                    "AWS_SECRET_ACCESS_KEY",
+                ),
+            ];
+            if let Some(endpoint) = &s3.endpoint {
+                vars.push(env(contract::ENV_S3_ENDPOINT, endpoint.as_str()));
+            }
+            if let Some(region) = &s3.region {
+                vars.push(env(contract::ENV_S3_REGION, region.as_str()));
+            }
+            return Self {
+                uri: format!("s3://{}/{}", s3.bucket, prefix.trim_matches('/')),
+                claim: None,
+                env: vars,
+            };
+        }
+        let claim = storage
+            .persistent_volume_claim
+            .as_ref()
+            .and_then(|pvc| pvc.claim_name.clone())
+            .unwrap_or_else(|| names::dataset_claim(&name));
+        Self {
+            uri: DATASET_MOUNT.to_string(),
+            claim: Some(claim),
+            env: Vec::new(),
+        }
+    }
+
+    fn volumes(&self) -> Vec<Value> {
+        let mut volumes = vec![json!({ "name": "tmp", "emptyDir": {} })];
+        if let Some(claim) = &self.claim {
+            volumes.push(json!({ "name": "dataset", "persistentVolumeClaim": { "claimName": claim } }));
+        }
+        volumes
+    }
+
+    fn mounts(&self) -> Vec<Value> {
+        let mut mounts = vec![json!({ "name": "tmp", "mountPath": "/tmp" })];
+        if self.claim.is_some() {
+            mounts.push(json!({ "name": "dataset", "mountPath": DATASET_MOUNT }));
+        }
+        mounts
+    }
+}
+
+fn worker_service_account(name: &str, owner: &OwnerReference) -> ServiceAccount {
+    typed(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+    }))
+}
+
+/// A worker may read its own CameraTuning and write its own status fields, nothing else.
+fn worker_role(name: &str, owner: &OwnerReference) -> Role {
+    typed(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+        "rules": [
+            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings"], "resourceNames": [name], "verbs": ["get", "watch"] },
+            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings/status"], "resourceNames": [name], "verbs": ["get", "patch"] }
+        ]
+    }))
+}
+
+fn worker_role_binding(name: &str, owner: &OwnerReference) -> RoleBinding {
+    typed(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names::worker(name) },
+        "subjects": [{ "kind": "ServiceAccount", "name": names::worker(name) }]
+    }))
+}
+
+/// The claim the operator creates when the spec asks for a size (not when it names a claim).
+fn dataset_claim(tuning: &CameraTuning, owner: &OwnerReference) -> Option<PersistentVolumeClaim> {
+    let pvc = tuning.spec.dataset.storage.persistent_volume_claim.as_ref()?;
+    if pvc.claim_name.is_some() {
+        return None;
+    }
+    let name = tuning.name_any();
+    let size = pvc.size.as_ref().map_or("10Gi", |q| q.0.as_str());
+    let mut spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": { "requests": { "storage": size } }
+    });
+    if let Some(class) = &pvc.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
+    Some(typed(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": metadata(&names::dataset_claim(&name), "dataset", Some(&name), Some(owner)),
+        "spec": spec
+    })))
+}
+
+/// Placement on the camera's node: by name through node affinity (so the scheduler still checks
+/// resources and taints, unlike `spec.nodeName`), or by the spec's node selector.
+fn camera_placement(tuning: &CameraTuning) -> Value {
+    let camera = &tuning.spec.camera;
+    match (&camera.node_name, &camera.node_selector) {
+        (Some(node), _) => {
+            json!({ "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [node] }] }]
+        } } } })
+        }
+        (None, Some(selector)) => json!({ "nodeSelector": selector }),
+        (None, None) => json!({}),
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+fn annotator_url(tuning: &CameraTuning) -> String {
+    match (&tuning.spec.annotation.teacher, &tuning.spec.annotation.endpoint) {
+        (_, Some(endpoint)) => endpoint.url.clone(),
+        (Some(teacher), None) => format!(
+            "http://{}:{ANNOTATOR_PORT}",
+            names::annotator(&teacher_hash(teacher))
+        ),
+        (None, None) => String::new(),
+    }
+}
+
+fn worker_env(tuning: &CameraTuning, dataset: &Dataset, model_uri: &str) -> Vec<Value> {
+    let mut vars = vec![
+        env(contract::ENV_NAME, tuning.name_any()),
+        json!({ "name": contract::ENV_NAMESPACE, "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }),
+        env(contract::ENV_MODEL_URI, model_uri),
+        env(contract::ENV_DATASET_URI, dataset.uri.clone()),
+    ];
+    vars.extend(dataset.env.iter().cloned());
+    vars
+}
+
+fn capture(
+    tuning: &CameraTuning,
+    owner: &OwnerReference,
+    dataset: &Dataset,
+    model_uri: &str,
+    config: &Config,
+) -> Deployment {
+    let name = tuning.name_any();
+    let spec = &tuning.spec;
+    let mut vars = worker_env(tuning, dataset, model_uri);
+    vars.push(env(contract::ENV_ANNOTATOR_URL, annotator_url(tuning)));
+    if let Some(token) = spec
+        .annotation
+        .endpoint
+        .as_ref()
+        .and_then(|e| e.token_secret_ref.as_ref())
+    {
+        vars.push(secret_env(contract::ENV_ANNOTATOR_TOKEN, &token.name, &token.key));
+    }
+    if let Some(credentials) = &spec.camera.credentials_secret_ref {
+        vars.push(secret_env(
+            contract::ENV_CAMERA_USERNAME,
+            &credentials.name,
+            &credentials.username_key,
+        ));
+        vars.push(secret_env(
+            contract::ENV_CAMERA_PASSWORD,
+            &credentials.name,
+            &credentials.password_key,
+        ));
+    }
+    let selector = json!({ labels::INSTANCE: name, labels::COMPONENT: "capture" });
+    let mut pod_spec = json!({
+        "serviceAccountName": names::worker(&name),
+        "securityContext": pod_security_context(),
+        "containers": [{
+            "name": "capture",
+            "image": config.worker_image,
+            "args": ["capture"],
+            "env": vars,
+            "ports": [{ "name": "metrics", "containerPort": 9090 }],
+            "resources": spec.camera.resources.clone().map(|r| serde_json::to_value(r).unwrap()).unwrap_or(json!({})),
+            "securityContext": container_security_context(),
+            "volumeMounts": dataset.mounts(),
+        }],
+        "volumes": dataset.volumes(),
+    });
+    merge(&mut pod_spec, camera_placement(tuning));
+    typed(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": metadata(&names::capture(&name), "capture", Some(&name), Some(owner)),
+        "spec": {
+            "replicas": 1,
+            // One reader per camera and an RWO volume: never two pods at once.
+            "strategy": { "type": "Recreate" },
+            "selector": { "matchLabels": selector },
+            "template": {
+                "metadata": { "labels": metadata(&names::capture(&name), "capture", Some(&name), None)["labels"] },
+                "spec": pod_spec
+            }
+        }
+    }))
+}
+
+/// The shared annotator: no owner reference (several CameraTunings use it); the operator deletes
+/// it when its last user goes (see `reconcile::cleanup`).
+fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
+    let hash = teacher_hash(teacher);
+    let name = names::annotator(&hash);
+    let ModelRef { uri, family } = &teacher.model;
+    let family = serde_json::to_value(family).unwrap();
+    let mut resources = teacher
+        .resources
+        .clone()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .unwrap_or(json!({}));
+    let mut pod_spec = json!({
+        // The annotator needs no Kubernetes API access.
+        "automountServiceAccountToken": false,
+        "securityContext": pod_security_context(),
+        "containers": [{
+            "name": "annotator",
+            "image": config.worker_image,
+            "args": ["annotator"],
+            "env": [env(contract::ENV_TEACHER_URI, uri.as_str()), env(contract::ENV_TEACHER_FAMILY, family)],
+            "ports": [{ "name": "http", "containerPort": ANNOTATOR_PORT }],
+            "readinessProbe": { "httpGet": { "path": "/v2/health/ready", "port": "http" }, "periodSeconds": 5 },
+            "securityContext": container_security_context(),
+            "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+        }],
+        "volumes": [{ "name": "tmp", "emptyDir": {} }],
+    });
+    if teacher.gpus > 0 {
+        let limits = resources
+            .as_object_mut()
+            .unwrap()
+            .entry("limits")
+            .or_insert(json!({}));
+        limits["nvidia.com/gpu"] = json!(teacher.gpus.to_string());
+        // GPU nodes are commonly tainted so that only GPU workloads land there.
+        pod_spec["tolerations"] =
+            json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+    }
+    pod_spec["containers"][0]["resources"] = resources;
+    if let Some(selector) = &teacher.node_selector {
+        pod_spec["nodeSelector"] = json!(selector);
+    }
+    let mut meta = metadata(&name, "annotator", None, None);
+    meta["labels"][labels::TEACHER] = json!(hash);
+    let selector = json!({ labels::COMPONENT: "annotator", labels::TEACHER: hash });
+    let deployment = typed(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": selector },
+            "template": { "metadata": { "labels": meta["labels"] }, "spec": pod_spec }
+        }
+    }));
+    let service = typed(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": selector,
+            "ports": [{ "name": "http", "port": ANNOTATOR_PORT, "targetPort": "http" }]
+        }
+    }));
+    Annotator {
+        teacher_hash: hash,
+        deployment,
+        service,
+    }
+}
+
+fn training_job(
+    tuning: &CameraTuning,
+    owner: &OwnerReference,
+    dataset: &Dataset,
+    iteration: u32,
+    base_model_uri: &str,
+    config: &Config,
+) -> Job {
+    let name = tuning.name_any();
+    let spec = &tuning.spec;
+    let mut vars = worker_env(tuning, dataset, base_model_uri);
+    vars.push(env(contract::ENV_ITERATION, iteration.to_string()));
+    vars.push(env(
+        contract::ENV_DATASET_CAP,
+        spec.drift.max_dataset_size.to_string(),
+    ));
+    let mut meta = metadata(
+        &names::training_job(&name, iteration),
+        "trainer",
+        Some(&name),
+        Some(owner),
+    );
+    meta["labels"][labels::ITERATION] = json!(iteration.to_string());
+    let mut pod_spec = json!({
+        "serviceAccountName": names::worker(&name),
+        "restartPolicy": "Never",
+        "securityContext": pod_security_context(),
+        "containers": [{
+            "name": "trainer",
+            "image": config.worker_image,
+            "args": ["trainer"],
+            "env": vars,
+            "resources": spec.training.resources.clone().map(|r| serde_json::to_value(r).unwrap()).unwrap_or(json!({})),
+            "securityContext": container_security_context(),
+            "volumeMounts": dataset.mounts(),
+        }],
+        "volumes": dataset.volumes(),
+    });
+    // A ReadWriteOnce volume is reachable from the camera's node only.
+    if dataset.claim.is_some() {
+        merge(&mut pod_spec, camera_placement(tuning));
+    }
+    typed(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            // Kubernetes retries the pod this many times before it marks the Job Failed.
+            "backoffLimit": spec.training.max_retries,
+            "template": { "metadata": { "labels": meta["labels"] }, "spec": pod_spec }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tuning(spec_changes: Value) -> CameraTuning {
+        let mut spec = json!({
+            "camera": { "url": "rtsp://cam/stream", "nodeName": "edge-1",
+                        "credentialsSecretRef": { "name": "cam-secret" } },
+            "classes": ["person"],
+            "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" } } },
+            "training": { "student": { "uri": "file:///m/ssd.onnx", "family": "ssdRaw" } }
+        });
+        merge(&mut spec, spec_changes);
+        serde_json::from_value(json!({
+            "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
+            "metadata": { "name": "entrance", "namespace": "cams", "uid": "u-1" },
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn build_all(t: &CameraTuning) -> Children {
+        build(
+            t,
+            &Rollout {
+                deployed_model_uri: "file:///m/ssd.onnx",
+                train_iteration: Some(1),
+            },
+            &Config::default(),
+        )
+    }
+
+    /// Every pod template, as JSON.
+    fn pods(children: &Children) -> Vec<(String, Value)> {
+        let mut pods = vec![(
+            "capture".to_string(),
+            serde_json::to_value(&children.capture.spec.template).unwrap(),
+        )];
+        if let Some(a) = &children.annotator {
+            pods.push((
+                "annotator".into(),
+                serde_json::to_value(&a.deployment.spec.template).unwrap(),
+            ));
+        }
+        if let Some(job) = &children.training_job {
+            pods.push((
+                "trainer".into(),
+                serde_json::to_value(&job.spec.as_ref().unwrap().template).unwrap(),
+            ));
+        }
+        pods
+    }
+
+    #[test]
+    fn every_pod_meets_the_restricted_pod_security_standard() {
+        let children = build_all(&tuning(
+            json!({ "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" }, "gpus": 1 } } }),
+        ));
+        for (name, pod) in pods(&children) {
+            let spec = &pod["spec"];
+            assert_eq!(spec["securityContext"]["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            for container in spec["containers"].as_array().unwrap() {
+                let sc = &container["securityContext"];
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{name}");
+            }
+            for volume in spec["volumes"].as_array().unwrap() {
+                assert!(volume.get("hostPath").is_none(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_capture_pod_runs_on_the_cameras_node_with_credentials_from_the_secret() {
+        let children = build_all(&tuning(json!({})));
+        let pod = serde_json::to_value(&children.capture.spec.template).unwrap();
+        let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
+        assert_eq!(
+            terms[0]["matchFields"][0],
+            json!({ "key": "metadata.name", "operator": "In", "values": ["edge-1"] })
+        );
+        let env = &pod["spec"]["containers"][0]["env"];
+        let password = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == contract::ENV_CAMERA_PASSWORD)
+            .unwrap();
+        assert_eq!(
+            password["valueFrom"]["secretKeyRef"],
+            json!({ "name": "cam-secret", "key": "password" })
+        );
+        assert!(password.get("value").is_none());
+        assert_eq!(pod["spec"]["serviceAccountName"], "entrance-worker");
+
+        let by_selector = build_all(&tuning(
+            json!({ "camera": { "url": "rtsp://cam/s", "nodeSelector": { "site": "gate" } } }),
+        ));
+        let pod = serde_json::to_value(&by_selector.capture.spec.template).unwrap();
+        assert_eq!(pod["spec"]["nodeSelector"], json!({ "site": "gate" }));
+        assert!(pod["spec"].get("affinity").is_none());
+    }
+
+    #[test]
+    fn a_gpu_teacher_asks_for_gpus_and_tolerates_gpu_nodes() {
+        let t = tuning(json!({ "annotation": { "teacher": {
+            "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" }, "gpus": 2, "nodeSelector": { "gpu": "h100" } } } }));
+        let annotator = build_all(&t).annotator.unwrap();
+        let pod = serde_json::to_value(&annotator.deployment.spec.template).unwrap();
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+            "2"
+        );
+        assert_eq!(pod["spec"]["nodeSelector"], json!({ "gpu": "h100" }));
+        assert_eq!(pod["spec"]["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+
+        let cpu = tuning(
+            json!({ "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" }, "gpus": 0 } } }),
+        );
+        let pod = serde_json::to_value(&build_all(&cpu).annotator.unwrap().deployment.spec.template).unwrap();
+        assert!(pod["spec"]["containers"][0]["resources"].get("limits").is_none());
+        assert!(pod["spec"].get("tolerations").is_none());
+    }
+
+    #[test]
+    fn the_same_teacher_means_the_same_annotator() {
+        let a = build_all(&tuning(json!({}))).annotator.unwrap();
+        let b = build_all(&tuning(json!({ "classes": ["car"] })))
+            .annotator
+            .unwrap();
+        assert_eq!(a, b);
+        let other = tuning(
+            json!({ "annotation": { "teacher": { "model": { "uri": "file:///m/yolo-x.onnx", "family": "yolo" } } } }),
+        );
+        assert_ne!(build_all(&other).annotator.unwrap().teacher_hash, a.teacher_hash);
+        let env = serde_json::to_string(&build_all(&tuning(json!({}))).capture.spec.template).unwrap();
+        assert!(env.contains(&format!("http://annotator-{}:8080", a.teacher_hash)));
+    }
+
+    #[test]
+    fn an_existing_endpoint_replaces_the_annotator() {
+        let t = tuning(
+            json!({ "annotation": { "endpoint": { "url": "https://teacher.ml.example.com",
+            "tokenSecretRef": { "name": "teacher-token", "key": "token" } } } }),
+        );
+        let mut t = t;
+        t.spec.annotation.teacher = None;
+        let children = build_all(&t);
+        assert!(children.annotator.is_none());
+        let env =
+            serde_json::to_value(&children.capture.spec.template).unwrap()["spec"]["containers"][0]["env"]
+                .clone();
+        let find = |name: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_URL)["value"],
+            "https://teacher.ml.example.com"
+        );
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_TOKEN)["valueFrom"]["secretKeyRef"]["name"],
+            "teacher-token"
+        );
+    }
+
+    #[test]
+    fn object_storage_needs_no_claim_and_takes_keys_from_the_secret() {
+        let t = tuning(
+            json!({ "dataset": { "storage": { "s3": { "bucket": "data", "prefix": "site/cam",
+            "credentialsSecretRef": { "name": "s3" } } } } }),
+        );
+        let children = build_all(&t);
+        assert!(children.dataset_claim.is_none());
+        let job = serde_json::to_string(&children.training_job.unwrap()).unwrap();
+        assert!(job.contains("s3://data/site/cam"));
+        assert!(
+            job.contains(r#""secretKeyRef":{"key":"AWS_SECRET_ACCESS_KEY","name":"s3"}"#),
+            "{job}"
+        );
+        // Off the camera's volume, the trainer may run anywhere.
+        assert!(!job.contains("edge-1"));
+    }
+
+    #[test]
+    fn the_worker_role_covers_only_its_own_cameratuning() {
+        let role = serde_json::to_value(build_all(&tuning(json!({}))).role).unwrap();
+        for rule in role["rules"].as_array().unwrap() {
+            assert_eq!(rule["resourceNames"], json!(["entrance"]));
+            assert!(
+                !rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|v| v == "delete" || v == "update" || v == "*")
+            );
+        }
+    }
+}

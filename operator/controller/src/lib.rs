@@ -1,0 +1,251 @@
+//! The Edge AutoTuner operator: reconciles each `CameraTuning` into its capture workload, the
+//! shared annotator of its teacher, fine-tuning Jobs and its status.
+//!
+//! Reconciliation is [`plan::plan`] (pure: what exists + the resource -> desired objects, next
+//! status, events) wrapped by [`reconcile`] (read caches, one server-side apply per changed
+//! object, one status apply, events). Workers report progress by applying their own status
+//! fields; the operator never calls a pod.
+
+pub mod children;
+pub mod http;
+mod metrics;
+pub mod plan;
+pub mod rbac;
+mod reconcile;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autotuner_api::CameraTuning;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tracing::{error, info};
+
+pub use metrics::Metrics;
+pub use reconcile::{Context, FINALIZER, Stores};
+
+/// The operator's settings (command-line flags of the binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Image with the worker binaries (capture, annotator, trainer).
+    pub worker_image: String,
+    /// Re-apply children that no reflector watches this often, so hand-deleted ones come back.
+    pub reapply_after: Duration,
+    /// CameraTunings reconciled at once.
+    pub concurrency: u16,
+    /// Watch only this namespace (a namespace-scoped install); `None`: every namespace.
+    pub namespace: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_image: format!("ghcr.io/edge-autotuner/workers:{}", env!("CARGO_PKG_VERSION")),
+            reapply_after: Duration::from_secs(600),
+            concurrency: 16,
+            namespace: None,
+        }
+    }
+}
+
+/// One error type for the whole reconciliation; its variants label the error metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] plan::InvalidSpec),
+    #[error("CameraTuning has no namespace")]
+    NotNamespaced,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(inner) => match &**inner {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::NotNamespaced => "not_namespaced",
+        }
+    }
+
+    pub fn is_invalid_spec(&self) -> bool {
+        self.metric_label() == "invalid_spec"
+    }
+}
+
+/// Watches with the fields the operator never reads (managedFields) stripped, to keep the caches
+/// small with thousands of objects.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|object| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    (store, stream)
+}
+
+fn scoped<K>(client: &Client, config: &Config) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &config.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controller: the cache of CameraTunings (for the metrics endpoint) and the future that
+/// runs reconciliations until `shutdown` resolves.
+pub fn controller(
+    client: Client,
+    config: Config,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (Store<CameraTuning>, impl std::future::Future<Output = ()> + Send) {
+    let managed = watcher::Config::default().labels(children::labels::MANAGED_SELECTOR);
+    let (tunings, tuning_stream) = cached(
+        scoped::<CameraTuning>(&client, &config),
+        watcher::Config::default(),
+    );
+    let (deployments, deployment_stream) = cached(scoped::<Deployment>(&client, &config), managed.clone());
+    let (jobs, job_stream) = cached(scoped::<Job>(&client, &config), managed);
+    let reporter = Reporter {
+        controller: "autotuner-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let stores = Stores {
+        tunings: tunings.clone(),
+        deployments,
+        jobs,
+    };
+    let context = Arc::new(Context::new(client, config.clone(), recorder, metrics, stores));
+    let run = Controller::for_stream(tuning_stream, tunings.clone())
+        .owns_stream(deployment_stream)
+        .owns_stream(job_stream)
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                // Reconciler failures are logged and counted by the error policy.
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(other) => error!(error = %other, "controller"),
+            }
+        });
+    info!(
+        concurrency = config.concurrency,
+        "CameraTuning controller configured"
+    );
+    (tunings, run)
+}
+
+/// How a leader-elected run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown was asked for; the Lease was released for the next replica.
+    Shutdown,
+    /// Another replica took the Lease (this one stalled): the caller should exit so that
+    /// nothing acts on stale state.
+    LostLeadership,
+}
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct Election {
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    /// Seconds a Lease is valid without renewal.
+    pub lease_seconds: u64,
+}
+
+/// Waits for the Lease, runs the controller while holding it, and releases it on shutdown, so
+/// that of several replicas exactly one reconciles.
+pub async fn run_elected(
+    client: Client,
+    config: Config,
+    probes: http::Probes,
+    election: Election,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Ended> {
+    use kube_lease_manager::LeaseManagerBuilder;
+    let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+        .with_namespace(&election.lease_namespace)
+        .with_identity(&election.identity)
+        .with_duration(election.lease_seconds)
+        .with_grace(election.lease_seconds.div_ceil(3).max(1))
+        .build()
+        .await?;
+    // A standby replica is healthy and ready: it serves probes and waits.
+    probes.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut leading, lease_task) = manager.watch().await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let became_leader = tokio::select! {
+        result = leading.wait_for(|leader| *leader) => result.is_ok(),
+        () = stopped(stop_rx.clone()) => false,
+    };
+    if !became_leader {
+        drop(leading);
+        let _ = lease_task.await;
+        return Ok(Ended::Shutdown);
+    }
+    info!(identity = %election.identity, "acquired the leader Lease");
+    let mut follower = leading.clone();
+    let lost = async move {
+        let _ = follower.wait_for(|leader| !*leader).await;
+    };
+    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = lost_flag.clone();
+    let stop = stopped(stop_rx);
+    let until = async move {
+        tokio::select! {
+            () = lost => flag.store(true, std::sync::atomic::Ordering::Relaxed),
+            () = stop => {}
+        }
+    };
+    let (tunings, run) = controller(client, config, probes.metrics.clone(), until);
+    *probes.tunings.write().expect("store lock") = Some(tunings);
+    run.await;
+    if lost_flag.load(std::sync::atomic::Ordering::Relaxed) {
+        error!(identity = %election.identity, "lost the leader Lease");
+        return Ok(Ended::LostLeadership);
+    }
+    drop(leading); // releases the Lease
+    let _ = lease_task.await;
+    Ok(Ended::Shutdown)
+}

@@ -1,0 +1,91 @@
+//! The operator binary: leader election, the controller, and the probe/metrics endpoint.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use autotuner_operator::{Config, Election, Ended, Metrics, http};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Reconciles CameraTuning resources (autotuner.io/v1alpha1).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Image holding the worker binaries (capture, annotator, trainer).
+    #[arg(long, env = "AUTOTUNER_WORKER_IMAGE", default_value_t = Config::default().worker_image)]
+    worker_image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "AUTOTUNER_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// CameraTunings reconciled at once.
+    #[arg(long, env = "AUTOTUNER_CONCURRENCY", default_value_t = Config::default().concurrency)]
+    concurrency: u16,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "autotuner-system")]
+    lease_namespace: String,
+    /// Reconcile the CameraTunings of this namespace only (default: all namespaces).
+    #[arg(long, env = "AUTOTUNER_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "autotuner-operator")]
+    identity: String,
+    /// Seconds a leader may go without renewing its Lease.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match run(args).await {
+        Ok(Ended::Shutdown) => ExitCode::SUCCESS,
+        Ok(Ended::LostLeadership) => ExitCode::from(3),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "operator failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<Ended> {
+    let client = kube::Client::try_default().await?;
+    let probes = http::Probes::new(Metrics::default());
+    let server = http::serve(args.metrics_address, probes.clone());
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    let config = Config {
+        worker_image: args.worker_image,
+        concurrency: args.concurrency,
+        namespace: args.watch_namespace,
+        ..Config::default()
+    };
+    let election = Election {
+        lease_namespace: args.lease_namespace,
+        lease_name: autotuner_operator::rbac::NAME.into(),
+        identity: args.identity,
+        lease_seconds: args.lease_seconds,
+    };
+    autotuner_operator::run_elected(client, config, probes, election, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

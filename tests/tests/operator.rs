@@ -1,0 +1,709 @@
+//! The operator against a real control plane with the controller manager and scheduler running.
+//!
+//! The operator runs in-process as its ServiceAccount (a token from the TokenRequest API), bound
+//! to the generated RBAC: a permission the code uses but the manifests lack fails these tests.
+//! Each test scopes its operator to its own namespace and Lease, so tests run side by side.
+//!
+//! What cannot run here is played by the test: there is no kubelet, so the test marks Nodes
+//! Ready, and sets a pod's phase the way a kubelet would when its container exits; the real Job
+//! controller then completes or fails the Job. The workers' reports are written with their own
+//! field managers, as the capture worker and the trainer will.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use autotuner_api::contract::{CAPTURE_FIELD_MANAGER, TRAINER_FIELD_MANAGER};
+use autotuner_api::{CameraTuning, Phase};
+use autotuner_operator::{Config, Election, Ended, Metrics, http};
+use autotuner_tests::{
+    ControlPlane, Options, expect_success, install_crd, repo_root, service_account_client, shared,
+    test_namespace, wait_for,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, Pod, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+const OPERATOR_NAMESPACE: &str = "autotuner-system";
+const WAIT: Duration = Duration::from_secs(90);
+
+struct Harness {
+    plane: &'static ControlPlane,
+    admin: Client,
+    ns: String,
+}
+
+async fn setup(prefix: &str) -> Harness {
+    let plane = shared(Options { controllers: true }).await;
+    let admin = plane.client().await.unwrap();
+    install_crd(&admin).await.unwrap();
+    let _ = plane.kubectl(["create", "namespace", OPERATOR_NAMESPACE]);
+    let rbac = repo_root().join("manifests/operator/rbac.yaml");
+    expect_success(
+        plane.kubectl(["apply", "-f", rbac.to_str().unwrap()]).unwrap(),
+        "applying the operator RBAC",
+    )
+    .unwrap();
+    let ns = test_namespace(&admin, prefix).await.unwrap();
+    // Every pod the operator makes must pass the restricted Pod Security Standard: enforced.
+    let label = json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
+    Api::<Namespace>::all(admin.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    Harness { plane, admin, ns }
+}
+
+/// An operator replica running in this test's runtime.
+struct Operator {
+    task: JoinHandle<anyhow::Result<Ended>>,
+    metrics: Metrics,
+    probes: http::Probes,
+}
+
+impl Harness {
+    async fn operator(&self, identity: &str) -> Operator {
+        // The operator's logs, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info,kube=warn")
+            .try_init();
+        let client = service_account_client(self.plane, OPERATOR_NAMESPACE, "autotuner-operator")
+            .await
+            .unwrap();
+        let config = Config {
+            worker_image: "registry.example.invalid/edge-autotuner/workers:test".into(),
+            namespace: Some(self.ns.clone()),
+            ..Config::default()
+        };
+        let election = Election {
+            lease_namespace: OPERATOR_NAMESPACE.into(),
+            lease_name: format!("operator-{}", self.ns),
+            identity: identity.into(),
+            lease_seconds: 3,
+        };
+        let metrics = Metrics::default();
+        let probes = http::Probes::new(metrics.clone());
+        let task = tokio::spawn(autotuner_operator::run_elected(
+            client,
+            config,
+            probes.clone(),
+            election,
+            std::future::pending(),
+        ));
+        Operator {
+            task,
+            metrics,
+            probes,
+        }
+    }
+
+    fn tunings(&self) -> Api<CameraTuning> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    async fn apply(&self, name: &str, spec: Value) {
+        let object = json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "metadata": { "name": name }, "spec": spec });
+        let tuning: CameraTuning = serde_json::from_value(object).unwrap();
+        self.tunings()
+            .create(&PostParams::default(), &tuning)
+            .await
+            .unwrap();
+    }
+
+    async fn phase(&self, name: &str, phase: Phase) -> CameraTuning {
+        let api = self.tunings();
+        wait_for(WAIT, || async {
+            let t = api.get(name).await.ok()?;
+            (t.status.as_ref()?.phase == Some(phase)).then_some(t)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} never reached {phase:?}"))
+    }
+
+    /// A worker's report: a server-side apply of its own status fields under its field manager.
+    async fn report(&self, name: &str, manager: &str, status: Value) {
+        let body = json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": status });
+        self.tunings()
+            .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&body))
+            .await
+            .unwrap();
+    }
+
+    async fn jobs(&self, tuning: &str) -> Vec<String> {
+        let api: Api<Job> = Api::namespaced(self.admin.clone(), &self.ns);
+        let list = api
+            .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={tuning}")))
+            .await
+            .unwrap();
+        list.items.iter().map(|j| j.name_any()).collect()
+    }
+
+    async fn deployments(&self, selector: &str) -> Vec<String> {
+        let api: Api<Deployment> = Api::namespaced(self.admin.clone(), &self.ns);
+        api.list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|d| d.name_any())
+            .collect()
+    }
+
+    /// Plays the kubelet for a Job's pod: its container exits with `phase`.
+    async fn finish_job_pod(&self, job: &str, phase: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), &self.ns);
+        let pod = wait_for(WAIT, || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("job-name={job}")))
+                .await
+                .ok()?;
+            list.items
+                .into_iter()
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed"))
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no running pod of Job {job}"));
+        let exit_code = if phase == "Succeeded" { 0 } else { 1 };
+        let now = Timestamp::now().to_string();
+        let status = json!({ "status": {
+            "phase": phase,
+            "startTime": now,
+            "containerStatuses": [{
+                "name": "trainer", "image": "registry.example.invalid/edge-autotuner/workers:test", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": { "terminated": { "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                                           "startedAt": now, "finishedAt": now } }
+            }]
+        }});
+        pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    async fn event_reasons(&self, tuning: &str) -> BTreeSet<String> {
+        let api: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(tuning))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+/// A spec whose capture pod stays unscheduled: its node has no Node object. A kubelet-less
+/// cluster can still delete such pods at once, so Deployments roll out and the phases that wait
+/// for a rollout are reached. (Placement itself is tested with real Node objects below.)
+fn spec(train_size: u32) -> Value {
+    json!({
+        "camera": { "url": "rtsp://camera.example.invalid/stream", "nodeName": "camera-without-a-node-object" },
+        "classes": ["person"],
+        "annotation": { "teacher": { "model": { "uri": "file:///models/yolov12n.onnx", "family": "yolo" }, "gpus": 0 } },
+        "dataset": { "trainSize": train_size, "evalSize": 2,
+                     "storage": { "s3": { "bucket": "datasets", "credentialsSecretRef": { "name": "s3" } } } },
+        "training": { "student": { "uri": "file:///models/ssd.onnx", "family": "ssdRaw" }, "minTrainSize": 5, "maxRetries": 1 },
+        "drift": { "maxDatasetSize": 1000 }
+    })
+}
+
+/// Kills the operator the hard way (no Lease release, no cleanup) and starts a new one, then
+/// checks that the new one found what the old one made instead of duplicating it.
+async fn restart(h: &Harness, op: Operator, name: &str, expected_jobs: usize) -> Operator {
+    op.task.abort();
+    let _ = op.task.await;
+    let before = h.tunings().get(name).await.unwrap().status;
+    let op = h.operator("replacement").await;
+    // Long enough for the Lease to expire and the new leader to reconcile everything.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        h.deployments(&format!("app.kubernetes.io/instance={name}"))
+            .await
+            .len(),
+        1,
+        "one capture Deployment"
+    );
+    assert_eq!(h.jobs(name).await.len(), expected_jobs, "one Job per iteration");
+    let after = h.tunings().get(name).await.unwrap().status;
+    assert_eq!(
+        after.as_ref().and_then(|s| s.phase),
+        before.as_ref().and_then(|s| s.phase),
+        "phase intact"
+    );
+    assert_eq!(
+        after.as_ref().and_then(|s| s.iteration),
+        before.as_ref().and_then(|s| s.iteration),
+        "iteration intact"
+    );
+    op
+}
+
+#[tokio::test]
+async fn the_loop_follows_worker_reports_and_survives_restarts_in_every_phase() {
+    let h = setup("loop").await;
+    let mut op = h.operator("first").await;
+    h.apply("gate", spec(10)).await;
+
+    let t = h.phase("gate", Phase::Capturing).await;
+    let status = t.status.unwrap();
+    assert!(status.dataset.unwrap().deadline.is_some());
+    assert_eq!(
+        h.deployments("app.kubernetes.io/component=annotator").await.len(),
+        1
+    );
+    op = restart(&h, op, "gate", 0).await;
+
+    // The capture worker reports a full training split.
+    h.report("gate", CAPTURE_FIELD_MANAGER, json!({ "dataset": { "framesSeen": 900, "framesSelected": 40, "annotated": 12, "train": 10, "eval": 2 } })).await;
+    h.phase("gate", Phase::Training).await;
+    assert_eq!(h.jobs("gate").await, ["gate-train-1"]);
+    op = restart(&h, op, "gate", 1).await;
+
+    // The trainer reports its candidate, and its pod exits 0: the Job controller completes the Job.
+    h.report("gate", TRAINER_FIELD_MANAGER, json!({ "candidateModel": {
+        "version": 1, "uri": "s3://datasets/models/gate-1.onnx", "map": 0.41, "map50": 0.83, "baselineMap": 0.28,
+        "trainedAt": Timestamp::now().to_string() } })).await;
+    h.finish_job_pod("gate-train-1", "Succeeded").await;
+    let t = h.phase("gate", Phase::Monitoring).await;
+    let status = t.status.unwrap();
+    let model = status.current_model.unwrap();
+    assert_eq!((model.version, model.map), (1, 0.41));
+    assert_eq!(status.iteration, Some(1));
+    // The workers' own fields are untouched by the operator's status writes.
+    assert_eq!(status.dataset.unwrap().frames_seen, Some(900));
+    let capture: Api<Deployment> = Api::namespaced(h.admin.clone(), &h.ns);
+    let template = serde_json::to_string(&capture.get("gate-capture").await.unwrap().spec.template).unwrap();
+    assert!(
+        template.contains("s3://datasets/models/gate-1.onnx"),
+        "the tuned student is rolled out"
+    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.status, "True");
+    op = restart(&h, op, "gate", 1).await;
+
+    // A drift check below the threshold starts iteration 2 on the accumulated data.
+    h.report("gate", CAPTURE_FIELD_MANAGER, json!({
+        "dataset": { "framesSeen": 2000, "framesSelected": 90, "annotated": 30, "train": 25, "eval": 2 },
+        "lastDriftCheck": { "time": Timestamp::now().to_string(), "relativeAccuracy": 0.55, "sampleSize": 50 } })).await;
+    let t = h.phase("gate", Phase::Retraining).await;
+    let drift = t
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "DriftDetected")
+        .unwrap();
+    assert_eq!(drift.status, "True");
+    let mut jobs = h.jobs("gate").await;
+    jobs.sort();
+    assert_eq!(jobs, ["gate-train-1", "gate-train-2"]);
+    op = restart(&h, op, "gate", 2).await;
+
+    let reasons = h.event_reasons("gate").await;
+    for reason in [
+        "CaptureStarted",
+        "Capturing",
+        "TrainingStarted",
+        "Training",
+        "ModelPromoted",
+        "Monitoring",
+        "DriftDetected",
+        "Retraining",
+    ] {
+        assert!(reasons.contains(reason), "no {reason} event among {reasons:?}");
+    }
+    assert!(op.metrics.reconciliations.get() > 0);
+    op.task.abort();
+}
+
+#[tokio::test]
+async fn the_deadline_trains_on_enough_images_and_says_when_there_are_too_few() {
+    let h = setup("deadline").await;
+    let op = h.operator("only").await;
+    h.apply("yard", spec(1000)).await;
+    h.phase("yard", Phase::Capturing).await;
+
+    // The deadline has passed (written as if a day went by) with 3 images, fewer than minTrainSize 5.
+    let past = (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(1)).to_string();
+    h.report("yard", "test-clock", json!({ "dataset": { "deadline": past } }))
+        .await;
+    h.report(
+        "yard",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 3 } }),
+    )
+    .await;
+    let api = h.tunings();
+    let progressing = wait_for(WAIT, || async {
+        let t = api.get("yard").await.ok()?;
+        let c = t
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")?;
+        c.message.contains("deadline passed").then_some(c)
+    })
+    .await
+    .expect("the status explains why training has not started");
+    assert!(
+        progressing.message.contains("only 3 of the 5 images"),
+        "{}",
+        progressing.message
+    );
+    assert!(h.jobs("yard").await.is_empty());
+
+    h.report(
+        "yard",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 6 } }),
+    )
+    .await;
+    h.phase("yard", Phase::Training).await;
+    assert_eq!(h.jobs("yard").await, ["yard-train-1"]);
+    op.task.abort();
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_then_the_tuning_fails_with_an_explanation() {
+    let h = setup("failure").await;
+    let op = h.operator("only").await;
+    h.apply("dock", spec(10)).await;
+    h.phase("dock", Phase::Capturing).await;
+    h.report(
+        "dock",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 10 } }),
+    )
+    .await;
+    h.phase("dock", Phase::Training).await;
+
+    // maxRetries 1: the Job controller starts a second pod after the first fails.
+    h.finish_job_pod("dock-train-1", "Failed").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.tunings().get("dock").await.unwrap().status.unwrap().phase,
+        Some(Phase::Training),
+        "one retry left"
+    );
+    h.finish_job_pod("dock-train-1", "Failed").await;
+
+    let t = h.phase("dock", Phase::Failed).await;
+    let degraded = t
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "TrainingFailed")
+    );
+    assert!(
+        degraded.message.contains("kubectl logs job/dock-train-1"),
+        "{}",
+        degraded.message
+    );
+    wait_for(WAIT, || async {
+        h.event_reasons("dock")
+            .await
+            .contains("TrainingFailed")
+            .then_some(())
+    })
+    .await
+    .expect("a TrainingFailed event");
+
+    // Editing the spec clears the failed Job and trains again.
+    let edit = json!({ "spec": { "training": { "learningRate": 0.0005 } } });
+    h.tunings()
+        .patch("dock", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    h.phase("dock", Phase::Training).await;
+    let jobs: Api<Job> = Api::namespaced(h.admin.clone(), &h.ns);
+    let job = wait_for(WAIT, || async {
+        let job = jobs.get("dock-train-1").await.ok()?;
+        let failed = job.status.as_ref()?.failed.unwrap_or(0);
+        (failed == 0 && job.metadata.deletion_timestamp.is_none()).then_some(job)
+    })
+    .await
+    .expect("a fresh training Job");
+    assert_eq!(job.spec.unwrap().backoff_limit, Some(1));
+    op.task.abort();
+}
+
+/// A Node object as a kubelet would report it: Ready, with capacity.
+async fn node(admin: &Client, name: &str, labels: Value, gpus: u32) {
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let mut spec = json!({});
+    if gpus > 0 {
+        spec["taints"] = json!([{ "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" }]);
+    }
+    let object: Node =
+        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels }, "spec": spec }))
+            .unwrap();
+    nodes.create(&PostParams::default(), &object).await.unwrap();
+    let mut capacity = json!({ "cpu": "8", "memory": "32Gi", "pods": "110" });
+    if gpus > 0 {
+        capacity["nvidia.com/gpu"] = json!(gpus.to_string());
+    }
+    let now = Timestamp::now().to_string();
+    let status = json!({ "status": { "capacity": capacity, "allocatable": capacity,
+        "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node",
+                         "lastHeartbeatTime": now, "lastTransitionTime": now }] } });
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn capture_lands_on_the_camera_node_and_the_annotator_on_the_gpu_node() {
+    let h = setup("placement").await;
+    let camera_node = format!("{}-camera", h.ns);
+    let gpu_node = format!("{}-gpu", h.ns);
+    node(&h.admin, &camera_node, json!({ "autotuner.io/test": h.ns }), 0).await;
+    node(
+        &h.admin,
+        &gpu_node,
+        json!({ "autotuner.io/test": h.ns, "accelerator": "nvidia" }),
+        1,
+    )
+    .await;
+    // The default storage: a claim the operator creates; a volume for it as a provisioner would make.
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": { "name": format!("{}-dataset", h.ns) },
+        "spec": { "capacity": { "storage": "10Gi" }, "accessModes": ["ReadWriteOnce"], "hostPath": { "path": "/tmp/dataset" },
+                  "claimRef": { "namespace": h.ns, "name": "porch-dataset" } }
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(h.admin.clone())
+        .create(&PostParams::default(), &volume)
+        .await
+        .unwrap();
+
+    let op = h.operator("only").await;
+    h.apply(
+        "porch",
+        json!({
+            "camera": { "url": "rtsp://porch.example.invalid/stream", "nodeName": camera_node,
+                        "credentialsSecretRef": { "name": "porch-camera" } },
+            "classes": ["person", "car"],
+            "annotation": { "teacher": { "model": { "uri": "file:///models/yolov12n.onnx", "family": "yolo" },
+                                         "gpus": 1, "nodeSelector": { "accelerator": "nvidia" } } },
+            "training": { "student": { "uri": "file:///models/ssd.onnx", "family": "ssdRaw" } }
+        }),
+    )
+    .await;
+    h.phase("porch", Phase::Capturing).await;
+
+    let pods: Api<Pod> = Api::namespaced(h.admin.clone(), &h.ns);
+    for (component, expected) in [("capture", &camera_node), ("annotator", &gpu_node)] {
+        let bound = wait_for(WAIT, || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
+                .await
+                .ok()?;
+            list.items.into_iter().find_map(|p| p.spec?.node_name)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the {component} pod was not scheduled"));
+        assert_eq!(&bound, expected, "{component}");
+    }
+    // The credentials reach the pod only as a reference to the Secret.
+    let capture = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=capture"))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&capture.items[0].spec).unwrap();
+    assert!(
+        text.contains(r#""secretKeyRef":{"key":"password","name":"porch-camera"}"#),
+        "{text}"
+    );
+    op.task.abort();
+}
+
+#[tokio::test]
+async fn tunings_share_an_annotator_and_deletion_removes_everything_they_made() {
+    let h = setup("sharing").await;
+    let op = h.operator("only").await;
+    h.apply("north", spec(10)).await;
+    h.apply("south", spec(10)).await;
+    h.phase("north", Phase::Capturing).await;
+    h.phase("south", Phase::Capturing).await;
+    let annotators = h.deployments("app.kubernetes.io/component=annotator").await;
+    assert_eq!(annotators.len(), 1, "{annotators:?}");
+    let services: Api<Service> = Api::namespaced(h.admin.clone(), &h.ns);
+    assert!(services.get_opt(&annotators[0]).await.unwrap().is_some());
+
+    h.tunings()
+        .delete("north", &DeleteParams::default())
+        .await
+        .unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(h.admin.clone(), &h.ns);
+    wait_for(WAIT, || async {
+        let gone = h.tunings().get_opt("north").await.ok()?.is_none()
+            && h.deployments("app.kubernetes.io/instance=north").await.is_empty()
+            && accounts.get_opt("north-worker").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await
+    .expect("north and what it owned are gone");
+    assert_eq!(
+        h.deployments("app.kubernetes.io/component=annotator").await,
+        annotators,
+        "south still uses it"
+    );
+
+    h.tunings()
+        .delete("south", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(WAIT, || async {
+        let gone = h
+            .deployments("app.kubernetes.io/component=annotator")
+            .await
+            .is_empty()
+            && services.get_opt(&annotators[0]).await.ok()?.is_none()
+            && h.tunings().get_opt("south").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await
+    .expect("the annotator goes with its last user");
+    op.task.abort();
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
+    let h = setup("election").await;
+    let first = h.operator("replica-a").await;
+    let leases: Api<Lease> = Api::namespaced(h.admin.clone(), OPERATOR_NAMESPACE);
+    let lease_name = format!("operator-{}", h.ns);
+    wait_for(WAIT, || async {
+        let holder = leases.get(&lease_name).await.ok()?.spec?.holder_identity?;
+        (holder == "replica-a").then_some(())
+    })
+    .await
+    .unwrap();
+    let second = h.operator("replica-b").await;
+    h.apply("east", spec(10)).await;
+    h.phase("east", Phase::Capturing).await;
+    assert!(first.metrics.reconciliations.get() > 0);
+    assert_eq!(
+        second.metrics.reconciliations.get(),
+        0,
+        "the standby does not reconcile"
+    );
+    assert!(
+        second.probes.ready.load(std::sync::atomic::Ordering::Relaxed),
+        "the standby is ready"
+    );
+
+    first.task.abort();
+    wait_for(WAIT, || async {
+        let holder = leases.get(&lease_name).await.ok()?.spec?.holder_identity?;
+        (holder == "replica-b").then_some(())
+    })
+    .await
+    .expect("the standby takes the Lease");
+    h.apply("west", spec(10)).await;
+    h.phase("west", Phase::Capturing).await;
+    assert!(second.metrics.reconciliations.get() > 0);
+    second.task.abort();
+}
+
+#[tokio::test]
+async fn metrics_and_probes_are_served() {
+    let h = setup("metrics").await;
+    let op = h.operator("only").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(http::serve_on(listener, op.probes.clone()));
+    h.apply("lobby", spec(10)).await;
+    h.phase("lobby", Phase::Capturing).await;
+    h.report(
+        "lobby",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 4, "eval": 1 } }),
+    )
+    .await;
+
+    let (status, body) = get(address, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "autotuner_cameratunings{phase=\"Capturing\"} 1",
+        "autotuner_cameratunings{phase=\"Failed\"} 0",
+        &format!(
+            "autotuner_dataset_images{{cameratuning=\"lobby\",namespace=\"{}\",split=\"train\"}} 4",
+            h.ns
+        ),
+    ] {
+        assert!(body.contains(line), "no {line:?} in\n{body}");
+    }
+    let count = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("autotuner_operator_reconciliations_total") >= 2.0);
+    assert!(count("autotuner_operator_reconcile_duration_seconds_count") >= 2.0);
+    assert_eq!(get(address, "/healthz").await.0, 200);
+    assert_eq!(get(address, "/readyz").await.0, 200);
+    op.task.abort();
+}
+
+/// A worker may write its own CameraTuning's status and nothing else.
+#[tokio::test]
+async fn a_worker_can_report_only_on_its_own_cameratuning() {
+    let h = setup("worker-rbac").await;
+    let op = h.operator("only").await;
+    h.apply("mine", spec(10)).await;
+    h.apply("other", spec(10)).await;
+    h.phase("mine", Phase::Capturing).await;
+    h.phase("other", Phase::Capturing).await;
+
+    let worker = service_account_client(h.plane, &h.ns, "mine-worker")
+        .await
+        .unwrap();
+    let api: Api<CameraTuning> = Api::namespaced(worker, &h.ns);
+    let report = |train: u64| json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": { "dataset": { "train": train } } });
+    let params = PatchParams::apply(CAPTURE_FIELD_MANAGER).force();
+    api.patch_status("mine", &params, &Patch::Apply(&report(7)))
+        .await
+        .expect("its own status");
+    assert!(api.get("mine").await.is_ok());
+    for denied in [
+        api.patch_status("other", &params, &Patch::Apply(&report(7))).await.map(|_| ()),
+        api.get("other").await.map(|_| ()),
+        api.patch("mine", &params, &Patch::Apply(&json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "spec": { "classes": ["car"] } }))).await.map(|_| ()),
+        api.delete("mine", &DeleteParams::default()).await.map(|_| ()),
+    ] {
+        assert!(matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403), "{denied:?}");
+    }
+    op.task.abort();
+}
+
+/// A plain HTTP/1.1 GET.
+async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
