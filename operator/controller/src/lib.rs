@@ -48,7 +48,7 @@ impl Default for Config {
         Self {
             worker_image: format!("ghcr.io/edge-autotuner/workers:{}", env!("CARGO_PKG_VERSION")),
             reapply_after: Duration::from_secs(600),
-            concurrency: 16,
+            concurrency: 8,
             namespace: None,
         }
     }

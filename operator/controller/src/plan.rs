@@ -20,8 +20,7 @@ pub struct Observed {
     pub jobs: BTreeMap<u32, JobState>,
     /// Iterations whose Job is being deleted: nothing with that name can be made until it is gone.
     pub jobs_terminating: Vec<u32>,
-    /// The capture Deployment exists.
-    pub capture_exists: bool,
+
     /// The model URI the capture Deployment's pods run once its rollout finished, if it finished.
     pub capture_rolled_out_model: Option<String>,
 }
@@ -175,10 +174,6 @@ pub fn plan(
             } else {
                 Phase::Monitoring
             }
-        }
-        None if !observed.capture_exists => {
-            requeue_after = SHORT;
-            Phase::Pending
         }
         None if iteration == 0 => {
             let min = u64::from(spec.training.min_train_size);
@@ -458,10 +453,7 @@ mod tests {
     }
 
     fn capturing() -> Observed {
-        Observed {
-            capture_exists: true,
-            ..Observed::default()
-        }
+        Observed::default()
     }
 
     fn with_job(iteration: u32, state: JobState) -> Observed {
@@ -480,9 +472,11 @@ mod tests {
     }
 
     #[test]
-    fn a_new_tuning_creates_its_workloads_and_sets_the_deadline() {
+    fn a_new_tuning_creates_its_workloads_and_starts_capturing_with_a_deadline() {
         let plan = run(&tuning(json!(null)), &Observed::default());
-        assert_eq!(plan.status.phase, Some(Phase::Pending));
+        // The status is written after the workloads are, so it can say Capturing at once.
+        assert_eq!(plan.status.phase, Some(Phase::Capturing));
+        assert_eq!(reasons(&plan), ["CaptureStarted"]);
         assert!(plan.children.annotator.is_some() && plan.children.dataset_claim.is_some());
         assert!(plan.children.training_job.is_none());
         // 24h after the first reconciliation.

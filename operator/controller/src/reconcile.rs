@@ -145,24 +145,21 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
             &Patch::Apply(&body),
         )
         .await?;
+        // Every phase change is an event; the plan's notes explain most of them, so a bare
+        // phase event is only published when no note does (fewer writes at scale).
         if old.phase != plan.status.phase {
             let phase = plan.status.phase.unwrap_or_default();
             info!(name = %tuning.name_any(), %namespace, from = ?old.phase, to = ?phase, "phase changed");
-            let warning = phase == Phase::Failed;
-            let from = old.phase.map_or("none".into(), |p| format!("{p:?}"));
-            let note = format!("phase {from} -> {phase:?}");
-            publish(
-                ctx,
-                tuning,
-                if warning {
+            if plan.notes.is_empty() {
+                let from = old.phase.map_or("none".into(), |p| format!("{p:?}"));
+                let note = format!("phase {from} -> {phase:?}");
+                let type_ = if phase == Phase::Failed {
                     EventType::Warning
                 } else {
                     EventType::Normal
-                },
-                &format!("{phase:?}"),
-                &note,
-            )
-            .await;
+                };
+                publish(ctx, tuning, type_, &format!("{phase:?}"), &note).await;
+            }
         }
     }
     for note in &plan.notes {
@@ -224,7 +221,6 @@ fn observe(tuning: &CameraTuning, stores: &Stores) -> Observed {
         .deployments
         .get(&ObjectRef::new(&names::capture(&name)).within(&namespace));
     if let Some(capture) = capture {
-        observed.capture_exists = true;
         let status = capture.status.clone().unwrap_or_default();
         let current = status.observed_generation >= capture.metadata.generation
             && status.updated_replicas.unwrap_or(0) >= 1;
@@ -264,28 +260,43 @@ fn job_state(job: &Job) -> JobState {
     }
 }
 
+/// Applies the children concurrently, so that a reconciliation takes as long as its slowest write
+/// rather than the sum of them. One order matters: the API server checks a RoleBinding against
+/// the Role it grants (no privilege escalation), so the Role must exist first. Every write runs
+/// to completion even when one fails: cancelling a write in flight could leave it half done and
+/// the same race to lose on every retry.
 async fn apply_children(ctx: &Context, namespace: &str, children: &Children) -> Result<(), Error> {
-    apply_object(ctx, namespace, &children.service_account, None).await?;
-    apply_object(ctx, namespace, &children.role, None).await?;
-    apply_object(ctx, namespace, &children.role_binding, None).await?;
+    let deployments = Some(&ctx.stores.deployments);
+    let rbac = async {
+        apply_object(ctx, namespace, &children.role, None).await?;
+        apply_object(ctx, namespace, &children.role_binding, None).await
+    };
+    let mut writes: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = vec![
+        Box::pin(rbac),
+        Box::pin(apply_object(ctx, namespace, &children.service_account, None)),
+        Box::pin(apply_object(ctx, namespace, &children.capture, deployments)),
+    ];
     if let Some(claim) = &children.dataset_claim {
-        apply_object(ctx, namespace, claim, None).await?;
+        writes.push(Box::pin(apply_object(ctx, namespace, claim, None)));
     }
     if let Some(annotator) = &children.annotator {
-        apply_object(
+        writes.push(Box::pin(apply_object(
             ctx,
             namespace,
             &annotator.deployment,
-            Some(&ctx.stores.deployments),
-        )
-        .await?;
-        apply_object(ctx, namespace, &annotator.service, None).await?;
+            deployments,
+        )));
+        writes.push(Box::pin(apply_object(ctx, namespace, &annotator.service, None)));
     }
-    apply_object(ctx, namespace, &children.capture, Some(&ctx.stores.deployments)).await?;
     if let Some(job) = &children.training_job {
-        apply_object(ctx, namespace, job, Some(&ctx.stores.jobs)).await?;
+        writes.push(Box::pin(apply_object(
+            ctx,
+            namespace,
+            job,
+            Some(&ctx.stores.jobs),
+        )));
     }
-    Ok(())
+    futures::future::join_all(writes).await.into_iter().collect()
 }
 
 /// Server-side applies `object` unless it is known to be in place already: for watched kinds the
@@ -410,7 +421,8 @@ fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
     }
 }
 
-/// Events are best effort: a failure to record one is logged, never fails the reconciliation.
+/// Events are best effort and off the reconciliation's path: a failure to record one is logged,
+/// never fails or slows the reconciliation.
 async fn publish(ctx: &Context, tuning: &CameraTuning, type_: EventType, reason: &str, note: &str) {
     let event = Event {
         type_,
@@ -419,7 +431,12 @@ async fn publish(ctx: &Context, tuning: &CameraTuning, type_: EventType, reason:
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &tuning.object_ref(&())).await {
-        warn!(error = %e, reason, "could not record an event");
-    }
+    let recorder = ctx.recorder.clone();
+    let reference = tuning.object_ref(&());
+    let reason = reason.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(error = %e, reason, "could not record an event");
+        }
+    });
 }
