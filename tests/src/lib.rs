@@ -182,3 +182,36 @@ pub async fn service_account_client(
     config.auth_info = serde_json::from_value(serde_json::json!({ "token": token.trim() }))?;
     Ok(kube::Client::try_from(config)?)
 }
+
+/// A Node object as a kubelet would report it: Ready, with capacity; with `gpus` > 0 it also
+/// offers `nvidia.com/gpu` and carries the usual GPU-node taint. (No kubelet runs: the object is
+/// what the scheduler reads.)
+pub async fn ready_node(
+    client: &kube::Client,
+    name: &str,
+    labels: serde_json::Value,
+    gpus: u32,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use serde_json::json;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut spec = json!({});
+    if gpus > 0 {
+        spec["taints"] = json!([{ "key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule" }]);
+    }
+    let node: Node =
+        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels }, "spec": spec }))?;
+    nodes.create(&Default::default(), &node).await?;
+    let mut capacity = json!({ "cpu": "8", "memory": "32Gi", "pods": "110" });
+    if gpus > 0 {
+        capacity["nvidia.com/gpu"] = json!(gpus.to_string());
+    }
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({ "status": { "capacity": capacity, "allocatable": capacity,
+        "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node",
+                         "lastHeartbeatTime": now, "lastTransitionTime": now }] } });
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}

@@ -4,53 +4,34 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
-use autotuner_tests::{ControlPlane, Options, shared, test_namespace, wait_for};
+use autotuner_tests::{ControlPlane, Options, ready_node, shared, test_namespace, wait_for};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-
-/// A Node object as a kubelet would report it: schedulable, Ready, with capacity.
-async fn create_node(nodes: &Api<Node>, name: &str, labels: serde_json::Value, gpus: Option<u32>) {
-    let node: Node =
-        serde_json::from_value(json!({ "metadata": { "name": name, "labels": labels } })).unwrap();
-    nodes.create(&PostParams::default(), &node).await.unwrap();
-    let mut capacity = json!({ "cpu": "4", "memory": "8Gi", "pods": "110" });
-    if let Some(gpus) = gpus {
-        capacity["nvidia.com/gpu"] = json!(gpus.to_string());
-    }
-    let status = json!({ "status": {
-        "capacity": capacity, "allocatable": capacity,
-        "conditions": [{ "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node",
-                         "lastHeartbeatTime": "2026-11-26T00:00:00Z", "lastTransitionTime": "2026-11-26T00:00:00Z" }]
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn deployments_make_pods_that_the_scheduler_binds_to_matching_nodes() {
     let plane = shared(Options { controllers: true }).await;
     let client = plane.client().await.unwrap();
     let ns = test_namespace(&client, "scheduling").await.unwrap();
-    let nodes: Api<Node> = Api::all(client.clone());
-    create_node(
-        &nodes,
+    ready_node(
+        &client,
         "camera-node",
         json!({ "autotuner.io/camera": "entrance" }),
-        None,
+        0,
     )
-    .await;
-    create_node(
-        &nodes,
+    .await
+    .unwrap();
+    ready_node(
+        &client,
         "gpu-node",
         json!({ "nvidia.com/gpu.present": "true" }),
-        Some(1),
+        1,
     )
-    .await;
+    .await
+    .unwrap();
 
     // One pod that must land on the GPU node (it asks for a GPU), one on the camera node (by label).
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -66,6 +47,7 @@ async fn deployments_make_pods_that_the_scheduler_binds_to_matching_nodes() {
                     "metadata": { "labels": { "app": name } },
                     "spec": {
                         "nodeSelector": selector,
+                        "tolerations": [{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }],
                         "containers": [{ "name": name, "image": "example.invalid/none:1", "resources": { "limits": limits } }]
                     }
                 }
