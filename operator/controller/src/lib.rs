@@ -140,11 +140,7 @@ pub fn controller(
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let stores = Stores {
-        tunings: tunings.clone(),
-        deployments,
-        jobs,
-    };
+    let stores = Stores::new(tunings.clone(), deployments, jobs);
     let context = Arc::new(Context::new(client, config.clone(), recorder, metrics, stores));
     let run = Controller::for_stream(tuning_stream, tunings.clone())
         .owns_stream(deployment_stream)

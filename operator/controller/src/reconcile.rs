@@ -37,6 +37,36 @@ pub struct Stores {
     pub tunings: Store<CameraTuning>,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
+    ready: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl Stores {
+    pub fn new(tunings: Store<CameraTuning>, deployments: Store<Deployment>, jobs: Store<Job>) -> Self {
+        Self {
+            tunings,
+            deployments,
+            jobs,
+            ready: Arc::default(),
+        }
+    }
+
+    /// Resolves once every cache holds its initial list.
+    async fn wait_until_ready(&self) {
+        // `Store::wait_until_ready` wakes only the last of several concurrent waiters (it polls a
+        // oneshot channel), so reconciliations running side by side could wait forever: one
+        // task waits on the stores, the others on this cell.
+        self.ready
+            .get_or_init(|| async {
+                // Err only when a reflector's writer is gone, i.e. the controller is stopping.
+                let _ = futures::future::join3(
+                    self.tunings.wait_until_ready(),
+                    self.deployments.wait_until_ready(),
+                    self.jobs.wait_until_ready(),
+                )
+                .await;
+            })
+            .await;
+    }
 }
 
 /// Shared by every reconciliation.
@@ -77,6 +107,10 @@ impl std::fmt::Debug for Context {
 }
 
 pub async fn reconcile(tuning: Arc<CameraTuning>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Decisions read the caches (which annotators are still used, which Jobs exist): never act on
+    // a cache that has not finished its initial list, or a restarted operator could delete an
+    // annotator in use or start a Job twice. Instant once they are filled.
+    ctx.stores.wait_until_ready().await;
     let started = Instant::now();
     ctx.metrics.reconciliations.inc();
     let namespace = tuning.namespace().ok_or(Error::NotNamespaced)?;
