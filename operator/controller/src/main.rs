@@ -44,7 +44,12 @@ async fn main() -> ExitCode {
     if args.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        use std::io::IsTerminal;
+        let colors = std::io::stdout().is_terminal();
+        tracing_subscriber::fmt()
+            .with_ansi(colors)
+            .with_env_filter(filter)
+            .init();
     }
     match run(args).await {
         Ok(Ended::Shutdown) => ExitCode::SUCCESS,
