@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// Where a CameraTuning is in its loop.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Phase {
-    /// Accepted; the workloads are being created.
+    /// Not reconciled yet (what a CameraTuning without a status counts as).
     #[default]
     Pending,
     /// Selecting frames and collecting teacher labels.
