@@ -249,11 +249,7 @@ impl ControlPlane {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Command::new(self.bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .output()
-            .context("running kubectl")
+        self.kubectl_stdin(args, "")
     }
 
     /// Runs kubectl with `stdin` as its standard input.
@@ -271,6 +267,7 @@ impl ControlPlane {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("running kubectl")?;
+        // Dropping the pipe after writing closes kubectl's stdin.
         child
             .stdin
             .take()

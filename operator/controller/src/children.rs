@@ -9,6 +9,7 @@ use autotuner_api::contract::{self, ANNOTATOR_PORT, DATASET_MOUNT};
 use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -350,6 +351,31 @@ fn worker_env(tuning: &CameraTuning, dataset: &Dataset, model_uri: &str) -> Vec<
     vars
 }
 
+/// A pod running one worker binary as the CameraTuning's worker identity, with the dataset.
+fn worker_pod(
+    tuning: &CameraTuning,
+    worker: &str,
+    vars: Vec<Value>,
+    resources: Option<&ResourceRequirements>,
+    dataset: &Dataset,
+    config: &Config,
+) -> Value {
+    json!({
+        "serviceAccountName": names::worker(&tuning.name_any()),
+        "securityContext": pod_security_context(),
+        "containers": [{
+            "name": worker,
+            "image": config.worker_image,
+            "args": [worker],
+            "env": vars,
+            "resources": resources.map_or(json!({}), |r| serde_json::to_value(r).expect("resources serialize")),
+            "securityContext": container_security_context(),
+            "volumeMounts": dataset.mounts(),
+        }],
+        "volumes": dataset.volumes(),
+    })
+}
+
 fn capture(
     tuning: &CameraTuning,
     owner: &OwnerReference,
@@ -382,21 +408,15 @@ fn capture(
         ));
     }
     let selector = json!({ labels::INSTANCE: name, labels::COMPONENT: "capture" });
-    let mut pod_spec = json!({
-        "serviceAccountName": names::worker(&name),
-        "securityContext": pod_security_context(),
-        "containers": [{
-            "name": "capture",
-            "image": config.worker_image,
-            "args": ["capture"],
-            "env": vars,
-            "ports": [{ "name": "metrics", "containerPort": 9090 }],
-            "resources": spec.camera.resources.clone().map(|r| serde_json::to_value(r).unwrap()).unwrap_or(json!({})),
-            "securityContext": container_security_context(),
-            "volumeMounts": dataset.mounts(),
-        }],
-        "volumes": dataset.volumes(),
-    });
+    let mut pod_spec = worker_pod(
+        tuning,
+        "capture",
+        vars,
+        spec.camera.resources.as_ref(),
+        dataset,
+        config,
+    );
+    pod_spec["containers"][0]["ports"] = json!([{ "name": "metrics", "containerPort": 9090 }]);
     merge(&mut pod_spec, camera_placement(tuning));
     typed(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -507,21 +527,15 @@ fn training_job(
         Some(owner),
     );
     meta["labels"][labels::ITERATION] = json!(iteration.to_string());
-    let mut pod_spec = json!({
-        "serviceAccountName": names::worker(&name),
-        "restartPolicy": "Never",
-        "securityContext": pod_security_context(),
-        "containers": [{
-            "name": "trainer",
-            "image": config.worker_image,
-            "args": ["trainer"],
-            "env": vars,
-            "resources": spec.training.resources.clone().map(|r| serde_json::to_value(r).unwrap()).unwrap_or(json!({})),
-            "securityContext": container_security_context(),
-            "volumeMounts": dataset.mounts(),
-        }],
-        "volumes": dataset.volumes(),
-    });
+    let mut pod_spec = worker_pod(
+        tuning,
+        "trainer",
+        vars,
+        spec.training.resources.as_ref(),
+        dataset,
+        config,
+    );
+    pod_spec["restartPolicy"] = json!("Never");
     // A ReadWriteOnce volume is reachable from the camera's node only.
     if dataset.claim.is_some() {
         merge(&mut pod_spec, camera_placement(tuning));

@@ -82,7 +82,15 @@ impl Error {
     }
 
     pub fn is_invalid_spec(&self) -> bool {
-        self.metric_label() == "invalid_spec"
+        match self {
+            Error::InvalidSpec(_) => true,
+            Error::Finalizer(inner) => matches!(
+                &**inner,
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e)
+                    if e.is_invalid_spec()
+            ),
+            _ => false,
+        }
     }
 }
 

@@ -331,7 +331,7 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
         Phase::Training | Phase::Retraining => "a training Job runs".into(),
         _ => phase_name.clone(),
     });
-    let mut wanted = vec![
+    let wanted = [
         (
             "Ready",
             ready,
@@ -373,7 +373,7 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
         ),
     ];
     wanted
-        .drain(..)
+        .into_iter()
         .map(|(type_, on, reason, message)| {
             let status = if on { "True" } else { "False" }.to_string();
             let since = old

@@ -166,7 +166,11 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
             .map(|_| ())
             .or_else(ignore_not_found)?;
     }
-    remove_unused_annotators(ctx, &namespace, None).await?;
+    // Outside deletion (see `cleanup`), an annotator loses a user only when a spec changes its
+    // teacher: look for unused ones then, not on every reconciliation.
+    if tuning.status.as_ref().and_then(|s| s.observed_generation) != tuning.metadata.generation {
+        remove_unused_annotators(ctx, &namespace, None).await?;
+    }
 
     let old = operator_view(tuning.status.as_ref());
     if old != plan.status {
