@@ -27,7 +27,7 @@ pub use controlplane::{ControlPlane, Options};
 pub fn repo_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        Path::new(&manifest_dir())
             .parent()
             .expect("tests/ is inside the repository")
             .to_path_buf()
@@ -214,4 +214,12 @@ pub async fn ready_node(
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(())
+}
+
+/// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
+/// stays right when a build directory is shared between checkouts; else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

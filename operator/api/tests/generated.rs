@@ -1,11 +1,9 @@
 //! The checked-in artifacts agree with the Rust types.
 
-use std::path::PathBuf;
-
 use autotuner_api::CameraTuning;
 
 fn repo_file(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let path = manifest_dir().join("../..").join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -50,4 +48,12 @@ fn minimal_example_parses_and_gets_the_reference_defaults() {
         spec.training.trainable_layers,
         autotuner_api::TrainableLayers::BoxRegression
     );
+}
+
+/// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
+/// stays right when a build directory is shared between checkouts; else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

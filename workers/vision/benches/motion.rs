@@ -57,7 +57,7 @@ fn main() {
     let (file, w, h) = VTEST;
     let all = frames(file, w, h);
     let frames_path = assets().join(file);
-    let results_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
+    let results_dir = common::manifest_dir().join("../../bench-results");
     std::fs::create_dir_all(&results_dir).unwrap();
     let tmp = std::env::temp_dir().join(format!("autotuner-vision-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();

@@ -75,7 +75,7 @@ fn main() {
             }
         }
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
+    let dir = common::manifest_dir().join("../../bench-results");
     std::fs::create_dir_all(&dir).unwrap();
     let out = serde_json::json!({
         "command": "cargo run --release -p autotuner-vision --example coverage",

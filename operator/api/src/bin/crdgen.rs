@@ -1,12 +1,11 @@
 //! Writes the CameraTuning CRD to `crds/cameratuning.yaml` (or stdout with `-`), or with
 //! `--check` fails when the checked-in file differs from what the Rust types generate.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = manifest_dir().join("../..");
     let path = root.join(autotuner_api::CRD_PATH);
     let yaml = autotuner_api::crd_yaml();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -43,4 +42,12 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
+/// stays right when a build directory is shared between checkouts; else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -1,7 +1,6 @@
 //! Writes the operator's generated manifests (RBAC, from `rbac.rs`), or with `--check` fails
 //! when a checked-in file differs from what the code generates.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,7 +12,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = manifest_dir().join("../..");
     let mut stale = false;
     for (path, content) in autotuner_operator::rbac::generated_files() {
         let full = root.join(path);
@@ -38,4 +37,12 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
+/// stays right when a build directory is shared between checkouts; else where it was built.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -2,7 +2,7 @@
 //! `scripts/fetch-assets` prepares all of it (the test scripts run it first).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use autotuner_vision::{Background, MotionConfig, Rect};
@@ -74,7 +74,7 @@ pub fn config_json(c: &MotionConfig) -> String {
 
 /// Runs `tests/vision/reference.py` with `args`, returning its standard output.
 pub fn reference(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vision/reference.py");
+    let script = manifest_dir().join("../../tests/vision/reference.py");
     let out = Command::new(assets().join("python"))
         .arg(script)
         .args(args)
@@ -245,4 +245,12 @@ pub fn coverage(
         mean_crop_area_fraction: crop_area / frames_seen.max(1) as f64,
         mean_union_area_fraction: union_area / frames_seen.max(1) as f64,
     }
+}
+
+/// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
+/// stays right when a build directory is shared between checkouts; else where it was built.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
