@@ -1,0 +1,550 @@
+//! Detectors on ONNX Runtime: a model file, its family (which fixes the input and the meaning of
+//! the outputs), and the decoding of its outputs into detections in image pixels.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::TensorRef;
+use thiserror::Error;
+
+use crate::anchors::{self, Anchor, SsdAnchorConfig};
+use crate::geometry::{BBox, Detection, nms};
+use crate::labels;
+use crate::preprocess::{Fit, Layout, Placement, Preprocess, RgbImage};
+
+/// Detector output layouts (the API's `detectorFamily`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Ultralytics YOLO v8/v11/v12: input 1x3xHxW RGB 0..1 letterboxed, output [N, 4 + classes,
+    /// anchors] of centre x, centre y, width, height and per-class scores; NMS is ours.
+    Yolo,
+    /// TF Object Detection API SSD exported as its raw head: input NHWC scaled to -1..1, outputs
+    /// box encodings [N, anchors, 1, 4] and class logits [N, anchors, 1 + classes]; anchors, box
+    /// decoding and NMS are ours.
+    SsdRaw,
+    /// TF Object Detection API SSD with its post-processing in the graph: input uint8 NHWC of any
+    /// size, outputs num_detections, detection_boxes (normalised ymin, xmin, ymax, xmax),
+    /// detection_scores, detection_classes (COCO ids).
+    SsdPostprocessed,
+}
+
+/// What a detection call keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectOptions {
+    pub min_score: f32,
+    pub iou_threshold: f32,
+    pub max_detections: usize,
+    /// Only these COCO category ids (all when `None`).
+    pub classes: Option<Vec<u32>>,
+}
+
+impl Default for DetectOptions {
+    fn default() -> Self {
+        Self {
+            min_score: 0.25,
+            iou_threshold: 0.5,
+            max_detections: 300,
+            classes: None,
+        }
+    }
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// Which devices a detector may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePreference {
+    /// CUDA when the runtime library and a GPU allow it, else the CPU.
+    Auto,
+    Cpu,
+}
+
+#[derive(Debug, Error)]
+pub enum DetectError {
+    #[error("cannot load ONNX Runtime from {path}: {message}")]
+    Runtime { path: PathBuf, message: String },
+    #[error("ONNX Runtime is not loaded: call Runtime::load first")]
+    NotLoaded,
+    #[error("cannot load model {path}: {source}")]
+    Model { path: PathBuf, source: ort::Error },
+    #[error("model {path} does not look like a {family:?} detector: {reason}")]
+    Layout {
+        path: PathBuf,
+        family: Family,
+        reason: String,
+    },
+    #[error("inference failed: {0}")]
+    Inference(#[from] ort::Error),
+    #[error("unexpected output: {0}")]
+    Output(String),
+}
+
+/// The ONNX Runtime library, loaded once per process.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    environment: Environment,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+impl Runtime {
+    /// Loads ONNX Runtime from `library` (`libonnxruntime.so.<version>`, such as the one in the
+    /// PyPI `onnxruntime` or `onnxruntime-gpu` wheel). Later calls return the first result.
+    pub fn load(library: &Path) -> Result<Runtime, DetectError> {
+        RUNTIME
+            .get_or_init(|| {
+                let builder = ort::init_from(library).map_err(|e| e.to_string())?;
+                let environment = builder
+                    .with_name("autotuner")
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(Runtime { environment })
+            })
+            .clone()
+            .map_err(|message| DetectError::Runtime {
+                path: library.to_path_buf(),
+                message,
+            })
+    }
+}
+
+enum Adapter {
+    Yolo { classes: usize },
+    SsdRaw { anchors: Vec<Anchor>, classes: usize },
+    SsdPostprocessed,
+}
+
+/// One model, ready to run. `detect` needs `&mut self`: give each worker thread its own detector,
+/// or share one behind a lock.
+pub struct Detector {
+    session: Session,
+    family: Family,
+    adapter: Adapter,
+    preprocess: Option<Preprocess>,
+    input_name: String,
+    output_names: Vec<String>,
+    batch: Option<usize>,
+    device: Device,
+    input: Vec<f32>,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("family", &self.family)
+            .field("device", &self.device)
+            .field("input", &self.input_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn static_dims(shape: &[i64]) -> Vec<Option<usize>> {
+    shape.iter().map(|&d| (d > 0).then_some(d as usize)).collect()
+}
+
+impl Detector {
+    /// Loads `model` as a `family` detector, on CUDA when `device` allows and it works.
+    pub fn load(
+        runtime: &Runtime,
+        model: &Path,
+        family: Family,
+        device: DevicePreference,
+    ) -> Result<Self, DetectError> {
+        let model_error = |source| DetectError::Model {
+            path: model.to_path_buf(),
+            source,
+        };
+        let layout_error = |reason: String| DetectError::Layout {
+            path: model.to_path_buf(),
+            family,
+            reason,
+        };
+        let mut chosen = Device::Cpu;
+        let session = {
+            let cuda = if device == DevicePreference::Auto {
+                try_cuda(runtime, model)
+            } else {
+                None
+            };
+            match cuda {
+                Some(session) => {
+                    chosen = Device::Cuda;
+                    session
+                }
+                None => Session::builder(&runtime.environment)
+                    .map_err(model_error)?
+                    .commit_from_file(model)
+                    .map_err(model_error)?,
+            }
+        };
+        let input = session
+            .inputs()
+            .first()
+            .ok_or_else(|| layout_error("no input".into()))?;
+        let input_name = input.name().to_string();
+        let input_shape: Vec<i64> = input
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        let dims = static_dims(&input_shape);
+        let output_names: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let output_shapes: Vec<Vec<i64>> = session
+            .outputs()
+            .iter()
+            .map(|o| o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default())
+            .collect();
+        let batch = dims.first().copied().flatten();
+        let (adapter, preprocess) = match family {
+            Family::Yolo => {
+                let [_, Some(3), Some(h), Some(w)] = dims.as_slice() else {
+                    return Err(layout_error(format!(
+                        "input shape {input_shape:?} is not N x 3 x H x W"
+                    )));
+                };
+                let out = output_shapes
+                    .first()
+                    .ok_or_else(|| layout_error("no output".into()))?;
+                let classes = match out.get(1) {
+                    Some(&c) if c > 4 => c as usize - 4,
+                    _ => {
+                        return Err(layout_error(format!(
+                            "output shape {out:?} is not N x (4 + classes) x anchors"
+                        )));
+                    }
+                };
+                let pre = Preprocess {
+                    width: *w,
+                    height: *h,
+                    fit: Fit::Letterbox { pad: 114.0 },
+                    layout: Layout::Nchw,
+                    bgr: false,
+                    scale: 1.0 / 255.0,
+                    offset: 0.0,
+                };
+                (Adapter::Yolo { classes }, Some(pre))
+            }
+            Family::SsdRaw => {
+                let [_, Some(h), Some(w), Some(3)] = dims.as_slice() else {
+                    return Err(layout_error(format!(
+                        "input shape {input_shape:?} is not N x H x W x 3"
+                    )));
+                };
+                if output_shapes.len() != 2 {
+                    return Err(layout_error(
+                        "expected two outputs (box encodings, class logits)".into(),
+                    ));
+                }
+                let anchors = SsdAnchorConfig::mobilenet_v2_300().anchors();
+                let logits = &output_shapes[1];
+                let (Some(&n), Some(&c)) = (logits.get(1), logits.get(2)) else {
+                    return Err(layout_error(format!("logits shape {logits:?}")));
+                };
+                if n as usize != anchors.len() {
+                    return Err(layout_error(format!(
+                        "{n} predictions, {} anchors",
+                        anchors.len()
+                    )));
+                }
+                let pre = Preprocess {
+                    width: *w,
+                    height: *h,
+                    fit: Fit::Stretch,
+                    layout: Layout::Nhwc,
+                    bgr: false,
+                    scale: 2.0 / 255.0,
+                    offset: -1.0,
+                };
+                (
+                    Adapter::SsdRaw {
+                        anchors,
+                        classes: c as usize - 1,
+                    },
+                    Some(pre),
+                )
+            }
+            Family::SsdPostprocessed => {
+                if output_names.len() != 4 {
+                    return Err(layout_error(
+                        "expected four outputs (num, boxes, scores, classes)".into(),
+                    ));
+                }
+                (Adapter::SsdPostprocessed, None)
+            }
+        };
+        Ok(Self {
+            session,
+            family,
+            adapter,
+            input: vec![0.0; preprocess.map_or(0, |p| p.len())],
+            preprocess,
+            input_name,
+            output_names,
+            batch,
+            device: chosen,
+        })
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The fixed batch size of the model, if it has one.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.batch
+    }
+
+    /// The input size of models that have one (not the post-processed SSD).
+    pub fn input_size(&self) -> Option<(usize, usize)> {
+        self.preprocess.map(|p| (p.width, p.height))
+    }
+
+    /// Detections of each image, in its pixel coordinates, best first.
+    pub fn detect(
+        &mut self,
+        images: &[RgbImage<'_>],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<Detection>>, DetectError> {
+        let step = self.batch.unwrap_or(images.len().max(1));
+        let mut all = Vec::with_capacity(images.len());
+        for chunk in images.chunks(step) {
+            all.extend(self.detect_batch(chunk, options)?);
+        }
+        Ok(all)
+    }
+
+    fn detect_batch(
+        &mut self,
+        images: &[RgbImage<'_>],
+        options: &DetectOptions,
+    ) -> Result<Vec<Vec<Detection>>, DetectError> {
+        if let Adapter::SsdPostprocessed = self.adapter {
+            return images
+                .iter()
+                .map(|image| self.detect_postprocessed(image, options))
+                .collect();
+        }
+        let pre = self.preprocess.expect("raw families have a preprocessing");
+        let per_image = pre.len();
+        self.input.resize(per_image * images.len(), 0.0);
+        let placements: Vec<Placement> = images
+            .iter()
+            .zip(self.input.chunks_exact_mut(per_image))
+            .map(|(image, out)| pre.apply(*image, out))
+            .collect();
+        let shape = match pre.layout {
+            Layout::Nchw => [images.len(), 3, pre.height, pre.width],
+            Layout::Nhwc => [images.len(), pre.height, pre.width, 3],
+        };
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])?;
+        let mut results = Vec::with_capacity(images.len());
+        match &self.adapter {
+            Adapter::Yolo { classes } => {
+                let (shape, data) = outputs[self.output_names[0].as_str()].try_extract_tensor::<f32>()?;
+                let anchors = *shape
+                    .last()
+                    .ok_or_else(|| DetectError::Output("empty shape".into()))?
+                    as usize;
+                let per = (4 + classes) * anchors;
+                for (i, (image, placement)) in images.iter().zip(&placements).enumerate() {
+                    let out = &data[i * per..(i + 1) * per];
+                    results.push(decode_yolo(out, *classes, anchors, image, placement, options));
+                }
+            }
+            Adapter::SsdRaw { anchors, classes } => {
+                let (_, boxes) = outputs[self.output_names[0].as_str()].try_extract_tensor::<f32>()?;
+                let (_, logits) = outputs[self.output_names[1].as_str()].try_extract_tensor::<f32>()?;
+                let n = anchors.len();
+                for (i, image) in images.iter().enumerate() {
+                    let b = &boxes[i * n * 4..(i + 1) * n * 4];
+                    let l = &logits[i * n * (classes + 1)..(i + 1) * n * (classes + 1)];
+                    results.push(decode_ssd_raw(b, l, anchors, *classes, image, options));
+                }
+            }
+            Adapter::SsdPostprocessed => unreachable!("handled above"),
+        }
+        Ok(results)
+    }
+
+    fn detect_postprocessed(
+        &mut self,
+        image: &RgbImage<'_>,
+        options: &DetectOptions,
+    ) -> Result<Vec<Detection>, DetectError> {
+        let tensor = TensorRef::from_array_view(([1, image.height, image.width, 3], image.data))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])?;
+        let get = |name: &str| outputs[name].try_extract_tensor::<f32>().map(|(_, d)| d.to_vec());
+        let (mut num, mut boxes, mut scores, mut classes) = (None, None, None, None);
+        for name in &self.output_names {
+            let values = get(name)?;
+            match name.trim_end_matches(":0") {
+                "num_detections" => num = Some(values),
+                "detection_boxes" => boxes = Some(values),
+                "detection_scores" => scores = Some(values),
+                "detection_classes" => classes = Some(values),
+                other => return Err(DetectError::Output(format!("unknown output {other}"))),
+            }
+        }
+        let missing = || DetectError::Output("missing a detection output".into());
+        let (num, boxes, scores, classes) = (
+            num.ok_or_else(missing)?,
+            boxes.ok_or_else(missing)?,
+            scores.ok_or_else(missing)?,
+            classes.ok_or_else(missing)?,
+        );
+        let count = (num.first().copied().unwrap_or(0.0) as usize).min(scores.len());
+        let (w, h) = (image.width as f32, image.height as f32);
+        let mut detections: Vec<Detection> = (0..count)
+            .filter(|&i| scores[i] >= options.min_score)
+            .map(|i| Detection {
+                bbox: BBox::new(
+                    boxes[4 * i + 1] * w,
+                    boxes[4 * i] * h,
+                    boxes[4 * i + 3] * w,
+                    boxes[4 * i + 2] * h,
+                ),
+                class_id: classes[i].round() as u32,
+                score: scores[i],
+            })
+            .filter(|d| wanted(d.class_id, options))
+            .collect();
+        // The graph already suppressed overlaps (its own IoU); keep its order, cap the count.
+        detections.truncate(options.max_detections);
+        Ok(detections)
+    }
+}
+
+fn wanted(class_id: u32, options: &DetectOptions) -> bool {
+    options.classes.as_ref().is_none_or(|c| c.contains(&class_id))
+}
+
+fn try_cuda(runtime: &Runtime, model: &Path) -> Option<Session> {
+    #[cfg(feature = "cuda")]
+    {
+        let builder = Session::builder(&runtime.environment).ok()?;
+        let builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .ok()?;
+        let mut builder = builder;
+        return builder.commit_from_file(model).ok();
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = (runtime, model);
+        None
+    }
+}
+
+/// YOLO output of one image: `(4 + classes) x anchors`, row-major.
+pub fn decode_yolo(
+    out: &[f32],
+    classes: usize,
+    anchors: usize,
+    image: &RgbImage<'_>,
+    placement: &Placement,
+    options: &DetectOptions,
+) -> Vec<Detection> {
+    let (w, h) = (image.width as f32, image.height as f32);
+    let mut detections = Vec::new();
+    for j in 0..anchors {
+        let mut best = 0;
+        let mut score = f32::MIN;
+        for c in 0..classes {
+            let s = out[(4 + c) * anchors + j];
+            if s > score {
+                score = s;
+                best = c;
+            }
+        }
+        if score < options.min_score {
+            continue;
+        }
+        let Some(class_id) = labels::coco_id_of_yolo_index(best) else {
+            continue;
+        };
+        if !wanted(class_id, options) {
+            continue;
+        }
+        let (cx, cy, bw, bh) = (
+            out[j],
+            out[anchors + j],
+            out[2 * anchors + j],
+            out[3 * anchors + j],
+        );
+        let (x0, y0) = placement.to_image(cx - bw / 2.0, cy - bh / 2.0);
+        let (x1, y1) = placement.to_image(cx + bw / 2.0, cy + bh / 2.0);
+        detections.push(Detection {
+            bbox: BBox::new(x0, y0, x1, y1).clip(w, h),
+            class_id,
+            score,
+        });
+    }
+    nms(&mut detections, options.iou_threshold, options.max_detections);
+    detections
+}
+
+/// SSD raw head of one image: box encodings `anchors x 4` and logits `anchors x (1 + classes)`;
+/// sigmoid scores, background (class 0) dropped, every class above the threshold considered.
+pub fn decode_ssd_raw(
+    boxes: &[f32],
+    logits: &[f32],
+    anchors: &[Anchor],
+    classes: usize,
+    image: &RgbImage<'_>,
+    options: &DetectOptions,
+) -> Vec<Detection> {
+    let (w, h) = (image.width as f32, image.height as f32);
+    let mut detections = Vec::new();
+    for (j, anchor) in anchors.iter().enumerate() {
+        let row = &logits[j * (classes + 1)..(j + 1) * (classes + 1)];
+        let mut decoded: Option<BBox> = None;
+        for (c, &logit) in row.iter().enumerate().skip(1) {
+            let score = 1.0 / (1.0 + (-logit).exp());
+            if score < options.min_score || !wanted(c as u32, options) || labels::name(c as u32).is_none() {
+                continue;
+            }
+            let bbox = *decoded.get_or_insert_with(|| {
+                let code = [boxes[4 * j], boxes[4 * j + 1], boxes[4 * j + 2], boxes[4 * j + 3]];
+                let [ymin, xmin, ymax, xmax] = anchors::decode(code, anchor);
+                BBox::new(
+                    xmin.clamp(0.0, 1.0) * w,
+                    ymin.clamp(0.0, 1.0) * h,
+                    xmax.clamp(0.0, 1.0) * w,
+                    ymax.clamp(0.0, 1.0) * h,
+                )
+            });
+            detections.push(Detection {
+                bbox,
+                class_id: c as u32,
+                score,
+            });
+        }
+    }
+    nms(&mut detections, options.iou_threshold, options.max_detections);
+    detections
+}

@@ -1,0 +1,17 @@
+//! Object detectors for Edge AutoTuner: ONNX models (YOLO as the teacher, SSD-MobileNetV2 as the
+//! student) on ONNX Runtime, their pre- and post-processing, and COCO-style evaluation. Nothing of
+//! Kubernetes.
+
+pub mod anchors;
+mod detector;
+pub mod eval;
+mod geometry;
+pub mod labels;
+mod preprocess;
+
+pub use detector::{
+    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, Runtime, decode_ssd_raw,
+    decode_yolo,
+};
+pub use geometry::{BBox, Detection, nms};
+pub use preprocess::{Fit, ImageSizeError, Layout, Placement, Preprocess, RgbImage};
