@@ -1,0 +1,154 @@
+//! `autotuner-annotator`: serves a teacher model over HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use autotuner_annotator::api::ModelInfo;
+use autotuner_annotator::batcher::{BatchConfig, Batcher};
+use autotuner_annotator::metrics::Metrics;
+use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    Yolo,
+    SsdRaw,
+    SsdPostprocessed,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    /// CUDA when available, else the CPU.
+    Auto,
+    Cpu,
+}
+
+/// Serves a teacher detector: POST /v1/annotate, the Open Inference Protocol v2 under /v2,
+/// /metrics, /healthz, /readyz.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[arg(long, env = "AUTOTUNER_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// The ONNX model file.
+    #[arg(long, env = "AUTOTUNER_MODEL")]
+    model: PathBuf,
+    #[arg(long, env = "AUTOTUNER_MODEL_FAMILY", value_enum, default_value = "yolo")]
+    family: FamilyArg,
+    /// Name in the API (default: the file name without extension).
+    #[arg(long, env = "AUTOTUNER_MODEL_NAME")]
+    model_name: Option<String>,
+    #[arg(long, env = "AUTOTUNER_MODEL_VERSION", default_value = "1")]
+    model_version: String,
+    /// ONNX Runtime's shared library (libonnxruntime.so.<version>).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: PathBuf,
+    #[arg(long, env = "AUTOTUNER_DEVICE", value_enum, default_value = "auto")]
+    device: DeviceArg,
+    #[arg(long, env = "AUTOTUNER_MAX_BATCH", default_value_t = 8)]
+    max_batch: usize,
+    #[arg(long, env = "AUTOTUNER_MAX_WAIT_MS", default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Requests that may wait for the model; beyond, 429.
+    #[arg(long, env = "AUTOTUNER_QUEUE", default_value_t = 64)]
+    queue: usize,
+    #[arg(long, env = "AUTOTUNER_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    #[arg(long, env = "AUTOTUNER_MAX_PIXELS", default_value_t = 4096 * 4096)]
+    max_pixels: u64,
+    /// A file holding the bearer token clients must send (a mounted Secret); unset: no auth.
+    #[arg(long, env = "AUTOTUNER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, env = "AUTOTUNER_MIN_SCORE", default_value_t = 0.25)]
+    min_score: f32,
+    #[arg(long, env = "AUTOTUNER_IOU", default_value_t = 0.5)]
+    iou: f32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if args.token_file.is_some() && token.is_none() {
+        anyhow::bail!("the token file is empty");
+    }
+    let runtime = Runtime::load(&args.onnxruntime)?;
+    let family = match args.family {
+        FamilyArg::Yolo => Family::Yolo,
+        FamilyArg::SsdRaw => Family::SsdRaw,
+        FamilyArg::SsdPostprocessed => Family::SsdPostprocessed,
+    };
+    let preference = match args.device {
+        DeviceArg::Auto => DevicePreference::Auto,
+        DeviceArg::Cpu => DevicePreference::Cpu,
+    };
+    let detector = Detector::load(&runtime, &args.model, family, preference)?;
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        args.model
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let model = ModelInfo {
+        name,
+        version: args.model_version.clone(),
+        device: detector.device().as_str().into(),
+    };
+    tracing::info!(model = %model.name, device = %model.device, family = ?family, "model loaded");
+    let metrics = Metrics::new();
+    let batch = BatchConfig {
+        max_batch: args.max_batch.max(1),
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        queue: args.queue.max(1),
+    };
+    let (batcher, worker) = Batcher::start(detector, batch, metrics.clone());
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_pixels: args.max_pixels,
+        token,
+        default_min_score: args.min_score,
+        iou_threshold: args.iou,
+        ..ServerConfig::new(model)
+    };
+    let app = router(config, batcher, metrics);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    // The router (and with it the batcher's last sender) is gone: the worker drains and stops.
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C: stop accepting, finish what is in flight.
+async fn shutdown() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

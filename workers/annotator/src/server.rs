@@ -1,0 +1,636 @@
+//! The HTTP API: `POST /v1/annotate`, the Open Inference Protocol v2 (KServe/Triton REST) for the
+//! same model, `/metrics`, `/healthz`, `/readyz`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autotuner_detect::{DetectOptions, Detection, labels};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::{AnnotateResponse, ErrorBody, ImageLabels, Label, ModelInfo};
+use crate::batcher::{Batcher, Labelled};
+use crate::images::{self, DecodeError, RgbBuffer};
+use crate::metrics::Metrics;
+
+/// Limits and identity of a served model.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub model: ModelInfo,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest image, in pixels (413 beyond).
+    pub max_pixels: u64,
+    /// Most images in one request.
+    pub max_images: usize,
+    /// Bearer token required on the inference routes (none: open).
+    pub token: Option<String>,
+    pub default_min_score: f32,
+    pub iou_threshold: f32,
+    /// How long a request waits for the model before 503.
+    pub timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(model: ModelInfo) -> Self {
+        Self {
+            model,
+            max_body_bytes: 16 << 20,
+            max_pixels: 4096 * 4096,
+            max_images: 64,
+            token: None,
+            default_min_score: 0.25,
+            iou_threshold: 0.5,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct AppState {
+    config: ServerConfig,
+    batcher: Batcher,
+    metrics: Metrics,
+    replies: Mutex<ReplyCache>,
+}
+
+/// Answers of recent requests by `Idempotency-Key`, so that a client's retry is not labelled twice.
+#[derive(Default)]
+struct ReplyCache {
+    order: VecDeque<String>,
+    bodies: HashMap<String, Bytes>,
+}
+
+const REPLY_CACHE: usize = 1024;
+
+impl ReplyCache {
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.bodies.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, body: Bytes) {
+        if self.bodies.insert(key.clone(), body).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > REPLY_CACHE {
+                if let Some(old) = self.order.pop_front() {
+                    self.bodies.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// An error answer with a status and a message saying what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.message })).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        let status = match e {
+            DecodeError::TooManyPixels { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DecodeError::NotAnImage | DecodeError::Corrupt(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// The router of the whole API.
+pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Router {
+    let max_body = config.max_body_bytes;
+    let state = Arc::new(AppState {
+        config,
+        batcher,
+        metrics,
+        replies: Mutex::default(),
+    });
+    let inference = Router::new()
+        .route("/v1/annotate", post(annotate))
+        .route("/v2/models/{name}/infer", post(oip_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip_infer_version),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(inference)
+        .route("/v2", get(oip_server))
+        .route("/v2/health/live", get(ok))
+        .route("/v2/health/ready", get(ok))
+        .route("/v2/models/{name}", get(oip_model))
+        .route("/v2/models/{name}/ready", get(oip_model_ready))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), record))
+        .with_state(state)
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Counts every request by route and status, and times it.
+async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    state.metrics.in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight.dec();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn require_token(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.config.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <token from the annotator's token Secret>",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct AnnotateQuery {
+    /// Comma-separated class names.
+    classes: Option<String>,
+    min_score: Option<f32>,
+}
+
+fn options(
+    state: &AppState,
+    classes: Option<&str>,
+    min_score: Option<f32>,
+) -> Result<DetectOptions, ApiError> {
+    let classes = match classes.map(str::trim).filter(|c| !c.is_empty()) {
+        None => None,
+        Some(list) => {
+            let names: Vec<&str> = list.split(',').collect();
+            Some(labels::ids(&names).map_err(|unknown| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown class {unknown:?}: use COCO class names such as person, car"),
+                )
+            })?)
+        }
+    };
+    let min_score = min_score.unwrap_or(state.config.default_min_score);
+    if !(0.0..=1.0).contains(&min_score) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "min_score must be between 0 and 1",
+        ));
+    }
+    Ok(DetectOptions {
+        min_score,
+        iou_threshold: state.config.iou_threshold,
+        max_detections: 300,
+        classes,
+    })
+}
+
+async fn label(
+    state: &AppState,
+    images: Vec<RgbBuffer>,
+    options: DetectOptions,
+) -> Result<Labelled, ApiError> {
+    let receiver = state.batcher.submit(images, options).map_err(|_| ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "the annotator's queue is full: retry after the time in Retry-After".into(),
+        retry_after: Some(1),
+    })?;
+    match tokio::time::timeout(state.config.timeout, receiver).await {
+        Ok(Ok(Ok(labelled))) => Ok(labelled),
+        Ok(Ok(Err(e))) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("inference failed: {e}"),
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the annotator is shutting down: retry",
+        )),
+        Err(_) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "timed out waiting for the model: retry later".into(),
+            retry_after: Some(1),
+        }),
+    }
+}
+
+async fn decode_all(state: &AppState, bodies: Vec<Bytes>) -> Result<Vec<RgbBuffer>, ApiError> {
+    let max_pixels = state.config.max_pixels;
+    tokio::task::spawn_blocking(move || {
+        bodies
+            .iter()
+            .map(|b| images::decode(b, max_pixels))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(ApiError::from)
+}
+
+fn to_label(d: &Detection, offset: [u32; 2]) -> Label {
+    let b = d.bbox.offset(offset[0] as f32, offset[1] as f32);
+    Label {
+        bbox: [b.x0, b.y0, b.x1, b.y1],
+        class_id: d.class_id,
+        class: labels::name(d.class_id).unwrap_or("unknown").to_string(),
+        score: d.score,
+    }
+}
+
+/// `POST /v1/annotate`: a JPEG/PNG body, or `multipart/form-data` with `image` parts and an
+/// optional `offsets` part (JSON `[[x, y], ...]`, one per image: where each crop sits in its frame).
+async fn annotate(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<AnnotateQuery>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(key) = &key
+        && let Some(body) = state.replies.lock().expect("reply cache").get(key)
+    {
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::HeaderName::from_static("idempotent-replayed"), "true"),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    let options = options(&state, query.classes.as_deref(), query.min_score)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (bodies, offsets) = if content_type.starts_with("image/jpeg") || content_type.starts_with("image/png")
+    {
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        (vec![body], None)
+    } else if content_type.starts_with("multipart/form-data") {
+        read_multipart(&state, request).await?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {content_type:?} is not supported: send image/jpeg, image/png or multipart/form-data"
+            ),
+        ));
+    };
+    if bodies.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "no image in the request"));
+    }
+    let offsets = offsets.unwrap_or_else(|| vec![[0, 0]; bodies.len()]);
+    if offsets.len() != bodies.len() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{} offsets for {} images", offsets.len(), bodies.len()),
+        ));
+    }
+    let decoded = decode_all(&state, bodies).await?;
+    let sizes: Vec<(u32, u32)> = decoded.iter().map(|d| (d.width, d.height)).collect();
+    let labelled = label(&state, decoded, options).await?;
+    let response = AnnotateResponse {
+        model: state.config.model.clone(),
+        inference_ms: labelled.inference.as_secs_f64() * 1e3,
+        batch_images: labelled.batch_images,
+        images: labelled
+            .detections
+            .iter()
+            .zip(&offsets)
+            .zip(&sizes)
+            .enumerate()
+            .map(|(index, ((found, offset), (width, height)))| ImageLabels {
+                index,
+                offset: *offset,
+                width: *width,
+                height: *height,
+                labels: found.iter().map(|d| to_label(d, *offset)).collect(),
+            })
+            .collect(),
+    };
+    let body = Bytes::from(serde_json::to_vec(&response).expect("serialise"));
+    if let Some(key) = key {
+        state.replies.lock().expect("reply cache").put(key, body.clone());
+    }
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn read_multipart(
+    state: &AppState,
+    request: Request,
+) -> Result<(Vec<Bytes>, Option<Vec<[u32; 2]>>), ApiError> {
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad multipart body: {}", e.body_text()),
+        )
+    })?;
+    let (mut bodies, mut offsets) = (Vec::new(), None);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::new(e.status(), format!("bad multipart body: {}", e.body_text())))?
+    {
+        match field.name() {
+            Some("image") => {
+                if bodies.len() == state.config.max_images {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "more than {} images in one request: split it",
+                            state.config.max_images
+                        ),
+                    ));
+                }
+                bodies.push(
+                    field
+                        .bytes()
+                        .await
+                        .map_err(|e| ApiError::new(e.status(), e.body_text()))?,
+                );
+            }
+            Some("offsets") => {
+                let text = field
+                    .text()
+                    .await
+                    .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+                offsets = Some(serde_json::from_str::<Vec<[u32; 2]>>(&text).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("offsets must be JSON [[x, y], ...]: {e}"),
+                    )
+                })?);
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "unexpected multipart field {other:?}: send `image` parts and an optional `offsets` part"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((bodies, offsets))
+}
+
+// --- Open Inference Protocol v2 ---------------------------------------------------------------
+
+fn check_model(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if name == state.config.model.name {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no model {name:?}; this server has {:?}", state.config.model.name),
+        ))
+    }
+}
+
+async fn oip_server() -> Json<Value> {
+    Json(json!({ "name": "autotuner-annotator", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
+}
+
+async fn oip_model(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_model(&state, &name)?;
+    let m = &state.config.model;
+    Ok(Json(json!({
+        "name": m.name,
+        "versions": [m.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{ "name": "image", "datatype": "UINT8", "shape": [-1, -1, 3] },
+                   { "name": "image", "datatype": "BYTES", "shape": [1] }],
+        "outputs": [{ "name": "boxes", "datatype": "FP32", "shape": [-1, 4] },
+                    { "name": "scores", "datatype": "FP32", "shape": [-1] },
+                    { "name": "classes", "datatype": "INT32", "shape": [-1] },
+                    { "name": "labels", "datatype": "BYTES", "shape": [-1] }],
+        "parameters": { "device": m.device },
+    })))
+}
+
+async fn oip_model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<&'static str, ApiError> {
+    check_model(&state, &name)?;
+    Ok("ok")
+}
+
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    inputs: Vec<InferInput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InferInput {
+    shape: Vec<i64>,
+    datatype: String,
+    data: Value,
+}
+
+async fn oip_infer_version(
+    state: State<Arc<AppState>>,
+    Path((name, _version)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    oip_infer(state, Path(name), body).await
+}
+
+/// One image per request: a UINT8 tensor `[H, W, 3]` or `[1, H, W, 3]` (RGB), or a BYTES tensor
+/// holding one base64 JPEG/PNG. Parameters `classes` (comma-separated names) and `min_score`.
+async fn oip_infer(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_model(&state, &name)?;
+    let request: InferRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not an inference request: {e}")))?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "send exactly one input, the image",
+        ));
+    };
+    let image = match input.datatype.as_str() {
+        "UINT8" => {
+            let dims: Vec<i64> = match input.shape.as_slice() {
+                [1, h, w, 3] | [h, w, 3] => vec![*h, *w],
+                other => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("UINT8 shape {other:?} is not [H, W, 3]"),
+                    ));
+                }
+            };
+            let (h, w) = (dims[0], dims[1]);
+            if h <= 0 || w <= 0 || (h as u64) * (w as u64) > state.config.max_pixels {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{w}x{h} exceeds the pixel limit"),
+                ));
+            }
+            let values = input
+                .data
+                .as_array()
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "data must be an array"))?;
+            if values.len() as i64 != h * w * 3 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{} values for shape [{h}, {w}, 3]", values.len()),
+                ));
+            }
+            let data = values
+                .iter()
+                .map(|v| v.as_u64().filter(|&b| b <= 255).map(|b| b as u8))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "UINT8 data must be integers 0..255")
+                })?;
+            RgbBuffer {
+                data,
+                width: w as u32,
+                height: h as u32,
+            }
+        }
+        "BYTES" => {
+            let encoded = input
+                .data
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "BYTES data must be [\"<base64 JPEG or PNG>\"]",
+                    )
+                })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, format!("BYTES data is not base64: {e}"))
+                })?;
+            decode_all(&state, vec![Bytes::from(bytes)]).await?.remove(0)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("datatype {other} is not UINT8 or BYTES"),
+            ));
+        }
+    };
+    let classes = request
+        .parameters
+        .get("classes")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let min_score = request
+        .parameters
+        .get("min_score")
+        .and_then(Value::as_f64)
+        .map(|v| v as f32);
+    let options = options(&state, classes.as_deref(), min_score)?;
+    let labelled = label(&state, vec![image], options).await?;
+    let found = &labelled.detections[0];
+    let n = found.len();
+    Ok(Json(json!({
+        "model_name": state.config.model.name,
+        "model_version": state.config.model.version,
+        "id": request.id,
+        "parameters": { "device": state.config.model.device, "inference_ms": labelled.inference.as_secs_f64() * 1e3 },
+        "outputs": [
+            { "name": "boxes", "datatype": "FP32", "shape": [n, 4],
+              "data": found.iter().flat_map(|d| [d.bbox.x0, d.bbox.y0, d.bbox.x1, d.bbox.y1]).collect::<Vec<_>>() },
+            { "name": "scores", "datatype": "FP32", "shape": [n], "data": found.iter().map(|d| d.score).collect::<Vec<_>>() },
+            { "name": "classes", "datatype": "INT32", "shape": [n], "data": found.iter().map(|d| d.class_id).collect::<Vec<_>>() },
+            { "name": "labels", "datatype": "BYTES", "shape": [n],
+              "data": found.iter().map(|d| labels::name(d.class_id).unwrap_or("unknown")).collect::<Vec<_>>() },
+        ],
+    })))
+}
