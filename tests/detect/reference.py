@@ -9,6 +9,9 @@ Commands:
       run a detector (yolo | ssdRaw | ssdPostprocessed) on every W x H RGB frame of FRAMES; OPTIONS
       is JSON {minScore, iouThreshold, maxDetections}; OUT gets a JSON list per frame of
       [x0, y0, x1, y1, cocoClassId, score]
+  bench FAMILY MODEL JPEG_DIR BATCH
+      end-to-end images/s on every .jpg of JPEG_DIR (cv2.imdecode, preprocessing, onnxruntime,
+      decoding and NMS), BATCH images per model call; prints JSON
   coco GROUND_TRUTH DETECTIONS OUT
       COCOeval (bbox) of the two JSON files: GROUND_TRUTH {images: [ids], categories: [ids],
       annotations: [{image_id, category_id, bbox: [x, y, w, h], iscrowd}]}, DETECTIONS a list of
@@ -119,11 +122,13 @@ def ssd_anchors():
 
 
 def detect_ssd_raw(session, frame, opts, anchors):
-    h, w, _ = frame.shape
     x = (resize(frame, 300, 300) * np.float32(2 / 255) - np.float32(1))[None].astype(np.float32)
     boxes, logits = session.run(None, {session.get_inputs()[0].name: x})
-    boxes = boxes.reshape(-1, 4)
-    logits = logits[0]
+    return decode_ssd(boxes.reshape(-1, 4), logits[0], frame.shape, opts, anchors)
+
+
+def decode_ssd(boxes, logits, shape, opts, anchors):
+    h, w, _ = shape
     scores = np.float32(1) / (np.float32(1) + np.exp(-logits))
     dets = []
     for j, c in zip(*np.nonzero(scores[:, 1:] >= opts["minScore"])):
@@ -199,6 +204,47 @@ def cmd_detect(family, model, frames, w, h, options, out):
         json.dump(results, f)
 
 
+def preprocess_ssd(frame):
+    return (resize(frame, 300, 300) * np.float32(2 / 255) - np.float32(1)).astype(np.float32)
+
+
+def cmd_bench(family, model, jpeg_dir, batch):
+    import glob
+    import time
+    import cv2
+    import onnxruntime as ort
+    batch = int(batch)
+    files = sorted(glob.glob(f"{jpeg_dir}/*.jpg"))
+    blobs = [np.fromfile(f, dtype=np.uint8) for f in files]
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    opts = {"minScore": 0.25, "iouThreshold": 0.5, "maxDetections": 300}
+    anchors = ssd_anchors()
+    found = 0
+
+    def run():
+        nonlocal found
+        for start in range(0, len(blobs), batch):
+            frames = [cv2.cvtColor(cv2.imdecode(b, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in blobs[start:start + batch]]
+            if family == "yolo":
+                for frame in frames:
+                    found += len(detect_yolo(session, frame, opts))
+            elif family == "ssdRaw":
+                x = np.stack([preprocess_ssd(f) for f in frames])
+                boxes, logits = session.run(None, {session.get_inputs()[0].name: x})
+                for i, frame in enumerate(frames):
+                    found += len(decode_ssd(boxes[i].reshape(-1, 4), logits[i], frame.shape, opts, anchors))
+            else:
+                sys.exit(f"bench: unsupported family {family}")
+
+    run()  # warm-up
+    found = 0
+    started = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - started
+    print(json.dumps({"images": len(blobs), "seconds": seconds, "images_per_second": len(blobs) / seconds,
+                      "detections": found, "onnxruntime": ort.__version__}))
+
+
 def cmd_coco(ground_truth, detections, out):
     import contextlib
     import io
@@ -231,7 +277,7 @@ def cmd_coco(ground_truth, detections, out):
 
 
 if __name__ == "__main__":
-    commands = {"frames": cmd_frames, "detect": cmd_detect, "coco": cmd_coco}
+    commands = {"frames": cmd_frames, "detect": cmd_detect, "bench": cmd_bench, "coco": cmd_coco}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

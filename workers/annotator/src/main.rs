@@ -12,11 +12,15 @@ use autotuner_annotator::server::{ServerConfig, router};
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 use clap::{Parser, ValueEnum};
 
+/// The CameraTuning API's detector families (`annotation.teacher.model.family`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FamilyArg {
+    #[value(name = "yolo")]
     Yolo,
+    #[value(name = "ssdRaw")]
     SsdRaw,
-    SsdPostprocessed,
+    #[value(name = "tfObjectDetection")]
+    TfObjectDetection,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -33,10 +37,10 @@ enum DeviceArg {
 struct Args {
     #[arg(long, env = "AUTOTUNER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// The ONNX model file.
-    #[arg(long, env = "AUTOTUNER_MODEL")]
-    model: PathBuf,
-    #[arg(long, env = "AUTOTUNER_MODEL_FAMILY", value_enum, default_value = "yolo")]
+    /// The ONNX model: a path, `file://` path, or `http(s)://` URL (downloaded at start).
+    #[arg(long, env = "AUTOTUNER_TEACHER_URI")]
+    model: String,
+    #[arg(long, env = "AUTOTUNER_TEACHER_FAMILY", value_enum, default_value = "yolo")]
     family: FamilyArg,
     /// Name in the API (default: the file name without extension).
     #[arg(long, env = "AUTOTUNER_MODEL_NAME")]
@@ -93,15 +97,16 @@ async fn main() -> anyhow::Result<()> {
     let family = match args.family {
         FamilyArg::Yolo => Family::Yolo,
         FamilyArg::SsdRaw => Family::SsdRaw,
-        FamilyArg::SsdPostprocessed => Family::SsdPostprocessed,
+        FamilyArg::TfObjectDetection => Family::SsdPostprocessed,
     };
     let preference = match args.device {
         DeviceArg::Auto => DevicePreference::Auto,
         DeviceArg::Cpu => DevicePreference::Cpu,
     };
-    let detector = Detector::load(&runtime, &args.model, family, preference)?;
+    let model_path = fetch_model(&args.model).await?;
+    let detector = Detector::load(&runtime, &model_path, family, preference)?;
     let name = args.model_name.clone().unwrap_or_else(|| {
-        args.model
+        model_path
             .file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned())
     });
@@ -140,6 +145,40 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The model file for `uri`: a local path as is, an `http(s)://` URL downloaded to the temporary
+/// directory (the pod's writable /tmp).
+async fn fetch_model(uri: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    if uri.starts_with("http://") || uri.starts_with("https://") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let file_name = uri
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("model.onnx");
+        let target = std::env::temp_dir().join(file_name);
+        tracing::info!(%uri, target = %target.display(), "downloading the model");
+        let response = reqwest::get(uri)
+            .await?
+            .error_for_status()
+            .with_context(|| format!("downloading {uri}"))?;
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("downloading {uri}"))?;
+        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
+        return Ok(target);
+    }
+    if uri.contains("://") {
+        anyhow::bail!(
+            "model URI {uri}: this annotator reads file:// and http(s):// models (s3:// is not supported yet)"
+        );
+    }
+    Ok(PathBuf::from(uri))
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C: stop accepting, finish what is in flight.

@@ -333,6 +333,57 @@ impl Detector {
         Ok(all)
     }
 
+    /// Sliced inference for small objects: the image is cut into `tile`-sized tiles overlapping
+    /// by `overlap` (a fraction of the tile), each tile is detected at the model's resolution,
+    /// the whole image too (for the large objects tiles cut apart), and everything is merged by
+    /// class-aware NMS in image coordinates.
+    pub fn detect_sliced(
+        &mut self,
+        image: RgbImage<'_>,
+        tile: (usize, usize),
+        overlap: f32,
+        options: &DetectOptions,
+    ) -> Result<Vec<Detection>, DetectError> {
+        let (tw, th) = (tile.0.clamp(1, image.width), tile.1.clamp(1, image.height));
+        let starts = |size: usize, t: usize| {
+            let step = ((t as f32 * (1.0 - overlap.clamp(0.0, 0.9))).round() as usize).max(1);
+            let mut v: Vec<usize> = (0..).map(|k| k * step).take_while(|&s| s + t < size).collect();
+            v.push(size - t);
+            v
+        };
+        let mut buffers = Vec::new();
+        for y in starts(image.height, th) {
+            for x in starts(image.width, tw) {
+                let mut pixels = Vec::with_capacity(tw * th * 3);
+                for row in y..y + th {
+                    let start = (row * image.width + x) * 3;
+                    pixels.extend_from_slice(&image.data[start..start + tw * 3]);
+                }
+                buffers.push((x, y, pixels));
+            }
+        }
+        let mut views: Vec<RgbImage<'_>> = buffers
+            .iter()
+            .map(|(_, _, p)| RgbImage {
+                data: p,
+                width: tw,
+                height: th,
+            })
+            .collect();
+        views.push(image);
+        let found = self.detect(&views, options)?;
+        let mut merged: Vec<Detection> = Vec::new();
+        for (i, detections) in found.into_iter().enumerate() {
+            let (dx, dy) = buffers.get(i).map_or((0, 0), |(x, y, _)| (*x, *y));
+            merged.extend(detections.into_iter().map(|d| Detection {
+                bbox: d.bbox.offset(dx as f32, dy as f32),
+                ..d
+            }));
+        }
+        nms(&mut merged, options.iou_threshold, options.max_detections);
+        Ok(merged)
+    }
+
     fn detect_batch(
         &mut self,
         images: &[RgbImage<'_>],

@@ -123,3 +123,35 @@ fn a_model_of_another_family_is_refused_with_the_reason() {
     .unwrap_err();
     assert!(missing.to_string().contains("/nonexistent.onnx"), "{missing}");
 }
+
+#[test]
+fn sliced_inference_finds_what_the_full_frame_finds_in_frame_coordinates() {
+    let frames = colour_frames();
+    let frame = image(&frames, 100);
+    let options = DetectOptions {
+        min_score: 0.4,
+        classes: Some(vec![1]),
+        ..DetectOptions::default()
+    };
+    let mut teacher = detector(Family::Yolo);
+    let whole = teacher.detect(&[frame], &options).unwrap().remove(0);
+    let sliced = teacher.detect_sliced(frame, (384, 384), 0.25, &options).unwrap();
+    assert!(whole.len() >= 3, "{whole:?}");
+    assert!(
+        sliced.len() >= whole.len(),
+        "sliced {} vs whole {}",
+        sliced.len(),
+        whole.len()
+    );
+    for d in &whole {
+        assert!(
+            sliced.iter().any(|s| s.bbox.iou(&d.bbox) > 0.5),
+            "{d:?} missing from the sliced result"
+        );
+    }
+    assert!(
+        sliced
+            .iter()
+            .all(|s| s.bbox.x1 <= WIDTH as f32 && s.bbox.y1 <= HEIGHT as f32)
+    );
+}
