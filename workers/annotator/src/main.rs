@@ -115,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
         version: args.model_version.clone(),
         device: detector.device().as_str().into(),
     };
+    if let (DeviceArg::Auto, Some(reason)) = (args.device, detector.cuda_unavailable()) {
+        tracing::info!(%reason, "CUDA is not usable here: running on the CPU");
+    }
     tracing::info!(model = %model.name, device = %model.device, family = ?family, "model loaded");
     let metrics = Metrics::new();
     let batch = BatchConfig {

@@ -109,7 +109,10 @@ impl Runtime {
     pub fn load(library: &Path) -> Result<Runtime, DetectError> {
         RUNTIME
             .get_or_init(|| {
-                let builder = ort::init_from(library).map_err(|e| e.to_string())?;
+                // The real path: ONNX Runtime looks for its execution-provider libraries (CUDA)
+                // next to the file it was loaded from, and the assets folder holds a symlink.
+                let library = std::fs::canonicalize(library).map_err(|e| e.to_string())?;
+                let builder = ort::init_from(&library).map_err(|e| e.to_string())?;
                 let environment = builder
                     .with_name("autotuner")
                     .build()
@@ -141,6 +144,7 @@ pub struct Detector {
     output_names: Vec<String>,
     batch: Option<usize>,
     device: Device,
+    cuda_unavailable: Option<String>,
     input: Vec<f32>,
 }
 
@@ -176,21 +180,24 @@ impl Detector {
             reason,
         };
         let mut chosen = Device::Cpu;
+        let mut cuda_unavailable = None;
         let session = {
-            let cuda = if device == DevicePreference::Auto {
-                try_cuda(runtime, model)
-            } else {
-                None
+            let cuda = match device {
+                DevicePreference::Auto => try_cuda(runtime, model),
+                DevicePreference::Cpu => Err("the CPU was asked for".to_string()),
             };
             match cuda {
-                Some(session) => {
+                Ok(session) => {
                     chosen = Device::Cuda;
                     session
                 }
-                None => Session::builder(&runtime.environment)
-                    .map_err(model_error)?
-                    .commit_from_file(model)
-                    .map_err(model_error)?,
+                Err(reason) => {
+                    cuda_unavailable = Some(reason);
+                    Session::builder(&runtime.environment)
+                        .map_err(model_error)?
+                        .commit_from_file(model)
+                        .map_err(model_error)?
+                }
             }
         };
         let input = session
@@ -298,7 +305,13 @@ impl Detector {
             output_names,
             batch,
             device: chosen,
+            cuda_unavailable,
         })
+    }
+
+    /// Why the detector runs on the CPU rather than CUDA (no GPU, a CPU-only library, ...).
+    pub fn cuda_unavailable(&self) -> Option<&str> {
+        self.cuda_unavailable.as_deref()
     }
 
     pub fn family(&self) -> Family {
@@ -494,20 +507,19 @@ fn wanted(class_id: u32, options: &DetectOptions) -> bool {
     options.classes.as_ref().is_none_or(|c| c.contains(&class_id))
 }
 
-fn try_cuda(runtime: &Runtime, model: &Path) -> Option<Session> {
+fn try_cuda(runtime: &Runtime, model: &Path) -> Result<Session, String> {
     #[cfg(feature = "cuda")]
     {
-        let builder = Session::builder(&runtime.environment).ok()?;
-        let builder = builder
+        let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
+        let mut builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
-            .ok()?;
-        let mut builder = builder;
-        return builder.commit_from_file(model).ok();
+            .map_err(|e| e.to_string())?;
+        return builder.commit_from_file(model).map_err(|e| e.to_string());
     }
     #[allow(unreachable_code)]
     {
         let _ = (runtime, model);
-        None
+        Err("built without the `cuda` feature".into())
     }
 }
 

@@ -155,3 +155,18 @@ fn sliced_inference_finds_what_the_full_frame_finds_in_frame_coordinates() {
             .all(|s| s.bbox.x1 <= WIDTH as f32 && s.bbox.y1 <= HEIGHT as f32)
     );
 }
+
+#[test]
+fn without_a_usable_gpu_auto_falls_back_to_the_cpu_and_says_why() {
+    let d = autotuner_detect::Detector::load(
+        &runtime(),
+        &model_file(Family::Yolo),
+        Family::Yolo,
+        autotuner_detect::DevicePreference::Auto,
+    )
+    .unwrap();
+    // The CPU library of the onnxruntime wheel has no CUDA provider (and this machine no GPU).
+    assert_eq!(d.device(), autotuner_detect::Device::Cpu);
+    let reason = d.cuda_unavailable().expect("a reason");
+    assert!(!reason.is_empty());
+}
