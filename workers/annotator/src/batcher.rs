@@ -2,6 +2,8 @@
 //! arrive within `max_wait` of the first, up to `max_batch` images, and runs them together. A
 //! full queue is refused at once (the server answers 429), never buffered without bound.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
-            queue: 64,
+            queue: 32,
         }
     }
 }
@@ -44,8 +46,16 @@ struct Job {
     reply: oneshot::Sender<Result<Labelled, String>>,
 }
 
-#[derive(Debug)]
-pub struct QueueFull;
+/// Why a request was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full: retry later.
+    QueueFull,
+    /// The inference thread is gone: the service is broken (readiness says so).
+    Stopped,
+    /// An image without pixels, or whose buffer does not match its size.
+    BadImage,
+}
 
 /// The handle requests go through; dropping every clone stops the inference thread once the
 /// queue is drained.
@@ -53,15 +63,28 @@ pub struct QueueFull;
 pub struct Batcher {
     sender: SyncSender<Job>,
     metrics: Metrics,
+    alive: Arc<AtomicBool>,
+}
+
+/// Marks the batcher dead when the inference thread ends, however it ends (a panic included).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Batcher {
     pub fn start(mut detector: Detector, config: BatchConfig, metrics: Metrics) -> (Batcher, JoinHandle<()>) {
         let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue);
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         let thread_metrics = metrics.clone();
         let worker = std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
+                let _guard = guard;
                 let metrics = thread_metrics;
                 while let Ok(first) = receiver.recv() {
                     metrics.queue_depth.dec();
@@ -79,11 +102,27 @@ impl Batcher {
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                         }
                     }
-                    run_batch(&mut detector, jobs, &metrics);
+                    // Requests that gave up (timeout, client gone) are not worth the model's time.
+                    jobs.retain(|j| !j.reply.is_closed());
+                    if !jobs.is_empty() {
+                        run_batch(&mut detector, jobs, &metrics);
+                    }
                 }
             })
             .expect("spawn the inference thread");
-        (Batcher { sender, metrics }, worker)
+        (
+            Batcher {
+                sender,
+                metrics,
+                alive,
+            },
+            worker,
+        )
+    }
+
+    /// Whether the inference thread is running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queues `images` for labelling; the receiver gets the detections (one list per image).
@@ -91,7 +130,13 @@ impl Batcher {
         &self,
         images: Vec<RgbBuffer>,
         options: DetectOptions,
-    ) -> Result<oneshot::Receiver<Result<Labelled, String>>, QueueFull> {
+    ) -> Result<oneshot::Receiver<Result<Labelled, String>>, Refused> {
+        let whole = |b: &RgbBuffer| {
+            b.width > 0 && b.height > 0 && b.data.len() as u64 == b.width as u64 * b.height as u64 * 3
+        };
+        if images.is_empty() || !images.iter().all(whole) {
+            return Err(Refused::BadImage);
+        }
         let (reply, receiver) = oneshot::channel();
         self.metrics.queue_depth.inc();
         match self.sender.try_send(Job {
@@ -100,17 +145,21 @@ impl Batcher {
             reply,
         }) {
             Ok(()) => Ok(receiver),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(e) => {
                 self.metrics.queue_depth.dec();
-                Err(QueueFull)
+                Err(match e {
+                    TrySendError::Full(_) => Refused::QueueFull,
+                    TrySendError::Disconnected(_) => Refused::Stopped,
+                })
             }
         }
     }
 }
 
-/// Runs the jobs' images in one call with the loosest options, then gives each job what its own
-/// options keep. (Class-aware greedy NMS at a lower score threshold, filtered afterwards, keeps
-/// exactly what NMS at the higher threshold keeps.)
+/// Runs the jobs' images in one call with the loosest score threshold, no class filter and no
+/// cap, then gives each job what its own options keep. (Class-aware greedy NMS at a lower score
+/// threshold, filtered afterwards, keeps exactly what NMS at the higher threshold keeps; the cap
+/// and the class filter apply per job, so a job's answer does not depend on its batch mates.)
 fn run_batch(detector: &mut Detector, jobs: Vec<Job>, metrics: &Metrics) {
     let loosest = DetectOptions {
         min_score: jobs
@@ -118,16 +167,16 @@ fn run_batch(detector: &mut Detector, jobs: Vec<Job>, metrics: &Metrics) {
             .map(|j| j.options.min_score)
             .fold(f32::INFINITY, f32::min),
         iou_threshold: jobs[0].options.iou_threshold,
-        max_detections: jobs.iter().map(|j| j.options.max_detections).max().unwrap_or(0),
+        max_detections: usize::MAX,
         classes: None,
     };
     let images: Vec<RgbImage<'_>> = jobs
         .iter()
         .flat_map(|j| j.images.iter())
-        .map(|b| {
-            RgbImage::new(&b.data, b.width as usize, b.height as usize).expect("decoded images are whole")
-        })
+        .filter_map(|b| RgbImage::new(&b.data, b.width as usize, b.height as usize).ok())
         .collect();
+    // `submit` admits only whole images, so none was dropped above.
+    debug_assert_eq!(images.len(), jobs.iter().map(|j| j.images.len()).sum::<usize>());
     let started = Instant::now();
     let result = detector.detect(&images, &loosest);
     let inference = started.elapsed();

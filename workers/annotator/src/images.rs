@@ -30,6 +30,20 @@ pub struct RgbBuffer {
     pub height: u32,
 }
 
+/// Width and height from the header, without decoding pixels.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), DecodeError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|_| DecodeError::NotAnImage)?;
+    match reader.format() {
+        Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
+        _ => return Err(DecodeError::NotAnImage),
+    }
+    reader
+        .into_dimensions()
+        .map_err(|e| DecodeError::Corrupt(e.to_string()))
+}
+
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbBuffer, DecodeError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

@@ -57,11 +57,15 @@ struct Args {
     #[arg(long, env = "AUTOTUNER_MAX_WAIT_MS", default_value_t = 5)]
     max_wait_ms: u64,
     /// Requests that may wait for the model; beyond, 429.
-    #[arg(long, env = "AUTOTUNER_QUEUE", default_value_t = 64)]
+    #[arg(long, env = "AUTOTUNER_QUEUE", default_value_t = 32)]
     queue: usize,
+    /// Requests admitted at once (beyond, 429 before the body is read).
+    #[arg(long, env = "AUTOTUNER_MAX_IN_FLIGHT", default_value_t = 40)]
+    max_in_flight: usize,
     #[arg(long, env = "AUTOTUNER_MAX_BODY_BYTES", default_value_t = 16 << 20)]
     max_body_bytes: usize,
-    #[arg(long, env = "AUTOTUNER_MAX_PIXELS", default_value_t = 4096 * 4096)]
+    /// Most pixels in one request, all its images together.
+    #[arg(long, env = "AUTOTUNER_MAX_PIXELS", default_value_t = 3840 * 2160)]
     max_pixels: u64,
     /// A file holding the bearer token clients must send (a mounted Secret); unset: no auth.
     #[arg(long, env = "AUTOTUNER_TOKEN_FILE")]
@@ -129,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
         max_pixels: args.max_pixels,
+        max_in_flight: args.max_in_flight.max(1),
         token,
         default_min_score: args.min_score,
         iou_threshold: args.iou,
@@ -164,15 +169,28 @@ async fn fetch_model(uri: &str) -> anyhow::Result<PathBuf> {
             .filter(|n| !n.is_empty())
             .unwrap_or("model.onnx");
         let target = std::env::temp_dir().join(file_name);
-        tracing::info!(%uri, target = %target.display(), "downloading the model");
+        // No query (presigned URLs carry credentials there) and no user:password in the log.
+        let shown = reqwest::Url::parse(uri).map_or_else(
+            |_| "<unparsable URL>".to_string(),
+            |mut u| {
+                u.set_query(None);
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.to_string()
+            },
+        );
+        tracing::info!(uri = %shown, target = %target.display(), "downloading the model");
+        // reqwest's errors name the URL: drop it, the redacted one is in the context.
         let response = reqwest::get(uri)
-            .await?
-            .error_for_status()
-            .with_context(|| format!("downloading {uri}"))?;
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("downloading {shown}"))?;
         let bytes = response
             .bytes()
             .await
-            .with_context(|| format!("downloading {uri}"))?;
+            .map_err(|e| e.without_url())
+            .with_context(|| format!("downloading {shown}"))?;
         std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
         return Ok(target);
     }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{AnnotateResponse, ErrorBody, ImageLabels, Label, ModelInfo};
-use crate::batcher::{Batcher, Labelled};
+use crate::batcher::{Batcher, Labelled, Refused};
 use crate::images::{self, DecodeError, RgbBuffer};
 use crate::metrics::Metrics;
 
@@ -28,7 +28,7 @@ pub struct ServerConfig {
     pub model: ModelInfo,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
-    /// Largest image, in pixels (413 beyond).
+    /// Most pixels in one request, all its images together (413 beyond).
     pub max_pixels: u64,
     /// Most images in one request.
     pub max_images: usize,
@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub iou_threshold: f32,
     /// How long a request waits for the model before 503.
     pub timeout: Duration,
+    /// Requests admitted at once (reading, decoding, queued, running); more get 429 before their
+    /// body is read. With the body and pixel limits this bounds the memory requests can take.
+    pub max_in_flight: usize,
 }
 
 impl ServerConfig {
@@ -45,12 +48,13 @@ impl ServerConfig {
         Self {
             model,
             max_body_bytes: 16 << 20,
-            max_pixels: 4096 * 4096,
+            max_pixels: 3840 * 2160,
             max_images: 64,
             token: None,
             default_min_score: 0.25,
             iou_threshold: 0.5,
             timeout: Duration::from_secs(30),
+            max_in_flight: 40,
         }
     }
 }
@@ -60,32 +64,66 @@ struct AppState {
     batcher: Batcher,
     metrics: Metrics,
     replies: Mutex<ReplyCache>,
+    admission: Arc<tokio::sync::Semaphore>,
 }
 
-/// Answers of recent requests by `Idempotency-Key`, so that a client's retry is not labelled twice.
+/// Answers of recent requests by `Idempotency-Key`, so that a client's retry is not labelled
+/// twice. An entry remembers a fingerprint of its request: the same key with another request is a
+/// client bug, answered 409, never someone else's labels. Bounded in entries and bytes.
 #[derive(Default)]
 struct ReplyCache {
     order: VecDeque<String>,
-    bodies: HashMap<String, Bytes>,
+    entries: HashMap<String, (u64, Bytes)>,
+    bytes: usize,
 }
 
-const REPLY_CACHE: usize = 1024;
+const REPLY_CACHE_ENTRIES: usize = 1024;
+const REPLY_CACHE_BYTES: usize = 32 << 20;
+const MAX_KEY_LENGTH: usize = 200;
+
+enum Cached {
+    Miss,
+    Hit(Bytes),
+    Conflict,
+}
 
 impl ReplyCache {
-    fn get(&self, key: &str) -> Option<Bytes> {
-        self.bodies.get(key).cloned()
+    fn get(&self, key: &str, fingerprint: u64) -> Cached {
+        match self.entries.get(key) {
+            None => Cached::Miss,
+            Some((f, body)) if *f == fingerprint => Cached::Hit(body.clone()),
+            Some(_) => Cached::Conflict,
+        }
     }
 
-    fn put(&mut self, key: String, body: Bytes) {
-        if self.bodies.insert(key.clone(), body).is_none() {
+    fn put(&mut self, key: String, fingerprint: u64, body: Bytes) {
+        if body.len() > REPLY_CACHE_BYTES / 4 {
+            return;
+        }
+        self.bytes += body.len();
+        if let Some((_, old)) = self.entries.insert(key.clone(), (fingerprint, body)) {
+            self.bytes -= old.len();
+        } else {
             self.order.push_back(key);
-            while self.order.len() > REPLY_CACHE {
-                if let Some(old) = self.order.pop_front() {
-                    self.bodies.remove(&old);
-                }
+        }
+        while self.order.len() > REPLY_CACHE_ENTRIES || self.bytes > REPLY_CACHE_BYTES {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, body)) = self.entries.remove(&old) {
+                self.bytes -= body.len();
             }
         }
     }
+}
+
+/// A fingerprint of what a request asks: its query and body.
+fn fingerprint(query: &str, body_parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    query.hash(&mut h);
+    for part in body_parts {
+        part.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// An error answer with a status and a message saying what to do.
@@ -131,11 +169,13 @@ impl From<DecodeError> for ApiError {
 /// The router of the whole API.
 pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Router {
     let max_body = config.max_body_bytes;
+    let admission = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
     let state = Arc::new(AppState {
         config,
         batcher,
         metrics,
         replies: Mutex::default(),
+        admission,
     });
     let inference = Router::new()
         .route("/v1/annotate", post(annotate))
@@ -149,11 +189,11 @@ pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Route
         .merge(inference)
         .route("/v2", get(oip_server))
         .route("/v2/health/live", get(ok))
-        .route("/v2/health/ready", get(ok))
+        .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(oip_model))
         .route("/v2/models/{name}/ready", get(oip_model_ready))
         .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), record))
@@ -162,6 +202,45 @@ pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Route
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+/// Ready while the inference thread runs: if it died, no request can succeed, and the probe
+/// failing gets the pod out of the Service (and, with a liveness probe on it, restarted).
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.batcher.is_alive() {
+        "ok".into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the inference thread has stopped: restart the annotator",
+        )
+        .into_response()
+    }
+}
+
+/// Lets a request in, or answers 429 when `max_in_flight` requests are already in.
+fn admit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.admission.clone().try_acquire_owned().map_err(|_| ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "the annotator is at capacity: retry after the time in Retry-After".into(),
+        retry_after: Some(1),
+    })
+}
+
+/// Keeps the in-flight gauge right even when a client disconnects and the request is dropped.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -178,9 +257,9 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    state.metrics.in_flight.inc();
+    let in_flight = InFlight::new(&state.metrics.in_flight);
     let response = next.run(request).await;
-    state.metrics.in_flight.dec();
+    drop(in_flight);
     state
         .metrics
         .request_seconds
@@ -264,11 +343,21 @@ async fn label(
     images: Vec<RgbBuffer>,
     options: DetectOptions,
 ) -> Result<Labelled, ApiError> {
-    let receiver = state.batcher.submit(images, options).map_err(|_| ApiError {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        message: "the annotator's queue is full: retry after the time in Retry-After".into(),
-        retry_after: Some(1),
-    })?;
+    let receiver = state
+        .batcher
+        .submit(images, options)
+        .map_err(|refused| match refused {
+            Refused::QueueFull => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: "the annotator's queue is full: retry after the time in Retry-After".into(),
+                retry_after: Some(1),
+            },
+            Refused::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the inference thread has stopped: the annotator must be restarted",
+            ),
+            Refused::BadImage => ApiError::new(StatusCode::BAD_REQUEST, "an image has no pixels"),
+        })?;
     match tokio::time::timeout(state.config.timeout, receiver).await {
         Ok(Ok(Ok(labelled))) => Ok(labelled),
         Ok(Ok(Err(e))) => Err(ApiError::new(
@@ -287,9 +376,24 @@ async fn label(
     }
 }
 
+/// Decodes the images of one request, their pixels together within `max_pixels` (checked from
+/// the headers before anything is decoded).
 async fn decode_all(state: &AppState, bodies: Vec<Bytes>) -> Result<Vec<RgbBuffer>, ApiError> {
     let max_pixels = state.config.max_pixels;
     tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        for b in &bodies {
+            let (w, h) = images::dimensions(b)?;
+            total = total.saturating_add(w as u64 * h as u64);
+            if total > max_pixels {
+                return Err(DecodeError::TooManyPixels {
+                    width: w,
+                    height: h,
+                    pixels: total,
+                    limit: max_pixels,
+                });
+            }
+        }
         bodies
             .iter()
             .map(|b| images::decode(b, max_pixels))
@@ -318,23 +422,22 @@ async fn annotate(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let _admitted = admit(&state)?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(key) = &key
-        && let Some(body) = state.replies.lock().expect("reply cache").get(key)
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LENGTH)
     {
-        return Ok((
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::HeaderName::from_static("idempotent-replayed"), "true"),
-            ],
-            body,
-        )
-            .into_response());
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must have 1 to {MAX_KEY_LENGTH} characters"),
+        ));
     }
     let options = options(&state, query.classes.as_deref(), query.min_score)?;
+    let query_text = request.uri().query().unwrap_or("").to_string();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -366,6 +469,33 @@ async fn annotate(
             format!("{} offsets for {} images", offsets.len(), bodies.len()),
         ));
     }
+    let offsets_text = serde_json::to_string(&offsets).expect("offsets serialise");
+    let print = key.as_ref().map(|_| {
+        let mut parts: Vec<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
+        parts.push(offsets_text.as_bytes());
+        fingerprint(&query_text, &parts)
+    });
+    if let (Some(key), Some(print)) = (&key, print) {
+        match state.replies.lock().expect("reply cache").get(key, print) {
+            Cached::Miss => {}
+            Cached::Hit(body) => {
+                return Ok((
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::HeaderName::from_static("idempotent-replayed"), "true"),
+                    ],
+                    body,
+                )
+                    .into_response());
+            }
+            Cached::Conflict => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "this Idempotency-Key was used for a different request: use one key per request",
+                ));
+            }
+        }
+    }
     let decoded = decode_all(&state, bodies).await?;
     let sizes: Vec<(u32, u32)> = decoded.iter().map(|d| (d.width, d.height)).collect();
     let labelled = label(&state, decoded, options).await?;
@@ -389,8 +519,12 @@ async fn annotate(
             .collect(),
     };
     let body = Bytes::from(serde_json::to_vec(&response).expect("serialise"));
-    if let Some(key) = key {
-        state.replies.lock().expect("reply cache").put(key, body.clone());
+    if let (Some(key), Some(print)) = (key, print) {
+        state
+            .replies
+            .lock()
+            .expect("reply cache")
+            .put(key, print, body.clone());
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -511,15 +645,24 @@ struct InferRequest {
 struct InferInput {
     shape: Vec<i64>,
     datatype: String,
-    data: Value,
+    data: TensorData,
+}
+
+/// Tensor contents, typed while parsing: a UINT8 image is a byte per value in memory, not a
+/// JSON value each.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TensorData {
+    Bytes(Vec<u8>),
+    Strings(Vec<String>),
 }
 
 async fn oip_infer_version(
     state: State<Arc<AppState>>,
     Path((name, _version)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<Value>, ApiError> {
-    oip_infer(state, Path(name), body).await
+    oip_infer(state, Path(name), request).await
 }
 
 /// One image per request: a UINT8 tensor `[H, W, 3]` or `[1, H, W, 3]` (RGB), or a BYTES tensor
@@ -527,21 +670,30 @@ async fn oip_infer_version(
 async fn oip_infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Json<Value>, ApiError> {
     check_model(&state, &name)?;
-    let request: InferRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not an inference request: {e}")))?;
+    let _admitted = admit(&state)?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let request: InferRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("not an inference request (UINT8 data must be integers 0..255, BYTES data strings): {e}"),
+        )
+    })?;
+    drop(body);
     let [input] = request.inputs.as_slice() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "send exactly one input, the image",
         ));
     };
-    let image = match input.datatype.as_str() {
-        "UINT8" => {
-            let dims: Vec<i64> = match input.shape.as_slice() {
-                [1, h, w, 3] | [h, w, 3] => vec![*h, *w],
+    let image = match (input.datatype.as_str(), &input.data) {
+        ("UINT8", TensorData::Bytes(values)) => {
+            let (h, w) = match input.shape.as_slice() {
+                [1, h, w, 3] | [h, w, 3] => (*h, *w),
                 other => {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
@@ -549,48 +701,41 @@ async fn oip_infer(
                     ));
                 }
             };
-            let (h, w) = (dims[0], dims[1]);
-            if h <= 0 || w <= 0 || (h as u64) * (w as u64) > state.config.max_pixels {
+            let (Ok(h), Ok(w)) = (u32::try_from(h), u32::try_from(w)) else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("UINT8 shape [{h}, {w}, 3] has a negative or huge side"),
+                ));
+            };
+            let pixels = h as u64 * w as u64;
+            if pixels == 0 {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "the image has no pixels"));
+            }
+            if pixels > state.config.max_pixels {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("{w}x{h} exceeds the pixel limit"),
+                    format!("{w}x{h} exceeds the limit of {} pixels", state.config.max_pixels),
                 ));
             }
-            let values = input
-                .data
-                .as_array()
-                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "data must be an array"))?;
-            if values.len() as i64 != h * w * 3 {
+            if values.len() as u64 != pixels * 3 {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("{} values for shape [{h}, {w}, 3]", values.len()),
                 ));
             }
-            let data = values
-                .iter()
-                .map(|v| v.as_u64().filter(|&b| b <= 255).map(|b| b as u8))
-                .collect::<Option<Vec<u8>>>()
-                .ok_or_else(|| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "UINT8 data must be integers 0..255")
-                })?;
             RgbBuffer {
-                data,
-                width: w as u32,
-                height: h as u32,
+                data: values.clone(),
+                width: w,
+                height: h,
             }
         }
-        "BYTES" => {
-            let encoded = input
-                .data
-                .as_array()
-                .and_then(|a| a.first())
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "BYTES data must be [\"<base64 JPEG or PNG>\"]",
-                    )
-                })?;
+        ("BYTES", TensorData::Strings(values)) => {
+            let [encoded] = values.as_slice() else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BYTES data must be [\"<base64 JPEG or PNG>\"]",
+                ));
+            };
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| {
@@ -598,7 +743,13 @@ async fn oip_infer(
                 })?;
             decode_all(&state, vec![Bytes::from(bytes)]).await?.remove(0)
         }
-        other => {
+        ("UINT8" | "BYTES", _) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "UINT8 data must be integers 0..255 and BYTES data strings",
+            ));
+        }
+        (other, _) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("datatype {other} is not UINT8 or BYTES"),

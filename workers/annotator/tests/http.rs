@@ -116,6 +116,11 @@ impl Server {
     }
 }
 
+/// Whether the metrics text has exactly this line.
+fn has_line(metrics: &str, line: &str) -> bool {
+    metrics.lines().any(|l| l == line)
+}
+
 fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
@@ -269,10 +274,16 @@ async fn bad_requests_get_clear_4xx_answers() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"autotuner_annotator_requests_total{code="415",route="/v1/annotate"} 1"#),
+        has_line(
+            &metrics,
+            r#"autotuner_annotator_requests_total{code="415",route="/v1/annotate"} 1"#
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"autotuner_annotator_requests_total{code="200",route="/v1/annotate"} 1"#));
+    assert!(has_line(
+        &metrics,
+        r#"autotuner_annotator_requests_total{code="200",route="/v1/annotate"} 1"#
+    ));
     server.stop().await;
 }
 
@@ -425,6 +436,23 @@ async fn open_inference_protocol_v2() {
             "base64",
         ),
         (json!({ "nothing": true }), "not an inference request"),
+        // Sides whose product overflows, and empty images, are refused, not run.
+        (
+            json!({ "inputs": [{ "name": "image", "shape": [4294967296u64, 4294967296u64, 3], "datatype": "UINT8", "data": [] }] }),
+            "huge side",
+        ),
+        (
+            json!({ "inputs": [{ "name": "image", "shape": [0, 5, 3], "datatype": "UINT8", "data": [] }] }),
+            "no pixels",
+        ),
+        (
+            json!({ "inputs": [{ "name": "image", "shape": [-1, 5, 3], "datatype": "UINT8", "data": [] }] }),
+            "negative",
+        ),
+        (
+            json!({ "inputs": [{ "name": "image", "shape": [1, 1, 3], "datatype": "UINT8", "data": [1, 2, 300] }] }),
+            "0..255",
+        ),
     ] {
         let r = http()
             .post(format!("{base}/v2/models/yolov12n/infer"))
@@ -436,6 +464,23 @@ async fn open_inference_protocol_v2() {
         let body: Value = r.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains(words), "{body}");
     }
+    // None of that hurt the model.
+    let r = http()
+        .post(format!("{base}/v2/models/yolov12n/infer"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        http()
+            .get(format!("{base}/v2/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     server.stop().await;
 }
 
@@ -471,7 +516,7 @@ async fn concurrent_requests_are_batched() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("autotuner_annotator_images_total 16"),
+        has_line(&metrics, "autotuner_annotator_images_total 16"),
         "{metrics}"
     );
     let batches: f64 = metrics
@@ -539,9 +584,29 @@ async fn retries_with_the_same_key_are_not_labelled_twice() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("autotuner_annotator_images_total 1"),
+        has_line(&metrics, "autotuner_annotator_images_total 1"),
         "{metrics}"
     );
+    // The same key for a different request is a client bug: 409, not the first request's labels.
+    let other = http()
+        .post(format!("{url}?min_score=0.9"))
+        .header("content-type", "image/jpeg")
+        .header("idempotency-key", "cam-1/frame-407")
+        .body(jpeg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 409);
+    let long = "k".repeat(500);
+    let r = http()
+        .post(&url)
+        .header("content-type", "image/jpeg")
+        .header("idempotency-key", long)
+        .body(jpeg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     server.stop().await;
 }
 
@@ -649,7 +714,7 @@ async fn shutdown_finishes_requests_in_flight() {
             .await
             .unwrap();
         // The metrics request itself is one.
-        if metrics.contains("autotuner_annotator_requests_in_flight 2") {
+        if has_line(&metrics, "autotuner_annotator_requests_in_flight 2") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -341,7 +341,15 @@ impl Detector {
         let step = self.batch.unwrap_or(images.len().max(1));
         let mut all = Vec::with_capacity(images.len());
         for chunk in images.chunks(step) {
-            all.extend(self.detect_batch(chunk, options)?);
+            if chunk.len() == step {
+                all.extend(self.detect_batch(chunk, options)?);
+            } else {
+                // A model with a fixed batch size takes only whole batches: pad with the last
+                // image and drop what the padding found.
+                let mut padded = chunk.to_vec();
+                padded.resize(step, chunk[chunk.len() - 1]);
+                all.extend(self.detect_batch(&padded, options)?.into_iter().take(chunk.len()));
+            }
         }
         Ok(all)
     }

@@ -79,15 +79,39 @@ fn class_filter_and_limits_apply_to_every_family() {
     let images = [image(&frames, 0)];
     for family in [Family::Yolo, Family::SsdRaw, Family::SsdPostprocessed] {
         let mut d = detector(family);
-        let cars = DetectOptions {
-            classes: Some(vec![3]),
+        let people = DetectOptions {
+            classes: Some(vec![1]),
             min_score: 0.3,
             ..DetectOptions::default()
         };
+        let found = d.detect(&images, &people).unwrap().remove(0);
         assert!(
-            d.detect(&images, &cars).unwrap()[0]
-                .iter()
-                .all(|x| x.class_id == 3),
+            !found.is_empty() && found.iter().all(|x| x.class_id == 1),
+            "{family:?}: {found:?}"
+        );
+        // Other classes are there unfiltered (bags, umbrellas, a car); filtering on one of them
+        // keeps that class only, and all of it.
+        let everything = DetectOptions {
+            min_score: 0.05,
+            ..DetectOptions::default()
+        };
+        let all = d.detect(&images, &everything).unwrap().remove(0);
+        let other = all
+            .iter()
+            .find(|x| x.class_id != 1)
+            .expect("another class")
+            .class_id;
+        let only = DetectOptions {
+            classes: Some(vec![other]),
+            ..everything.clone()
+        };
+        let filtered = d.detect(&images, &only).unwrap().remove(0);
+        assert!(
+            !filtered.is_empty() && filtered.iter().all(|x| x.class_id == other),
+            "{family:?}"
+        );
+        assert!(
+            filtered.len() >= all.iter().filter(|x| x.class_id == other).count(),
             "{family:?}"
         );
         let one = DetectOptions {

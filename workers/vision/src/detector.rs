@@ -87,6 +87,8 @@ pub enum ConfigError {
     ResetFraction(f32),
     #[error("crop margin must be in [0, 10] and crop aspect positive, got {margin} and {aspect:?}")]
     Crop { margin: f32, aspect: Option<f32> },
+    #[error("this CPU cannot run the {0:?} instruction set")]
+    Level(Level),
     #[error("frame size {width}x{height} is not usable")]
     FrameSize { width: usize, height: usize },
 }
@@ -215,6 +217,10 @@ impl MotionDetector {
         level: Level,
     ) -> Result<Self, ConfigError> {
         validate(&config)?;
+        if !Level::available().contains(&level) {
+            // Running code compiled for instructions the CPU lacks would be undefined behaviour.
+            return Err(ConfigError::Level(level));
+        }
         if width == 0 || height == 0 || width > u16::MAX as usize || height > u16::MAX as usize {
             return Err(ConfigError::FrameSize { width, height });
         }
