@@ -87,6 +87,64 @@ pub fn decode(code: [f32; 4], a: &Anchor) -> [f32; 4] {
     [cy - h / 2.0, cx - w / 2.0, cy + h / 2.0, cx + w / 2.0]
 }
 
+/// Encodes a box `(ymin, xmin, ymax, xmax)` (relative) against its anchor: the training target,
+/// the inverse of [`decode`].
+pub fn encode(b: [f32; 4], a: &Anchor) -> [f32; 4] {
+    let (h, w) = ((b[2] - b[0]).max(1e-8), (b[3] - b[1]).max(1e-8));
+    let (cy, cx) = (b[0] + h / 2.0, b[1] + w / 2.0);
+    [
+        (cy - a.cy) / a.h * 10.0,
+        (cx - a.cx) / a.w * 10.0,
+        (h / a.h).ln() * 5.0,
+        (w / a.w).ln() * 5.0,
+    ]
+}
+
+fn iou(a: &Anchor, b: &[f32; 4]) -> f32 {
+    let (ay0, ax0, ay1, ax1) = (
+        a.cy - a.h / 2.0,
+        a.cx - a.w / 2.0,
+        a.cy + a.h / 2.0,
+        a.cx + a.w / 2.0,
+    );
+    let ih = (ay1.min(b[2]) - ay0.max(b[0])).max(0.0);
+    let iw = (ax1.min(b[3]) - ax0.max(b[1])).max(0.0);
+    let inter = ih * iw;
+    let union = a.h * a.w + (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
+
+/// SSD target assignment, as the pretrained model was trained (the TF Object Detection API's
+/// argmax matcher, threshold 0.5, with a forced match per box): an anchor takes the box it
+/// overlaps most when that IoU reaches `threshold`; then every box takes its best anchor, so that
+/// no box goes untrained. `None`: a background anchor.
+pub fn match_anchors(anchors: &[Anchor], boxes: &[[f32; 4]], threshold: f32) -> Vec<Option<usize>> {
+    let mut matched = vec![None; anchors.len()];
+    if boxes.is_empty() {
+        return matched;
+    }
+    let mut best_anchor = vec![(f32::MIN, 0usize); boxes.len()];
+    for (j, a) in anchors.iter().enumerate() {
+        let mut best = (0.0f32, None);
+        for (g, b) in boxes.iter().enumerate() {
+            let v = iou(a, b);
+            if v > best.0 {
+                best = (v, Some(g));
+            }
+            if v > best_anchor[g].0 {
+                best_anchor[g] = (v, j);
+            }
+        }
+        if best.0 >= threshold {
+            matched[j] = best.1;
+        }
+    }
+    for (g, &(_, j)) in best_anchor.iter().enumerate() {
+        matched[j] = Some(g);
+    }
+    matched
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +172,43 @@ mod tests {
         let b = decode([0.0; 4], &a);
         assert!((b[0] - 0.4).abs() < 1e-6 && (b[1] - 0.2).abs() < 1e-6);
         assert!((b[2] - 0.6).abs() < 1e-6 && (b[3] - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn encoding_inverts_decoding() {
+        let anchors = SsdAnchorConfig::mobilenet_v2_300().anchors();
+        let b = [0.21f32, 0.33, 0.58, 0.47];
+        for a in [&anchors[0], &anchors[500], &anchors[1916]] {
+            let back = decode(encode(b, a), a);
+            for k in 0..4 {
+                assert!((back[k] - b[k]).abs() < 1e-5, "{back:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_box_gets_anchors_and_the_rest_is_background() {
+        let anchors = SsdAnchorConfig::mobilenet_v2_300().anchors();
+        // A person-shaped box, and a tiny one no anchor overlaps by 0.5.
+        let boxes = [[0.2f32, 0.4, 0.7, 0.55], [0.9, 0.9, 0.91, 0.905]];
+        let m = match_anchors(&anchors, &boxes, 0.5);
+        let first: Vec<usize> = (0..m.len()).filter(|&j| m[j] == Some(0)).collect();
+        assert!(first.len() >= 2, "{first:?}");
+        // Matched by overlap, except at most the one forced anchor.
+        assert!(
+            first
+                .iter()
+                .filter(|&&j| iou(&anchors[j], &boxes[0]) < 0.5)
+                .count()
+                <= 1
+        );
+        assert_eq!(
+            m.iter().filter(|x| **x == Some(1)).count(),
+            1,
+            "the tiny box is forced onto its best anchor"
+        );
+        let background = m.iter().filter(|x| x.is_none()).count();
+        assert!(background > 1800, "{background}");
+        assert!(match_anchors(&anchors, &[], 0.5).iter().all(Option::is_none));
     }
 }
