@@ -67,6 +67,9 @@ impl Device {
     }
 }
 
+/// One output tensor of a model: its shape and values.
+pub type RawOutput = (Vec<usize>, Vec<f32>);
+
 /// Which devices a detector may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DevicePreference {
@@ -352,6 +355,23 @@ impl Detector {
             }
         }
         Ok(all)
+    }
+
+    /// Runs the model on an input tensor prepared by the caller (`shape` in the model's layout)
+    /// and returns every output with its shape: the raw head before any decoding, for training
+    /// and for checking other implementations of the same graph.
+    pub fn raw_outputs(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<RawOutput>, DetectError> {
+        let tensor = TensorRef::from_array_view((shape, input))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])?;
+        self.output_names
+            .iter()
+            .map(|name| {
+                let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
+                Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+            })
+            .collect()
     }
 
     /// Sliced inference for small objects: the image is cut into `tile`-sized tiles overlapping

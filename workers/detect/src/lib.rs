@@ -10,8 +10,8 @@ pub mod labels;
 mod preprocess;
 
 pub use detector::{
-    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, Runtime, decode_ssd_raw,
-    decode_yolo,
+    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, RawOutput, Runtime,
+    decode_ssd_raw, decode_yolo,
 };
 pub use geometry::{BBox, Detection, nms};
 pub use preprocess::{Fit, ImageSizeError, Layout, Placement, Preprocess, RgbImage};

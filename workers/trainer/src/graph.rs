@@ -1,0 +1,354 @@
+//! An ONNX graph executed with burn tensors: the operators the TF-converted SSD-MobileNetV2 raw
+//! head uses (Conv, Clip, Add, Mul, Transpose, Reshape, Concat, and the shape arithmetic
+//! Shape/Gather/Cast/Slice that tf2onnx emits for a dynamic batch), with the initializers as
+//! tensors on the chosen device.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use onnx_ir::{Message, ModelProto, NodeProto, TensorProto};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GraphError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("node {node} ({op}): {message}")]
+    Node {
+        node: String,
+        op: String,
+        message: String,
+    },
+    #[error("the graph has no output {0}")]
+    Output(String),
+}
+
+/// A value flowing through the graph: a float tensor (kept 4-D, with its ONNX rank) or a small
+/// integer vector (shapes), computed on the host.
+// A few hundred values live per forward pass; boxing the tensor would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+enum Value {
+    Float(Tensor<4>, usize),
+    Ints(Vec<i64>),
+}
+
+/// A loaded ONNX graph.
+pub struct OnnxGraph {
+    nodes: Vec<NodeProto>,
+    floats: HashMap<String, (Tensor<4>, usize)>,
+    ints: HashMap<String, Vec<i64>>,
+    input: String,
+    outputs: Vec<String>,
+}
+
+impl std::fmt::Debug for OnnxGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxGraph")
+            .field("nodes", &self.nodes.len())
+            .field("initializers", &(self.floats.len() + self.ints.len()))
+            .field("input", &self.input)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+fn to4(dims: &[usize]) -> [usize; 4] {
+    let mut d = [1usize; 4];
+    d[..dims.len()].copy_from_slice(dims);
+    d
+}
+
+fn floats_of(t: &TensorProto) -> Vec<f32> {
+    if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    }
+}
+
+fn ints_of(t: &TensorProto) -> Option<Vec<i64>> {
+    const INT32: i32 = 6;
+    const INT64: i32 = 7;
+    Some(match (t.data_type, t.raw_data.is_empty()) {
+        (INT64, false) => t
+            .raw_data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        (INT32, false) => t
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+            .collect(),
+        (INT64, true) => t.int64_data.clone(),
+        (INT32, true) => t.int32_data.iter().map(|&v| v as i64).collect(),
+        _ => return None,
+    })
+}
+
+fn attr_ints(n: &NodeProto, name: &str) -> Vec<i64> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.clone())
+        .unwrap_or_default()
+}
+
+fn attr_int(n: &NodeProto, name: &str, default: i64) -> i64 {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map_or(default, |a| a.i)
+}
+
+impl OnnxGraph {
+    /// Loads the graph and its weights from `path`, placing the weights on `device`.
+    pub fn load(path: &Path, device: &Device) -> Result<Self, GraphError> {
+        let read = |message: String| GraphError::Read {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+        let model = ModelProto::parse_from_bytes(&bytes).map_err(|e| read(e.to_string()))?;
+        let graph = model.graph.as_ref().ok_or_else(|| read("no graph".into()))?;
+        let (mut floats, mut ints) = (HashMap::new(), HashMap::new());
+        for t in &graph.initializer {
+            if let Some(v) = ints_of(t) {
+                ints.insert(t.name.clone(), v);
+                continue;
+            }
+            let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+            let data = TensorData::new(floats_of(t), to4(&dims));
+            floats.insert(t.name.clone(), (Tensor::<4>::from_data(data, device), dims.len()));
+        }
+        let input = graph
+            .input
+            .iter()
+            .map(|i| i.name.clone())
+            .find(|n| !floats.contains_key(n) && !ints.contains_key(n))
+            .ok_or_else(|| read("no input".into()))?;
+        Ok(Self {
+            nodes: graph.node.clone(),
+            floats,
+            ints,
+            input,
+            outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        })
+    }
+
+    pub fn input_name(&self) -> &str {
+        &self.input
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// Runs the graph on `input` (its ONNX layout, 4-D) and returns the graph's outputs, each
+    /// with its ONNX shape.
+    pub fn forward(&self, input: Tensor<4>) -> Result<Vec<(Tensor<4>, Vec<usize>)>, GraphError> {
+        let mut values: HashMap<&str, Value> = HashMap::new();
+        values.insert(&self.input, Value::Float(input, 4));
+        for node in &self.nodes {
+            let out = self.run(node, &values).map_err(|message| GraphError::Node {
+                node: node.name.clone(),
+                op: node.op_type.clone(),
+                message,
+            })?;
+            values.insert(&node.output[0], out);
+        }
+        self.outputs
+            .iter()
+            .map(|name| match values.remove(name.as_str()) {
+                Some(Value::Float(t, rank)) => {
+                    let shape = t.dims()[..rank].to_vec();
+                    Ok((t, shape))
+                }
+                _ => Err(GraphError::Output(name.clone())),
+            })
+            .collect()
+    }
+
+    fn float(&self, values: &HashMap<&str, Value>, name: &str) -> Result<(Tensor<4>, usize), String> {
+        match values.get(name) {
+            Some(Value::Float(t, r)) => Ok((t.clone(), *r)),
+            Some(Value::Ints(_)) => Err(format!("{name} is an integer vector, not a tensor")),
+            None => self
+                .floats
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no value {name}")),
+        }
+    }
+
+    fn ints(&self, values: &HashMap<&str, Value>, name: &str) -> Result<Vec<i64>, String> {
+        match values.get(name) {
+            Some(Value::Ints(v)) => Ok(v.clone()),
+            Some(Value::Float(..)) => Err(format!("{name} is a tensor, not a shape")),
+            None => self
+                .ints
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no value {name}")),
+        }
+    }
+
+    fn scalar(&self, name: &str) -> Result<f32, String> {
+        let (t, _) = self
+            .floats
+            .get(name)
+            .ok_or_else(|| format!("{name} is not a constant"))?;
+        t.clone().into_scalar_or_first()
+    }
+
+    fn run(&self, node: &NodeProto, values: &HashMap<&str, Value>) -> Result<Value, String> {
+        let input = |i: usize| {
+            node.input
+                .get(i)
+                .map(String::as_str)
+                .ok_or_else(|| format!("missing input {i}"))
+        };
+        Ok(match node.op_type.as_str() {
+            "Transpose" => {
+                let (t, rank) = self.float(values, input(0)?)?;
+                let p = attr_ints(node, "perm");
+                if rank != 4 || p.len() != 4 {
+                    return Err(format!("only 4-D transposes are supported, got rank {rank}"));
+                }
+                Value::Float(
+                    t.permute([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]),
+                    4,
+                )
+            }
+            "Conv" => {
+                let (x, _) = self.float(values, input(0)?)?;
+                let (w, _) = self.float(values, input(1)?)?;
+                let bias = match node.input.get(2) {
+                    Some(b) => Some(self.float(values, b)?.0.reshape([-1])),
+                    None => None,
+                };
+                let s = attr_ints(node, "strides");
+                let p = attr_ints(node, "pads");
+                let d = attr_ints(node, "dilations");
+                let (s, p, d) = (
+                    if s.len() == 2 { s } else { vec![1, 1] },
+                    if p.len() == 4 { p } else { vec![0; 4] },
+                    if d.len() == 2 { d } else { vec![1, 1] },
+                );
+                let options = ConvOptions {
+                    stride: [s[0] as usize, s[1] as usize],
+                    // ONNX pads are (top, left, bottom, right); TF's SAME puts the odd pixel last.
+                    padding: [(p[0] as usize, p[2] as usize), (p[1] as usize, p[3] as usize)],
+                    dilation: [d[0] as usize, d[1] as usize],
+                    groups: attr_int(node, "group", 1) as usize,
+                };
+                Value::Float(conv2d(x, w, bias, options), 4)
+            }
+            "Clip" => {
+                let (t, rank) = self.float(values, input(0)?)?;
+                Value::Float(t.clamp(self.scalar(input(1)?)?, self.scalar(input(2)?)?), rank)
+            }
+            "Add" | "Mul" => {
+                let (a, ra) = self.float(values, input(0)?)?;
+                let (b, rb) = self.float(values, input(1)?)?;
+                Value::Float(if node.op_type == "Add" { a + b } else { a * b }, ra.max(rb))
+            }
+            "Shape" => {
+                let (t, rank) = self.float(values, input(0)?)?;
+                Value::Ints(t.dims()[..rank].iter().map(|&d| d as i64).collect())
+            }
+            "Gather" => {
+                let v = self.ints(values, input(0)?)?;
+                let idx = self.ints(values, input(1)?)?;
+                Value::Ints(
+                    idx.iter()
+                        .map(|&i| v.get(i as usize).copied().ok_or("index out of range"))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "Cast" => Value::Ints(self.ints(values, input(0)?)?),
+            "Slice" => {
+                let v = self.ints(values, input(0)?)?;
+                let start = self.ints(values, input(1)?)?.first().copied().unwrap_or(0).max(0) as usize;
+                let end = (self
+                    .ints(values, input(2)?)?
+                    .first()
+                    .copied()
+                    .unwrap_or(i64::MAX)
+                    .max(0) as usize)
+                    .min(v.len());
+                Value::Ints(v.get(start..end).unwrap_or(&[]).to_vec())
+            }
+            "Concat" => {
+                let axis = attr_int(node, "axis", 0);
+                if self.float(values, input(0)?).is_ok() {
+                    let parts = node
+                        .input
+                        .iter()
+                        .map(|i| self.float(values, i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let rank = parts[0].1;
+                    if axis < 0 || axis as usize >= rank {
+                        return Err(format!("concat axis {axis} of rank {rank}"));
+                    }
+                    Value::Float(
+                        Tensor::cat(parts.into_iter().map(|p| p.0).collect(), axis as usize),
+                        rank,
+                    )
+                } else {
+                    let mut all = Vec::new();
+                    for i in &node.input {
+                        all.extend(self.ints(values, i)?);
+                    }
+                    Value::Ints(all)
+                }
+            }
+            "Reshape" => {
+                let (t, _) = self.float(values, input(0)?)?;
+                let shape = self.ints(values, input(1)?)?;
+                let total: usize = t.dims().iter().product();
+                let known: i64 = shape.iter().filter(|&&d| d != -1).product();
+                if known <= 0 || shape.len() > 4 {
+                    return Err(format!("unsupported reshape to {shape:?}"));
+                }
+                let dims: Vec<usize> = shape
+                    .iter()
+                    .map(|&d| {
+                        if d == -1 {
+                            total / known as usize
+                        } else {
+                            d as usize
+                        }
+                    })
+                    .collect();
+                if dims.iter().product::<usize>() != total {
+                    return Err(format!("cannot reshape {total} values to {dims:?}"));
+                }
+                Value::Float(t.reshape(to4(&dims)), dims.len())
+            }
+            other => return Err(format!("operator {other} is not supported")),
+        })
+    }
+}
+
+trait FirstScalar {
+    fn into_scalar_or_first(self) -> Result<f32, String>;
+}
+
+impl FirstScalar for Tensor<4> {
+    fn into_scalar_or_first(self) -> Result<f32, String> {
+        self.into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))?
+            .first()
+            .copied()
+            .ok_or_else(|| "empty constant".into())
+    }
+}
