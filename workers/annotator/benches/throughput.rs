@@ -27,11 +27,7 @@ fn manifest_dir() -> PathBuf {
 }
 
 fn assets() -> PathBuf {
-    std::env::var_os("AUTOTUNER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/edge-autotuner/assets")
-        })
+    autotuner_detect::assets::dir()
 }
 
 fn model(family: Family) -> PathBuf {

@@ -17,15 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("AUTOTUNER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
-            std::env::var_os("EDGE_AUTOTUNER_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or(home.join(".cache/edge-autotuner"))
-                .join("assets")
-        });
+    let dir = autotuner_detect::assets::dir();
     assert!(
         dir.join("models/yolov12n.onnx").is_file(),
         "run scripts/fetch-assets (scripts/test does)"

@@ -3,6 +3,7 @@
 //! Kubernetes.
 
 pub mod anchors;
+pub mod assets;
 mod detector;
 pub mod eval;
 mod geometry;

@@ -8,15 +8,7 @@ use autotuner_trainer::OnnxGraph;
 use burn::prelude::*;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("AUTOTUNER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
-            std::env::var_os("EDGE_AUTOTUNER_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or(home.join(".cache/edge-autotuner"))
-                .join("assets")
-        });
+    let dir = autotuner_detect::assets::dir();
     assert!(
         dir.join("models/ssd_mobilenet_v2_coco_raw.onnx").is_file(),
         "run scripts/fetch-assets (scripts/test does)"

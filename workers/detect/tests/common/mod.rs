@@ -23,21 +23,7 @@ pub fn manifest_dir() -> PathBuf {
 }
 
 pub fn assets() -> PathBuf {
-    let dir = std::env::var_os("AUTOTUNER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("EDGE_AUTOTUNER_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| {
-                            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
-                        })
-                        .join("edge-autotuner")
-                });
-            cache.join("assets")
-        });
+    let dir = autotuner_detect::assets::dir();
     assert!(
         dir.join("models/yolov12n.onnx").is_file() && dir.join("libonnxruntime.so").exists(),
         "models missing in {}: run scripts/fetch-assets (scripts/test does)",

@@ -11,21 +11,7 @@ pub const VTEST: (&str, usize, usize) = ("vtest-768x576.gray", 768, 576);
 
 /// The assets folder `scripts/fetch-assets` fills, or a panic that says how to get it.
 pub fn assets() -> PathBuf {
-    let dir = std::env::var_os("AUTOTUNER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("EDGE_AUTOTUNER_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let base = std::env::var_os("XDG_CACHE_HOME")
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| {
-                            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache")
-                        });
-                    base.join("edge-autotuner")
-                });
-            cache.join("assets")
-        });
+    let dir = autotuner_detect::assets::dir();
     assert!(
         dir.join(VTEST.0).is_file() && dir.join("python").is_file(),
         "footage missing in {}: run scripts/fetch-assets (scripts/test does)",
