@@ -108,6 +108,18 @@ impl Server {
     }
 }
 
+/// The annotator's /metrics text.
+async fn metrics(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Whether the metrics text has exactly this line.
 fn has_line(metrics: &str, line: &str) -> bool {
     metrics.lines().any(|l| l == line)
@@ -257,14 +269,7 @@ async fn bad_requests_get_clear_4xx_answers() {
     .await;
     // Nothing of that hurt the service.
     assert_eq!(post(&url, "image/jpeg", jpeg).await.status(), 200);
-    let metrics = http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server.url).await;
     assert!(
         has_line(
             &metrics,
@@ -499,14 +504,7 @@ async fn concurrent_requests_are_batched() {
         assert!(!a.images[0].labels.is_empty());
     }
     assert!(largest > 1, "16 concurrent requests ran one by one");
-    let metrics = http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server.url).await;
     assert!(
         has_line(&metrics, "autotuner_annotator_images_total 16"),
         "{metrics}"
@@ -567,14 +565,7 @@ async fn retries_with_the_same_key_are_not_labelled_twice() {
     let again = send().await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.text().await.unwrap(), first);
-    let metrics = http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server.url).await;
     assert!(
         has_line(&metrics, "autotuner_annotator_images_total 1"),
         "{metrics}"
@@ -642,14 +633,7 @@ async fn the_client_retries_what_may_succeed_and_stops_on_what_cannot() {
     for a in answers {
         assert!(!a.unwrap().images[0].labels.is_empty());
     }
-    let metrics = http()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server.url).await;
     assert!(
         metrics.contains(r#"code="429""#),
         "the queue did overflow: {metrics}"
@@ -697,14 +681,7 @@ async fn shutdown_finishes_requests_in_flight() {
         async move { post(&url, "image/jpeg", jpeg).await.status() }
     });
     loop {
-        let metrics = http()
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics(&server.url).await;
         // The metrics request itself is one.
         if has_line(&metrics, "autotuner_annotator_requests_in_flight 2") {
             break;
