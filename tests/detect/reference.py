@@ -5,6 +5,8 @@ evaluation with pycocotools.
 Commands:
   frames VIDEO FIRST LAST OUT
       decode frames FIRST..LAST (1-based, inclusive) of VIDEO to raw RGB (cv2, BGR -> RGB)
+  pngs VIDEO OUT_DIR
+      decode every frame of VIDEO to OUT_DIR/000001.png, ... (lossless, for COCO datasets)
   detect FAMILY MODEL FRAMES W H OPTIONS OUT
       run a detector (yolo | ssdRaw | ssdPostprocessed) on every W x H RGB frame of FRAMES; OPTIONS
       is JSON {minScore, iouThreshold, maxDetections}; OUT gets a JSON list per frame of
@@ -183,6 +185,21 @@ def cmd_frames(video, first, last, out):
         sys.exit(f"reference.py: {video} has {index} frames, fewer than {last}")
 
 
+def cmd_pngs(video, out_dir):
+    import os
+    import cv2
+    os.makedirs(out_dir, exist_ok=True)
+    cap = cv2.VideoCapture(video)
+    index = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        index += 1
+        cv2.imwrite(os.path.join(out_dir, f"{index:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    print(index)
+
+
 def cmd_detect(family, model, frames, w, h, options, out):
     import onnxruntime as ort
     w, h = int(w), int(h)
@@ -277,7 +294,7 @@ def cmd_coco(ground_truth, detections, out):
 
 
 if __name__ == "__main__":
-    commands = {"frames": cmd_frames, "detect": cmd_detect, "bench": cmd_bench, "coco": cmd_coco}
+    commands = {"frames": cmd_frames, "pngs": cmd_pngs, "detect": cmd_detect, "bench": cmd_bench, "coco": cmd_coco}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

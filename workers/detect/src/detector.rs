@@ -128,6 +128,10 @@ impl Runtime {
                 message,
             })
     }
+
+    pub(crate) fn environment(&self) -> &Environment {
+        &self.environment
+    }
 }
 
 enum Adapter {

@@ -8,6 +8,7 @@ mod detector;
 pub mod eval;
 mod geometry;
 pub mod labels;
+mod network;
 mod preprocess;
 
 pub use detector::{
@@ -15,4 +16,5 @@ pub use detector::{
     decode_ssd_raw, decode_yolo,
 };
 pub use geometry::{BBox, Detection, nms};
+pub use network::Network;
 pub use preprocess::{Fit, ImageSizeError, Layout, Placement, Preprocess, RgbImage};

@@ -26,6 +26,17 @@ pub enum GraphError {
     Output(String),
 }
 
+/// A convolution of the graph: its input value, its weight and bias initializers, and its
+/// padding (top, left, bottom, right).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvNode {
+    pub name: String,
+    pub input: String,
+    pub weight: String,
+    pub bias: Option<String>,
+    pub pads: [usize; 4],
+}
+
 /// A value flowing through the graph: a float tensor (kept 4-D, with its ONNX rank) or a small
 /// integer vector (shapes), computed on the host.
 // A few hundred values live per forward pass; boxing the tensor would buy nothing.
@@ -38,6 +49,7 @@ enum Value {
 
 /// A loaded ONNX graph.
 pub struct OnnxGraph {
+    model: ModelProto,
     nodes: Vec<NodeProto>,
     floats: HashMap<String, (Tensor<4>, usize)>,
     ints: HashMap<String, Vec<i64>>,
@@ -136,6 +148,7 @@ impl OnnxGraph {
             .ok_or_else(|| read("no input".into()))?;
         Ok(Self {
             nodes: graph.node.clone(),
+            model: model.clone(),
             floats,
             ints,
             input,
@@ -151,40 +164,157 @@ impl OnnxGraph {
         &self.outputs
     }
 
-    /// Runs the graph on `input` (its ONNX layout, 4-D) and returns the graph's outputs, each
-    /// with its ONNX shape.
-    pub fn forward(&self, input: Tensor<4>) -> Result<Vec<(Tensor<4>, Vec<usize>)>, GraphError> {
-        let mut values: HashMap<&str, Value> = HashMap::new();
-        values.insert(&self.input, Value::Float(input, 4));
-        for node in &self.nodes {
-            let out = self.run(node, &values).map_err(|message| GraphError::Node {
-                node: node.name.clone(),
-                op: node.op_type.clone(),
-                message,
-            })?;
-            values.insert(&node.output[0], out);
-        }
-        self.outputs
+    /// The model as read, for writing it back with new weights.
+    pub fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    /// The Conv nodes, in graph order.
+    pub fn convs(&self) -> Vec<ConvNode> {
+        self.nodes
             .iter()
-            .map(|name| match values.remove(name.as_str()) {
-                Some(Value::Float(t, rank)) => {
-                    let shape = t.dims()[..rank].to_vec();
-                    Ok((t, shape))
+            .filter(|n| n.op_type == "Conv" && n.input.len() >= 2)
+            .map(|n| {
+                let p = attr_ints(n, "pads");
+                ConvNode {
+                    name: n.name.clone(),
+                    input: n.input[0].clone(),
+                    weight: n.input[1].clone(),
+                    bias: n.input.get(2).cloned(),
+                    pads: if p.len() == 4 {
+                        [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
+                    } else {
+                        [0; 4]
+                    },
                 }
-                _ => Err(GraphError::Output(name.clone())),
             })
             .collect()
     }
 
-    fn float(&self, values: &HashMap<&str, Value>, name: &str) -> Result<(Tensor<4>, usize), String> {
+    /// A float initializer: its values and ONNX shape.
+    pub fn initializer(&self, name: &str) -> Option<(Vec<f32>, Vec<usize>)> {
+        let (t, rank) = self.floats.get(name)?;
+        let dims = t.dims()[..*rank].to_vec();
+        Some((t.clone().into_data().try_to_vec::<f32>().ok()?, dims))
+    }
+
+    /// A float initializer as the tensor the graph uses (ONNX shape padded to 4-D with ones).
+    pub fn initializer_tensor(&self, name: &str) -> Option<Tensor<4>> {
+        self.floats.get(name).map(|(t, _)| t.clone())
+    }
+
+    /// Runs the graph on `input` (its ONNX layout, 4-D) and returns the graph's outputs, each
+    /// with its ONNX shape.
+    pub fn forward(&self, input: Tensor<4>) -> Result<Vec<(Tensor<4>, Vec<usize>)>, GraphError> {
+        let names: Vec<&str> = self.outputs.iter().map(String::as_str).collect();
+        let input_name = self.input.clone();
+        let values = self.forward_to(vec![(input_name.as_str(), input)], &names, &HashMap::new())?;
+        Ok(values
+            .into_iter()
+            .map(|(t, rank)| {
+                let shape = t.dims()[..rank].to_vec();
+                (t, shape)
+            })
+            .collect())
+    }
+
+    /// The indices of the nodes needed to compute `outputs` from the values in `provided` (and
+    /// the initializers), in graph order.
+    pub fn needed_nodes(&self, provided: &[&str], outputs: &[&str]) -> Result<Vec<usize>, GraphError> {
+        let mut needed: std::collections::HashSet<&str> = outputs.iter().copied().collect();
+        let mut chosen = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate().rev() {
+            let produces = node
+                .output
+                .iter()
+                .any(|o| needed.contains(o.as_str()) && !provided.contains(&o.as_str()));
+            if produces {
+                chosen.push(i);
+                needed.extend(node.input.iter().map(String::as_str));
+            }
+        }
+        chosen.reverse();
+        let produced: std::collections::HashSet<&str> = chosen
+            .iter()
+            .flat_map(|&i| self.nodes[i].output.iter().map(String::as_str))
+            .collect();
+        for name in needed {
+            let known = provided.contains(&name)
+                || produced.contains(name)
+                || self.floats.contains_key(name)
+                || self.ints.contains_key(name)
+                || name.is_empty();
+            if !known {
+                return Err(GraphError::Output(name.to_string()));
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// The Conv nodes between the values `from` and `to` (the nodes that [`forward_to`]
+    /// runs for them).
+    ///
+    /// [`forward_to`]: Self::forward_to
+    pub fn convs_between(&self, from: &[&str], to: &[&str]) -> Result<Vec<ConvNode>, GraphError> {
+        let nodes = self.needed_nodes(from, to)?;
+        let names: std::collections::HashSet<&str> =
+            nodes.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+        Ok(self
+            .convs()
+            .into_iter()
+            .filter(|c| names.contains(c.name.as_str()))
+            .collect())
+    }
+
+    /// Computes the values `outputs` from `inputs` (any values of the graph, not only its
+    /// input), running only the nodes needed. `params` replace initializers of the same name:
+    /// the trainer passes its trainable weights this way, with autodiff. Returns each output with
+    /// its ONNX rank.
+    pub fn forward_to(
+        &self,
+        inputs: Vec<(&str, Tensor<4>)>,
+        outputs: &[&str],
+        params: &HashMap<String, Tensor<4>>,
+    ) -> Result<Vec<(Tensor<4>, usize)>, GraphError> {
+        let provided: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        let nodes = self.needed_nodes(&provided, outputs)?;
+        let mut values: HashMap<&str, Value> = HashMap::new();
+        for (name, tensor) in inputs {
+            values.insert(name, Value::Float(tensor, 4));
+        }
+        for i in nodes {
+            let node = &self.nodes[i];
+            let out = self
+                .run(node, &values, params)
+                .map_err(|message| GraphError::Node {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    message,
+                })?;
+            values.insert(&node.output[0], out);
+        }
+        outputs
+            .iter()
+            .map(|name| match values.get(name) {
+                Some(Value::Float(t, rank)) => Ok((t.clone(), *rank)),
+                _ => Err(GraphError::Output(name.to_string())),
+            })
+            .collect()
+    }
+
+    fn float(
+        &self,
+        values: &HashMap<&str, Value>,
+        params: &HashMap<String, Tensor<4>>,
+        name: &str,
+    ) -> Result<(Tensor<4>, usize), String> {
         match values.get(name) {
             Some(Value::Float(t, r)) => Ok((t.clone(), *r)),
             Some(Value::Ints(_)) => Err(format!("{name} is an integer vector, not a tensor")),
-            None => self
-                .floats
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("no value {name}")),
+            None => {
+                let (constant, rank) = self.floats.get(name).ok_or_else(|| format!("no value {name}"))?;
+                Ok((params.get(name).unwrap_or(constant).clone(), *rank))
+            }
         }
     }
 
@@ -208,7 +338,12 @@ impl OnnxGraph {
         t.clone().into_scalar_or_first()
     }
 
-    fn run(&self, node: &NodeProto, values: &HashMap<&str, Value>) -> Result<Value, String> {
+    fn run(
+        &self,
+        node: &NodeProto,
+        values: &HashMap<&str, Value>,
+        params: &HashMap<String, Tensor<4>>,
+    ) -> Result<Value, String> {
         let input = |i: usize| {
             node.input
                 .get(i)
@@ -217,7 +352,7 @@ impl OnnxGraph {
         };
         Ok(match node.op_type.as_str() {
             "Transpose" => {
-                let (t, rank) = self.float(values, input(0)?)?;
+                let (t, rank) = self.float(values, params, input(0)?)?;
                 let p = attr_ints(node, "perm");
                 if rank != 4 || p.len() != 4 {
                     return Err(format!("only 4-D transposes are supported, got rank {rank}"));
@@ -228,10 +363,10 @@ impl OnnxGraph {
                 )
             }
             "Conv" => {
-                let (x, _) = self.float(values, input(0)?)?;
-                let (w, _) = self.float(values, input(1)?)?;
+                let (x, _) = self.float(values, params, input(0)?)?;
+                let (w, _) = self.float(values, params, input(1)?)?;
                 let bias = match node.input.get(2) {
-                    Some(b) => Some(self.float(values, b)?.0.reshape([-1])),
+                    Some(b) => Some(self.float(values, params, b)?.0.reshape([-1])),
                     None => None,
                 };
                 let s = attr_ints(node, "strides");
@@ -252,16 +387,16 @@ impl OnnxGraph {
                 Value::Float(conv2d(x, w, bias, options), 4)
             }
             "Clip" => {
-                let (t, rank) = self.float(values, input(0)?)?;
+                let (t, rank) = self.float(values, params, input(0)?)?;
                 Value::Float(t.clamp(self.scalar(input(1)?)?, self.scalar(input(2)?)?), rank)
             }
             "Add" | "Mul" => {
-                let (a, ra) = self.float(values, input(0)?)?;
-                let (b, rb) = self.float(values, input(1)?)?;
+                let (a, ra) = self.float(values, params, input(0)?)?;
+                let (b, rb) = self.float(values, params, input(1)?)?;
                 Value::Float(if node.op_type == "Add" { a + b } else { a * b }, ra.max(rb))
             }
             "Shape" => {
-                let (t, rank) = self.float(values, input(0)?)?;
+                let (t, rank) = self.float(values, params, input(0)?)?;
                 Value::Ints(t.dims()[..rank].iter().map(|&d| d as i64).collect())
             }
             "Gather" => {
@@ -288,11 +423,11 @@ impl OnnxGraph {
             }
             "Concat" => {
                 let axis = attr_int(node, "axis", 0);
-                if self.float(values, input(0)?).is_ok() {
+                if self.float(values, params, input(0)?).is_ok() {
                     let parts = node
                         .input
                         .iter()
-                        .map(|i| self.float(values, i))
+                        .map(|i| self.float(values, params, i))
                         .collect::<Result<Vec<_>, _>>()?;
                     let rank = parts[0].1;
                     if axis < 0 || axis as usize >= rank {
@@ -311,7 +446,7 @@ impl OnnxGraph {
                 }
             }
             "Reshape" => {
-                let (t, _) = self.float(values, input(0)?)?;
+                let (t, _) = self.float(values, params, input(0)?)?;
                 let shape = self.ints(values, input(1)?)?;
                 let total: usize = t.dims().iter().product();
                 let known: i64 = shape.iter().filter(|&&d| d != -1).product();
@@ -351,4 +486,72 @@ impl FirstScalar for Tensor<4> {
             .copied()
             .ok_or_else(|| "empty constant".into())
     }
+}
+
+impl OnnxGraph {
+    /// The model with `weights` written into its initializers of the same name (same shapes):
+    /// the original graph, inputs and outputs unchanged, so every consumer of the model keeps
+    /// working.
+    pub fn with_weights(&self, weights: &HashMap<String, Vec<f32>>) -> Result<ModelProto, GraphError> {
+        let mut model = self.model.clone();
+        let graph = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| GraphError::Output("graph".into()))?;
+        let mut written = 0;
+        for t in graph.initializer.iter_mut() {
+            if let Some(values) = weights.get(&t.name) {
+                let count: i64 = t.dims.iter().product();
+                if count as usize != values.len() {
+                    return Err(GraphError::Node {
+                        node: t.name.clone(),
+                        op: "initializer".into(),
+                        message: format!("{} values for a tensor of {count}", values.len()),
+                    });
+                }
+                t.float_data.clear();
+                t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                written += 1;
+            }
+        }
+        if written != weights.len() {
+            return Err(GraphError::Output(format!(
+                "{} of {} weights have no initializer",
+                weights.len() - written,
+                weights.len()
+            )));
+        }
+        Ok(model)
+    }
+
+    /// The model with the values `names` added to its outputs (after the original ones), for a
+    /// runtime to compute intermediate feature maps.
+    pub fn with_extra_outputs(&self, names: &[&str]) -> Result<ModelProto, GraphError> {
+        let mut model = self.model.clone();
+        let graph = model
+            .graph
+            .as_mut()
+            .ok_or_else(|| GraphError::Output("graph".into()))?;
+        let template = graph
+            .output
+            .first()
+            .cloned()
+            .ok_or_else(|| GraphError::Output("no output to copy the element type from".into()))?;
+        for name in names {
+            let mut output = template.clone();
+            output.name = name.to_string();
+            if let Some(t) = output.type_.as_mut() {
+                t.mut_tensor_type().shape.clear();
+            }
+            graph.output.push(output);
+        }
+        Ok(model)
+    }
+}
+
+/// The bytes of `model`, as an `.onnx` file holds them.
+pub fn serialize(model: &ModelProto) -> Result<Vec<u8>, GraphError> {
+    model
+        .write_to_bytes()
+        .map_err(|e| GraphError::Output(e.to_string()))
 }

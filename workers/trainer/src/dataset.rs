@@ -1,0 +1,274 @@
+//! The annotated dataset: COCO JSON (images, annotations, categories) with the image files next to
+//! it. Categories are mapped onto the pretrained student's COCO classes by name; crowd
+//! annotations (`iscrowd: 1`) are ignore regions. Individual bad samples are skipped and counted;
+//! a dataset with nothing usable, or with classes the student has no output for, is an error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use autotuner_detect::BBox;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    #[error("cannot read the dataset {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error(
+        "the dataset {path} has classes the student has no output for: {names:?}. The student's head keeps its \
+         pretrained COCO classes (so the exported model has the same outputs); map these to COCO names, or pass \
+         --skip-unknown-classes to drop their boxes"
+    )]
+    UnknownClasses { path: PathBuf, names: Vec<String> },
+    #[error("the dataset {path} has no usable image ({skipped})")]
+    Empty { path: PathBuf, skipped: String },
+    #[error("the dataset {path} is mostly broken: {bad} of {total} images unusable ({skipped})")]
+    MostlyBroken {
+        path: PathBuf,
+        bad: usize,
+        total: usize,
+        skipped: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    #[serde(default)]
+    annotations: Vec<CocoAnnotation>,
+    categories: Vec<CocoCategory>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoImage {
+    id: u64,
+    file_name: String,
+    width: u32,
+    height: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoAnnotation {
+    image_id: u64,
+    category_id: u64,
+    bbox: [f64; 4],
+    #[serde(default)]
+    iscrowd: u8,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoCategory {
+    id: u64,
+    name: String,
+}
+
+/// A labelled object, in the image's pixels, with its class as the student's COCO id.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Label {
+    pub bbox: BBox,
+    pub class_id: u32,
+}
+
+/// One usable image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: u64,
+    pub file: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub labels: Vec<Label>,
+    /// Regions where anything found counts for nothing (crowds, MOT ignore regions).
+    pub ignore: Vec<BBox>,
+}
+
+/// What was skipped while loading, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Skipped {
+    pub missing_images: usize,
+    pub unreadable_sizes: usize,
+    pub boxes_outside_image: usize,
+    pub boxes_clipped: usize,
+    pub degenerate_boxes: usize,
+    pub unknown_image_ids: usize,
+    pub unknown_class_boxes: usize,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} missing images, {} images of the wrong size, {} boxes outside their image, {} degenerate boxes, \
+             {} boxes of unknown images, {} boxes of unknown classes",
+            self.missing_images,
+            self.unreadable_sizes,
+            self.boxes_outside_image,
+            self.degenerate_boxes,
+            self.unknown_image_ids,
+            self.unknown_class_boxes
+        )
+    }
+}
+
+/// A loaded dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub samples: Vec<Sample>,
+    /// The COCO ids of the classes it labels, sorted.
+    pub classes: Vec<u32>,
+    pub skipped: Skipped,
+}
+
+impl Dataset {
+    pub fn boxes(&self) -> usize {
+        self.samples.iter().map(|s| s.labels.len()).sum()
+    }
+}
+
+/// How strict loading is.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Drop boxes of classes the student does not know instead of failing.
+    pub skip_unknown_classes: bool,
+    /// Fail when more than this fraction of the images is unusable.
+    pub max_bad_fraction: f64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            skip_unknown_classes: false,
+            max_bad_fraction: 0.5,
+        }
+    }
+}
+
+/// Boxes smaller than this (pixels, either side) after clipping teach nothing.
+const MIN_SIDE: f32 = 2.0;
+
+/// Loads the COCO JSON at `path`; image files are relative to its folder. Checks that every
+/// image exists and has the size the JSON says (from its header, without decoding it).
+pub fn load(path: &Path, options: LoadOptions) -> Result<Dataset, DatasetError> {
+    let read = |message: String| DatasetError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+    let coco: CocoFile = serde_json::from_str(&text).map_err(|e| read(e.to_string()))?;
+    let root = path.parent().unwrap_or(Path::new("."));
+
+    let mut class_of: HashMap<u64, Option<u32>> = HashMap::new();
+    for c in &coco.categories {
+        class_of.insert(c.id, autotuner_detect::labels::id(&c.name));
+    }
+    let used_unknown: Vec<String> = coco
+        .categories
+        .iter()
+        .filter(|c| class_of[&c.id].is_none())
+        .filter(|c| coco.annotations.iter().any(|a| a.category_id == c.id))
+        .map(|c| c.name.clone())
+        .collect();
+    if !used_unknown.is_empty() && !options.skip_unknown_classes {
+        return Err(DatasetError::UnknownClasses {
+            path: path.to_path_buf(),
+            names: used_unknown,
+        });
+    }
+
+    let mut skipped = Skipped::default();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    for image in &coco.images {
+        let file = root.join(&image.file_name);
+        match image::image_dimensions(&file) {
+            Err(_) => skipped.missing_images += 1,
+            Ok((w, h)) if (w, h) != (image.width, image.height) => skipped.unreadable_sizes += 1,
+            Ok(_) => {
+                index.insert(image.id, samples.len());
+                samples.push(Sample {
+                    id: image.id,
+                    file,
+                    width: image.width,
+                    height: image.height,
+                    labels: Vec::new(),
+                    ignore: Vec::new(),
+                });
+            }
+        }
+    }
+    let total = coco.images.len();
+    let bad = total - samples.len();
+
+    for a in &coco.annotations {
+        let known_image = coco.images.iter().any(|i| i.id == a.image_id);
+        let Some(&s) = index.get(&a.image_id) else {
+            if !known_image {
+                skipped.unknown_image_ids += 1;
+            }
+            continue;
+        };
+        let sample = &mut samples[s];
+        let (w, h) = (sample.width as f32, sample.height as f32);
+        let [x, y, bw, bh] = a.bbox.map(|v| v as f32);
+        if !(x.is_finite() && y.is_finite() && bw.is_finite() && bh.is_finite()) || bw <= 0.0 || bh <= 0.0 {
+            skipped.degenerate_boxes += 1;
+            continue;
+        }
+        let raw = BBox::xywh(x, y, bw, bh);
+        let clipped = raw.clip(w, h);
+        if clipped.width() < MIN_SIDE || clipped.height() < MIN_SIDE {
+            skipped.boxes_outside_image += 1;
+            continue;
+        }
+        if clipped != raw {
+            skipped.boxes_clipped += 1;
+        }
+        if a.iscrowd != 0 {
+            sample.ignore.push(clipped);
+            continue;
+        }
+        match class_of.get(&a.category_id).copied().flatten() {
+            Some(class_id) => sample.labels.push(Label {
+                bbox: clipped,
+                class_id,
+            }),
+            None => skipped.unknown_class_boxes += 1,
+        }
+    }
+
+    if samples.is_empty() {
+        return Err(DatasetError::Empty {
+            path: path.to_path_buf(),
+            skipped: skipped.to_string(),
+        });
+    }
+    if total > 0 && bad as f64 / total as f64 > options.max_bad_fraction {
+        return Err(DatasetError::MostlyBroken {
+            path: path.to_path_buf(),
+            bad,
+            total,
+            skipped: skipped.to_string(),
+        });
+    }
+    let mut classes: Vec<u32> = samples
+        .iter()
+        .flat_map(|s| s.labels.iter().map(|l| l.class_id))
+        .collect();
+    classes.sort_unstable();
+    classes.dedup();
+    Ok(Dataset {
+        samples,
+        classes,
+        skipped,
+    })
+}
+
+/// Decodes a sample's image to RGB.
+pub fn read_rgb(sample: &Sample) -> Result<Vec<u8>, String> {
+    let image = image::open(&sample.file).map_err(|e| format!("{}: {e}", sample.file.display()))?;
+    let rgb = image.into_rgb8();
+    if rgb.dimensions() != (sample.width, sample.height) {
+        return Err(format!("{}: size changed", sample.file.display()));
+    }
+    Ok(rgb.into_raw())
+}

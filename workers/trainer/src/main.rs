@@ -1,0 +1,156 @@
+//! `trainer`: the fine-tuning Job. Reads a COCO dataset (train and eval splits), fine-tunes the
+//! student, and writes `model.onnx`, `report.json` and `checkpoint.bin` to the output folder.
+//! Restarted with the same inputs, it resumes from the last checkpoint.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use autotuner_trainer::dataset::LoadOptions;
+use autotuner_trainer::model::Trainable;
+use autotuner_trainer::train::{self, Progress, TrainConfig};
+use burn::prelude::Device;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Fine-tunes the student detector on a camera's labelled images"
+)]
+struct Args {
+    /// COCO JSON of the training split (image paths relative to it).
+    #[arg(long, env = "AUTOTUNER_TRAIN_DATASET")]
+    train: PathBuf,
+    /// COCO JSON of the eval split, from a different time span than the training split.
+    #[arg(long, env = "AUTOTUNER_EVAL_DATASET")]
+    eval: PathBuf,
+    /// The student: SSD-MobileNetV2's raw-head ONNX (default: the one the assets step fetched).
+    #[arg(long, env = "AUTOTUNER_STUDENT_MODEL")]
+    model: Option<PathBuf>,
+    /// Where the model, report and checkpoints go.
+    #[arg(long, env = "AUTOTUNER_OUTPUT")]
+    output: PathBuf,
+    /// boxRegression (the heads only), top (heads and the last blocks) or unfrozen (everything).
+    #[arg(long, env = "AUTOTUNER_TRAINABLE_LAYERS", default_value = "boxRegression")]
+    trainable_layers: Trainable,
+    #[arg(long, env = "AUTOTUNER_EPOCHS", default_value_t = 12)]
+    epochs: usize,
+    #[arg(long, env = "AUTOTUNER_BATCH_SIZE", default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, env = "AUTOTUNER_LEARNING_RATE", default_value_t = 1e-4)]
+    learning_rate: f64,
+    /// Views of each training image: the image and `views - 1` random crops and flips.
+    #[arg(long, env = "AUTOTUNER_VIEWS", default_value_t = 2)]
+    views: usize,
+    #[arg(long, env = "AUTOTUNER_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many epochs without a better eval AP (0: run every epoch).
+    #[arg(long, env = "AUTOTUNER_PATIENCE", default_value_t = 4)]
+    patience: usize,
+    /// Stop after this many optimiser steps (for benchmarks and smoke runs).
+    #[arg(long, env = "AUTOTUNER_MAX_STEPS")]
+    max_steps: Option<u64>,
+    /// Memory for the frozen-feature cache, in MiB: f32 while it fits, then f16, then a file.
+    #[arg(long, env = "AUTOTUNER_CACHE_MIB", default_value_t = 2048)]
+    cache_mib: usize,
+    /// Drop boxes of classes the student has no output for instead of failing.
+    #[arg(long, env = "AUTOTUNER_SKIP_UNKNOWN_CLASSES")]
+    skip_unknown_classes: bool,
+    /// Fail when more than this fraction of a split's images is unusable.
+    #[arg(long, env = "AUTOTUNER_MAX_BAD_FRACTION", default_value_t = 0.5)]
+    max_bad_fraction: f64,
+    /// ONNX Runtime's shared library (default: the one the assets step fetched).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+    /// Where burn trains: `cpu` (the `flex` backend) or `gpu` (wgpu; builds with `--features wgpu`).
+    #[arg(long, env = "AUTOTUNER_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Log lines as JSON (for log collectors).
+    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    log_json: bool,
+}
+
+fn device(name: &str) -> Result<(Device, String), String> {
+    match name {
+        "cpu" => Ok((Device::flex(), "burn flex (CPU)".into())),
+        #[cfg(feature = "wgpu")]
+        "gpu" => Ok((
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            "burn wgpu (GPU)".into(),
+        )),
+        #[cfg(not(feature = "wgpu"))]
+        "gpu" => Err("this trainer was built without a GPU backend: build with `--features wgpu`".into()),
+        other => Err(format!("--device {other}: expected cpu or gpu")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let (device, backend) = match device(&args.device) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("trainer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let assets = autotuner_detect::assets::dir();
+    let config = TrainConfig {
+        train: args.train,
+        eval: args.eval,
+        model: args
+            .model
+            .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx")),
+        output: args.output,
+        trainable: args.trainable_layers,
+        epochs: args.epochs,
+        batch_size: args.batch_size.max(1),
+        learning_rate: args.learning_rate,
+        views: args.views.max(1),
+        seed: args.seed,
+        patience: args.patience,
+        max_steps: args.max_steps,
+        cache_budget_bytes: args.cache_mib << 20,
+        onnxruntime: args
+            .onnxruntime
+            .unwrap_or_else(|| assets.join("libonnxruntime.so")),
+        load: LoadOptions {
+            skip_unknown_classes: args.skip_unknown_classes,
+            max_bad_fraction: args.max_bad_fraction,
+        },
+        device,
+        backend,
+    };
+    match train::run(&config, &mut Progress::new()) {
+        Ok(report) => {
+            let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            tracing::info!(
+                before_ap = %fmt(report.before.ap),
+                after_ap = %fmt(report.after.ap),
+                before_ap50 = %fmt(report.before.ap50),
+                after_ap50 = %fmt(report.after.ap50),
+                seconds = report.timing.total_seconds,
+                model = %report.export.path,
+                "fine-tune done"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("fine-tune failed: {e}");
+            eprintln!("trainer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The job's report (`report.json`): what was trained on, how it went, and what it bought.
+
+use autotuner_detect::eval::Evaluation;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKind;
+use crate::dataset::{Dataset, Skipped};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub classification_loss: f64,
+    pub localization_loss: f64,
+    pub ap: f64,
+    pub ap50: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassReport {
+    pub class: String,
+    pub class_id: u32,
+    pub ground_truth: usize,
+    pub ap: Option<f64>,
+    pub ap50: Option<f64>,
+    pub ap75: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalReport {
+    pub ap: Option<f64>,
+    pub ap50: Option<f64>,
+    pub ap75: Option<f64>,
+    pub per_class: Vec<ClassReport>,
+}
+
+impl From<&Evaluation> for EvalReport {
+    fn from(e: &Evaluation) -> Self {
+        Self {
+            ap: e.ap,
+            ap50: e.ap50,
+            ap75: e.ap75,
+            per_class: e
+                .per_class
+                .iter()
+                .map(|c| ClassReport {
+                    class: autotuner_detect::labels::name(c.class_id)
+                        .unwrap_or("?")
+                        .to_string(),
+                    class_id: c.class_id,
+                    ground_truth: c.ground_truth,
+                    ap: c.ap,
+                    ap50: c.ap50,
+                    ap75: c.ap75,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SplitReport {
+    pub images: usize,
+    pub boxes: usize,
+    pub ignore_regions: usize,
+    /// Training views per image (the image and its augmented copies).
+    pub views: usize,
+    pub skipped: Skipped,
+}
+
+impl SplitReport {
+    pub fn of(d: &Dataset, views: usize) -> Self {
+        Self {
+            images: d.samples.len(),
+            boxes: d.boxes(),
+            ignore_regions: d.samples.iter().map(|s| s.ignore.len()).sum(),
+            views,
+            skipped: d.skipped.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheReport {
+    pub kind: CacheKind,
+    pub items: usize,
+    pub bytes: usize,
+    pub budget_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timing {
+    pub load_seconds: f64,
+    pub features_seconds: f64,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub export_seconds: f64,
+    pub total_seconds: f64,
+    pub steps: u64,
+    pub seconds_per_step: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportReport {
+    pub path: String,
+    /// Largest difference between ONNX Runtime on the exported model and the burn model, over
+    /// the box encodings and the trained classes' logits.
+    pub max_difference: f32,
+    pub verified_images: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub trainable_layers: String,
+    pub backend: String,
+    pub frozen_features: String,
+    pub classes: Vec<String>,
+    pub epochs_requested: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub train: SplitReport,
+    pub eval: SplitReport,
+    pub cache: Option<CacheReport>,
+    pub timing: Timing,
+    pub epochs: Vec<EpochRecord>,
+    pub resumed_from_epoch: Option<usize>,
+    /// The epoch whose weights were exported (the best on the eval split).
+    pub selected_epoch: usize,
+    pub before: EvalReport,
+    pub after: EvalReport,
+    pub export: ExportReport,
+}

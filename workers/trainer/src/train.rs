@@ -1,0 +1,823 @@
+//! The fine-tuning job: load the dataset, cache the frozen part's outputs per training view,
+//! train the trainable part with Adam on the SSD loss, evaluate on the eval split after every
+//! epoch (keeping the best), checkpoint, export the tuned ONNX and verify it on ONNX Runtime.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autotuner_detect::eval::{self, Evaluation, GroundTruth, ImageDetection};
+use autotuner_detect::{BBox, Detection, Network, Runtime, anchors, nms};
+use burn::prelude::*;
+use thiserror::Error;
+
+use crate::augment::{self, Rng, View};
+use crate::cache::FeatureCache;
+use crate::checkpoint::{self, Checkpoint, Header};
+use crate::dataset::{self, Dataset, LoadOptions, Sample};
+use crate::graph::{GraphError, OnnxGraph, serialize};
+use crate::loss::{self, Targets};
+use crate::model::{Param, Student, Trainable};
+use crate::report::{CacheReport, EpochRecord, EvalReport, ExportReport, Report, SplitReport, Timing};
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Dataset(#[from] dataset::DatasetError),
+    #[error("the training set has no labelled box: nothing to learn from")]
+    NoLabels,
+    #[error("model: {0}")]
+    Model(#[from] GraphError),
+    #[error("ONNX Runtime: {0}")]
+    Runtime(#[from] autotuner_detect::DetectError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("image {0}")]
+    Image(String),
+    #[error("the exported model differs from the trained one by {0} (more than 1e-3)")]
+    Export(f32),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let context = context.into();
+    move |source| TrainError::Io { context, source }
+}
+
+/// The job's settings.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub train: PathBuf,
+    pub eval: PathBuf,
+    pub model: PathBuf,
+    pub output: PathBuf,
+    pub trainable: Trainable,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Views per training image: the image itself and `views - 1` augmented copies.
+    pub views: usize,
+    pub seed: u64,
+    /// Stop when the eval AP has not improved for this many epochs (0: never).
+    pub patience: usize,
+    /// Stop after this many optimiser steps in this run (the epoch in progress is evaluated).
+    pub max_steps: Option<u64>,
+    pub cache_budget_bytes: usize,
+    /// ONNX Runtime's library, for the frozen part and to verify the export.
+    pub onnxruntime: PathBuf,
+    pub load: LoadOptions,
+    /// Where tensors live: burn's CPU backend unless a GPU backend was built in.
+    pub device: Device,
+    pub backend: String,
+}
+
+const EVAL_MIN_SCORE: f32 = 0.05;
+const EVAL_NMS_IOU: f32 = 0.5;
+const EVAL_MAX_DETECTIONS: usize = 100;
+const EXTRACT_BATCH: usize = 8;
+const VERIFY_IMAGES: usize = 4;
+
+/// Shows progress: a bar on a terminal, a log line every few seconds otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    terminal: bool,
+    last: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            terminal: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+        }
+    }
+
+    pub fn update(&mut self, stage: &str, done: usize, total: usize, detail: &str) {
+        if self.terminal {
+            let width = 30;
+            let filled = (done * width).checked_div(total).unwrap_or(width);
+            eprint!(
+                "\r{stage:>10} [{}{}] {done}/{total} {detail}\x1b[K",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        } else if self.last.elapsed().as_secs_f64() >= 10.0 || done == total {
+            self.last = Instant::now();
+            tracing::info!(stage, done, total, detail, "progress");
+        }
+    }
+}
+
+/// Training views of one split, with their cached cut values and targets.
+struct Split {
+    samples: Vec<Sample>,
+    cache: FeatureCache,
+    /// Per item: the sample index and its targets (training splits).
+    items: Vec<(usize, Option<Targets>)>,
+}
+
+/// Per image, all cut values back to back; and the shape of each cut value (no batch axis).
+type CutValues = (Vec<Vec<f32>>, Vec<[usize; 3]>);
+
+/// Computes the frozen part of the student: with ONNX Runtime (a model with the cut values as
+/// extra outputs), or nothing at all when training starts from the input image.
+enum Frozen {
+    Runtime { network: Network, outputs: Vec<usize> },
+    Input,
+}
+
+impl Frozen {
+    fn new(student: &Student, runtime: Option<&Runtime>) -> Result<Self, TrainError> {
+        if student.cut == [student.graph.input_name()] {
+            return Ok(Self::Input);
+        }
+        let runtime = runtime.ok_or_else(|| TrainError::Image("no ONNX Runtime".into()))?;
+        let cut: Vec<&str> = student.cut.iter().map(String::as_str).collect();
+        let bytes = serialize(&student.graph.with_extra_outputs(&cut)?)?;
+        let network = Network::from_bytes(runtime, &bytes, "student with feature outputs")?;
+        let outputs = cut
+            .iter()
+            .map(|c| {
+                network
+                    .output_names()
+                    .iter()
+                    .position(|n| n == c)
+                    .expect("added output")
+            })
+            .collect();
+        Ok(Self::Runtime { network, outputs })
+    }
+
+    /// The cut values of a batch of student inputs.
+    fn run(&mut self, inputs: &[f32], batch: usize) -> Result<CutValues, TrainError> {
+        match self {
+            Self::Input => {
+                let len = inputs.len() / batch;
+                Ok((
+                    inputs.chunks(len).map(<[f32]>::to_vec).collect(),
+                    vec![[300, 300, 3]],
+                ))
+            }
+            Self::Runtime { network, outputs } => {
+                let all = network.run(inputs, [batch, 300, 300, 3])?;
+                let mut items = vec![Vec::new(); batch];
+                let mut shapes = Vec::new();
+                for &o in outputs.iter() {
+                    let (shape, data) = &all[o];
+                    let per = data.len() / batch;
+                    shapes.push([shape[1], shape[2], shape[3]]);
+                    for (b, item) in items.iter_mut().enumerate() {
+                        item.extend_from_slice(&data[b * per..(b + 1) * per]);
+                    }
+                }
+                Ok((items, shapes))
+            }
+        }
+    }
+}
+
+fn class_index(student: &Student, class_id: u32) -> Option<usize> {
+    student.classes.iter().position(|&c| c == class_id)
+}
+
+/// Decodes, runs the frozen part and caches every view of `samples`.
+#[allow(clippy::too_many_arguments)]
+fn build_split(
+    samples: Vec<Sample>,
+    views: usize,
+    seed: u64,
+    student: &Student,
+    frozen: &mut Frozen,
+    budget: usize,
+    spill_dir: &Path,
+    with_targets: bool,
+    progress: &mut Progress,
+    stage: &str,
+) -> Result<(Split, Vec<[usize; 3]>), TrainError> {
+    let pre = augment::student_preprocess();
+    let mut pending: Vec<(usize, Option<Targets>)> = Vec::new();
+    let mut inputs: Vec<f32> = Vec::new();
+    let mut scratch = Vec::new();
+    let mut cache: Option<FeatureCache> = None;
+    let mut items = Vec::new();
+    let mut shapes = Vec::new();
+    let total = samples.len() * views;
+    let mut flush = |pending: &mut Vec<(usize, Option<Targets>)>,
+                     inputs: &mut Vec<f32>,
+                     cache: &mut Option<FeatureCache>,
+                     items: &mut Vec<(usize, Option<Targets>)>,
+                     shapes: &mut Vec<[usize; 3]>|
+     -> Result<(), TrainError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (values, s) = frozen.run(inputs, pending.len())?;
+        *shapes = s;
+        for v in values {
+            let c = match cache {
+                Some(c) => c,
+                None => cache.insert(
+                    FeatureCache::new(v.len(), total, budget, spill_dir).map_err(io("feature cache"))?,
+                ),
+            };
+            c.push(&v).map_err(io("feature cache"))?;
+        }
+        items.append(pending);
+        inputs.clear();
+        Ok(())
+    };
+    for (i, sample) in samples.iter().enumerate() {
+        let rgb = dataset::read_rgb(sample).map_err(TrainError::Image)?;
+        for v in 0..views {
+            let view = View::of(sample, v, seed);
+            let start = inputs.len();
+            inputs.resize(start + pre.len(), 0.0);
+            augment::prepare(
+                &rgb,
+                sample.width as usize,
+                sample.height as usize,
+                &view,
+                &mut scratch,
+                &mut inputs[start..],
+            );
+            let targets = with_targets.then(|| {
+                let labels = augment::view_labels(sample, &view);
+                let boxes: Vec<([f32; 4], usize)> = labels
+                    .boxes
+                    .iter()
+                    .filter_map(|(b, c)| class_index(student, *c).map(|k| (*b, k)))
+                    .collect();
+                loss::assign(&student.anchors, &boxes, &labels.ignore)
+            });
+            pending.push((i, targets));
+            if pending.len() == EXTRACT_BATCH {
+                flush(&mut pending, &mut inputs, &mut cache, &mut items, &mut shapes)?;
+            }
+        }
+        progress.update(stage, (i + 1) * views, total, "");
+    }
+    flush(&mut pending, &mut inputs, &mut cache, &mut items, &mut shapes)?;
+    let cache = cache.expect("at least one sample");
+    Ok((
+        Split {
+            samples,
+            cache,
+            items,
+        },
+        shapes,
+    ))
+}
+
+/// The cut tensors of the given cache items.
+fn batch_tensors(
+    split: &Split,
+    items: &[usize],
+    shapes: &[[usize; 3]],
+    device: &Device,
+) -> Result<Vec<Tensor<4>>, TrainError> {
+    let len = split.cache.item_len();
+    let mut buf = vec![0.0f32; len];
+    let mut per_cut: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|s| Vec::with_capacity(items.len() * s.iter().product::<usize>()))
+        .collect();
+    for &i in items {
+        split.cache.get(i, &mut buf).map_err(io("feature cache"))?;
+        let mut offset = 0;
+        for (k, s) in shapes.iter().enumerate() {
+            let n: usize = s.iter().product();
+            per_cut[k].extend_from_slice(&buf[offset..offset + n]);
+            offset += n;
+        }
+    }
+    Ok(per_cut
+        .into_iter()
+        .zip(shapes)
+        .map(|(data, s)| {
+            Tensor::<4>::from_data(TensorData::new(data, [items.len(), s[0], s[1], s[2]]), device)
+        })
+        .collect())
+}
+
+/// Detections of the dataset's classes from the student's outputs for one image.
+fn decode(boxes: &[f32], logits: &[f32], student: &Student, width: f32, height: f32) -> Vec<Detection> {
+    let k = student.classes.len();
+    let mut out = Vec::new();
+    for (j, anchor) in student.anchors.iter().enumerate() {
+        let mut decoded = None;
+        for (c, &class_id) in student.classes.iter().enumerate() {
+            let score = 1.0 / (1.0 + (-logits[j * k + c]).exp());
+            if score < EVAL_MIN_SCORE {
+                continue;
+            }
+            let bbox = *decoded.get_or_insert_with(|| {
+                let [y0, x0, y1, x1] =
+                    anchors::decode(boxes[4 * j..4 * j + 4].try_into().expect("4"), anchor);
+                BBox::new(
+                    x0.clamp(0.0, 1.0) * width,
+                    y0.clamp(0.0, 1.0) * height,
+                    x1.clamp(0.0, 1.0) * width,
+                    y1.clamp(0.0, 1.0) * height,
+                )
+            });
+            out.push(Detection {
+                bbox,
+                class_id,
+                score,
+            });
+        }
+    }
+    nms(&mut out, EVAL_NMS_IOU, EVAL_MAX_DETECTIONS);
+    out
+}
+
+fn to_vec(t: Tensor<3>) -> Vec<f32> {
+    t.inner().into_data().try_to_vec::<f32>().expect("f32 outputs")
+}
+
+/// AP of the student with `params` on the eval split (whole images, no augmentation).
+fn evaluate(
+    student: &Student,
+    params: &[Param],
+    split: &Split,
+    shapes: &[[usize; 3]],
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    let inner: Vec<Param> = params
+        .iter()
+        .map(|p| Param {
+            value: p.value.clone().inner(),
+            ..p.clone()
+        })
+        .collect();
+    let mut detections = Vec::new();
+    let indices: Vec<usize> = (0..split.items.len()).collect();
+    let n = student.anchors.len();
+    let k = student.classes.len();
+    for chunk in indices.chunks(16) {
+        let cut = batch_tensors(split, chunk, shapes, &device.clone().inner())?;
+        let (boxes, logits) = student.forward(cut, &inner)?;
+        let (boxes, logits) = (to_vec(boxes), to_vec(logits));
+        for (b, &item) in chunk.iter().enumerate() {
+            let sample = &split.samples[split.items[item].0];
+            let found = decode(
+                &boxes[b * n * 4..(b + 1) * n * 4],
+                &logits[b * n * k..(b + 1) * n * k],
+                student,
+                sample.width as f32,
+                sample.height as f32,
+            );
+            detections.extend(found.into_iter().map(|detection| ImageDetection {
+                image_id: sample.id,
+                detection,
+            }));
+        }
+    }
+    let mut truth = Vec::new();
+    for s in &split.samples {
+        for l in &s.labels {
+            truth.push(GroundTruth {
+                image_id: s.id,
+                class_id: l.class_id,
+                bbox: l.bbox,
+                crowd: false,
+            });
+        }
+        for r in &s.ignore {
+            for &class_id in &student.classes {
+                truth.push(GroundTruth {
+                    image_id: s.id,
+                    class_id,
+                    bbox: *r,
+                    crowd: true,
+                });
+            }
+        }
+    }
+    let images: Vec<u64> = split.samples.iter().map(|s| s.id).collect();
+    Ok(eval::evaluate(&images, &student.classes, &truth, &detections))
+}
+
+/// Adam, over the trainable tensors.
+struct Adam {
+    rate: f64,
+    step: u64,
+    first: Vec<Tensor<4>>,
+    second: Vec<Tensor<4>>,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPSILON: f64 = 1e-8;
+
+    fn new(rate: f64, params: &[Param]) -> Self {
+        let zeros = |p: &Param| p.value.clone().inner().zeros_like();
+        Self {
+            rate,
+            step: 0,
+            first: params.iter().map(zeros).collect(),
+            second: params.iter().map(zeros).collect(),
+        }
+    }
+
+    /// Applies one step; `grads[i]` is the gradient of `params[i]`.
+    fn update(&mut self, params: &mut [Param], grads: Vec<Tensor<4>>) {
+        self.step += 1;
+        let t = self.step as i32;
+        let correction1 = 1.0 - Self::BETA1.powi(t);
+        let correction2 = 1.0 - Self::BETA2.powi(t);
+        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let m = self.first[i].clone().mul_scalar(Self::BETA1) + g.clone().mul_scalar(1.0 - Self::BETA1);
+            let v = self.second[i].clone().mul_scalar(Self::BETA2)
+                + g.powi_scalar(2).mul_scalar(1.0 - Self::BETA2);
+            let step = (m.clone().div_scalar(correction1))
+                / (v.clone().div_scalar(correction2).sqrt().add_scalar(Self::EPSILON));
+            let updated = p.value.clone().inner() - step.mul_scalar(self.rate);
+            p.value = updated.autodiff().require_grad();
+            self.first[i] = m;
+            self.second[i] = v;
+        }
+    }
+}
+
+fn host(t: &Tensor<4>) -> Vec<f32> {
+    t.clone().inner().into_data().try_to_vec::<f32>().expect("f32")
+}
+
+fn device_tensor(values: Vec<f32>, like: &Tensor<4>, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(TensorData::new(values, like.dims()), device)
+}
+
+/// A short stable hash of the job's inputs and settings: a checkpoint only resumes the same job.
+fn fingerprint(config: &TrainConfig, classes: &[u32]) -> Result<String, TrainError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for path in [&config.train, &config.eval, &config.model] {
+        feed(&std::fs::read(path).map_err(io(format!("read {}", path.display())))?);
+    }
+    feed(
+        format!(
+            "{}|{}|{}|{}|{}|{:?}",
+            config.trainable.as_str(),
+            config.batch_size,
+            config.learning_rate,
+            config.views,
+            config.seed,
+            classes
+        )
+        .as_bytes(),
+    );
+    Ok(format!("{h:016x}"))
+}
+
+/// Runs the job and returns its report (also written to `output/report.json`).
+pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, TrainError> {
+    let started = Instant::now();
+    let mut timing = Timing::default();
+    std::fs::create_dir_all(&config.output).map_err(io(format!("create {}", config.output.display())))?;
+    let device = config.device.clone().autodiff();
+
+    let train: Dataset = dataset::load(&config.train, config.load)?;
+    let eval_set: Dataset = dataset::load(&config.eval, config.load)?;
+    if train.boxes() == 0 {
+        return Err(TrainError::NoLabels);
+    }
+    tracing::info!(
+        train_images = train.samples.len(),
+        train_boxes = train.boxes(),
+        eval_images = eval_set.samples.len(),
+        skipped = %train.skipped,
+        "dataset loaded"
+    );
+    let mut classes = train.classes.clone();
+    classes.extend(&eval_set.classes);
+    classes.sort_unstable();
+    classes.dedup();
+    let graph = OnnxGraph::load(&config.model, &config.device)?;
+    let student = Student::new(graph, config.trainable, classes.clone())?;
+    let runtime = Runtime::load(&config.onnxruntime)?;
+    timing.load_seconds = started.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut frozen = Frozen::new(&student, Some(&runtime))?;
+    let frozen_name = match frozen {
+        Frozen::Input => "none (the input image is cached)",
+        Frozen::Runtime { .. } => "onnxruntime",
+    };
+    let views = config.views.max(1);
+    let item_bytes_guess = config.cache_budget_bytes;
+    let (train_split, shapes) = build_split(
+        train.samples.clone(),
+        views,
+        config.seed,
+        &student,
+        &mut frozen,
+        item_bytes_guess,
+        &config.output,
+        true,
+        progress,
+        "features",
+    )?;
+    // The eval split shares what is left of the budget.
+    let left = config
+        .cache_budget_bytes
+        .saturating_sub(train_split.cache.bytes());
+    let (eval_split, _) = build_split(
+        eval_set.samples.clone(),
+        1,
+        config.seed,
+        &student,
+        &mut frozen,
+        left,
+        &config.output,
+        false,
+        progress,
+        "eval",
+    )?;
+    timing.features_seconds = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let initial = student.initial_params(&device);
+    let before = evaluate(&student, &initial, &eval_split, &shapes, &device)?;
+    timing.eval_seconds += t.elapsed().as_secs_f64();
+    tracing::info!(
+        ap = before.ap,
+        ap50 = before.ap50,
+        "off-the-shelf student on the eval split"
+    );
+
+    let mut params: Vec<Param> = initial
+        .iter()
+        .map(|p| Param {
+            value: p.value.clone().require_grad(),
+            ..p.clone()
+        })
+        .collect();
+    let mut adam = Adam::new(config.learning_rate, &params);
+    let print = fingerprint(config, &classes)?;
+    let ckpt_path = config.output.join("checkpoint.bin");
+    let mut history: Vec<EpochRecord> = Vec::new();
+    let mut best: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
+    let (mut best_epoch, mut best_ap) = (0usize, f64::MIN);
+    let mut resumed_from = None;
+    match checkpoint::load(&ckpt_path).map_err(io("read the checkpoint"))? {
+        Some(c) if c.header.fingerprint == print && c.values.len() == params.len() => {
+            let plain = config.device.clone();
+            for (i, p) in params.iter_mut().enumerate() {
+                p.value = device_tensor(c.values[i].clone(), &p.value, &device).require_grad();
+                adam.first[i] = device_tensor(c.first_moments[i].clone(), &p.value, &plain);
+                adam.second[i] = device_tensor(c.second_moments[i].clone(), &p.value, &plain);
+            }
+            adam.step = c.header.adam_step;
+            best = c.best;
+            best_epoch = c.header.best_epoch;
+            best_ap = c.header.best_ap;
+            history = c.header.history;
+            resumed_from = Some(c.header.epoch);
+            tracing::info!(epoch = c.header.epoch, "resuming from the checkpoint");
+        }
+        Some(_) => tracing::warn!("the checkpoint belongs to other inputs or settings: starting over"),
+        None => {}
+    }
+
+    let mut step_seconds = 0.0f64;
+    let mut steps = 0u64;
+    let first_epoch = history.len() + 1;
+    let batches = train_split.samples.len().div_ceil(config.batch_size.max(1));
+    for epoch in first_epoch..=config.epochs {
+        let epoch_started = Instant::now();
+        let mut rng = Rng::new(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut order: Vec<usize> = (0..train_split.samples.len()).collect();
+        rng.shuffle(&mut order);
+        let (mut sum, mut sum_cls, mut sum_loc) = (0.0f64, 0.0f64, 0.0f64);
+        let mut ran = 0usize;
+        for (b, chunk) in order.chunks(config.batch_size.max(1)).enumerate() {
+            // Each image is seen through one of its cached views, drawn anew every epoch.
+            let step_started = Instant::now();
+            let items: Vec<usize> = chunk.iter().map(|&s| s * views + rng.below(views)).collect();
+            let cut = batch_tensors(&train_split, &items, &shapes, &device)?;
+            let (boxes, logits) = student.forward(cut, &params)?;
+            let targets: Vec<&Targets> = items
+                .iter()
+                .map(|&i| train_split.items[i].1.as_ref().expect("training targets"))
+                .collect();
+            let l = loss::ssd_loss(boxes, logits, &targets);
+            let grads = l.total.backward();
+            let g: Vec<Tensor<4>> = params
+                .iter()
+                .map(|p| {
+                    p.value
+                        .grad(&grads)
+                        .unwrap_or_else(|| p.value.clone().inner().zeros_like())
+                })
+                .collect();
+            adam.update(&mut params, g);
+            steps += 1;
+            step_seconds += step_started.elapsed().as_secs_f64();
+            let total = l.classification + l.localization;
+            sum += total as f64;
+            sum_cls += l.classification as f64;
+            sum_loc += l.localization as f64;
+            ran += 1;
+            if config.max_steps.is_some_and(|m| steps >= m) {
+                break;
+            }
+            progress.update(
+                &format!("epoch {epoch}"),
+                b + 1,
+                batches,
+                &format!("loss {:.3}", sum / (b + 1) as f64),
+            );
+        }
+        let t = Instant::now();
+        let e = evaluate(&student, &params, &eval_split, &shapes, &device)?;
+        timing.eval_seconds += t.elapsed().as_secs_f64();
+        let record = EpochRecord {
+            epoch,
+            loss: sum / ran.max(1) as f64,
+            classification_loss: sum_cls / ran.max(1) as f64,
+            localization_loss: sum_loc / ran.max(1) as f64,
+            ap: e.ap.unwrap_or(0.0),
+            ap50: e.ap50.unwrap_or(0.0),
+            seconds: epoch_started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch,
+            loss = record.loss,
+            ap = record.ap,
+            ap50 = record.ap50,
+            "epoch done"
+        );
+        if record.ap > best_ap {
+            best_ap = record.ap;
+            best_epoch = epoch;
+            best = params.iter().map(|p| host(&p.value)).collect();
+        }
+        history.push(record);
+        let values: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
+        checkpoint::save(
+            &ckpt_path,
+            &Checkpoint {
+                header: Header {
+                    fingerprint: print.clone(),
+                    epoch,
+                    history: history.clone(),
+                    best_epoch,
+                    best_ap,
+                    lengths: values.iter().map(Vec::len).collect(),
+                    adam_step: adam.step,
+                },
+                values,
+                first_moments: adam.first.iter().map(host).collect(),
+                second_moments: adam.second.iter().map(host).collect(),
+                best: best.clone(),
+            },
+        )
+        .map_err(io("write the checkpoint"))?;
+        if config.max_steps.is_some_and(|m| steps >= m) {
+            break;
+        }
+        if config.patience > 0 && epoch >= best_epoch + config.patience {
+            tracing::info!(
+                epoch,
+                best_epoch,
+                "no improvement on the eval split: stopping early"
+            );
+            break;
+        }
+    }
+    // Optimiser steps only: evaluation and checkpoints are counted apart.
+    timing.train_seconds = step_seconds;
+    timing.steps = steps;
+    timing.seconds_per_step = if steps > 0 {
+        timing.train_seconds / steps as f64
+    } else {
+        0.0
+    };
+
+    // The best epoch's weights, evaluated and exported.
+    let chosen: Vec<Param> = params
+        .iter()
+        .zip(&best)
+        .map(|(p, v)| Param {
+            value: device_tensor(v.clone(), &p.value, &config.device),
+            ..p.clone()
+        })
+        .collect();
+    let t = Instant::now();
+    let after = evaluate(&student, &chosen, &eval_split, &shapes, &device)?;
+    timing.eval_seconds += t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let export = export(config, &student, &chosen, &runtime, &eval_split, &shapes)?;
+    timing.export_seconds = t.elapsed().as_secs_f64();
+    timing.total_seconds = started.elapsed().as_secs_f64();
+
+    let report = Report {
+        trainable_layers: config.trainable.as_str().into(),
+        backend: config.backend.clone(),
+        frozen_features: frozen_name.into(),
+        classes: classes
+            .iter()
+            .map(|&c| autotuner_detect::labels::name(c).unwrap_or("?").to_string())
+            .collect(),
+        epochs_requested: config.epochs,
+        batch_size: config.batch_size,
+        learning_rate: config.learning_rate,
+        train: SplitReport::of(&train, views),
+        eval: SplitReport::of(&eval_set, 1),
+        cache: Some(CacheReport {
+            kind: train_split.cache.kind(),
+            items: train_split.cache.len(),
+            bytes: train_split.cache.bytes(),
+            budget_bytes: config.cache_budget_bytes,
+        }),
+        timing,
+        epochs: history,
+        resumed_from_epoch: resumed_from,
+        selected_epoch: best_epoch,
+        before: EvalReport::from(&before),
+        after: EvalReport::from(&after),
+        export,
+    };
+    let json = serde_json::to_vec_pretty(&report).expect("serialisable report");
+    std::fs::write(config.output.join("report.json"), json).map_err(io("write the report"))?;
+    Ok(report)
+}
+
+/// Writes the tuned model and checks it on ONNX Runtime against the burn model on a few eval
+/// images: same box encodings and trained logits within 1e-3.
+fn export(
+    config: &TrainConfig,
+    student: &Student,
+    params: &[Param],
+    runtime: &Runtime,
+    eval_split: &Split,
+    shapes: &[[usize; 3]],
+) -> Result<ExportReport, TrainError> {
+    let model = student.graph.with_weights(&student.weights(params))?;
+    let bytes = serialize(&model)?;
+    let path = config.output.join("model.onnx");
+    let tmp = path.with_extension("onnx.tmp");
+    std::fs::write(&tmp, &bytes).map_err(io("write the model"))?;
+    std::fs::rename(&tmp, &path).map_err(io("write the model"))?;
+
+    let mut network = Network::from_bytes(runtime, &bytes, "the exported model")?;
+    let pre = augment::student_preprocess();
+    let count = eval_split.samples.len().min(VERIFY_IMAGES);
+    let mut inputs = vec![0.0f32; count * pre.len()];
+    let mut scratch = Vec::new();
+    for (i, s) in eval_split.samples.iter().take(count).enumerate() {
+        let rgb = dataset::read_rgb(s).map_err(TrainError::Image)?;
+        let view = View::whole(s.width, s.height);
+        augment::prepare(
+            &rgb,
+            s.width as usize,
+            s.height as usize,
+            &view,
+            &mut scratch,
+            &mut inputs[i * pre.len()..(i + 1) * pre.len()],
+        );
+    }
+    let outputs = network.run(&inputs, [count, 300, 300, 3])?;
+    let items: Vec<usize> = (0..count).collect();
+    let plain = config.device.clone();
+    let cut = batch_tensors(eval_split, &items, shapes, &plain)?;
+    let (boxes, logits) = student.forward(cut, params)?;
+    let (boxes, logits) = (to_vec(boxes), to_vec(logits));
+    let mut worst = 0.0f32;
+    for (a, b) in outputs[0].1.iter().zip(&boxes) {
+        worst = worst.max((a - b).abs());
+    }
+    let columns = student.logit_columns();
+    let full = student.head_classes();
+    let k = columns.len();
+    for row in 0..count * student.anchors.len() {
+        for (c, &column) in columns.iter().enumerate() {
+            worst = worst.max((outputs[1].1[row * full + column] - logits[row * k + c]).abs());
+        }
+    }
+    if worst > 1e-3 {
+        return Err(TrainError::Export(worst));
+    }
+    tracing::info!(path = %path.display(), max_difference = worst, "model exported and verified");
+    Ok(ExportReport {
+        path: path.display().to_string(),
+        max_difference: worst,
+        verified_images: count,
+    })
+}
