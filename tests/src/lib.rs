@@ -218,8 +218,15 @@ pub async fn ready_node(
 
 /// This package's directory: from cargo at run time (`cargo run`/`test`/`bench` set it), which
 /// stays right when a build directory is shared between checkouts; else where it was built.
+/// This crate's folder, found from the running test's package (which may be another crate of the
+/// workspace), else the path it was compiled at.
 fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .map(|d| if d.ends_with("tests") { d.to_path_buf() } else { d.join("tests") })
+                .find(|d| d.join("controlplane/build.sh").is_file())
+        })
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -27,6 +27,21 @@ pub const ENV_S3_REGION: &str = "AUTOTUNER_S3_REGION";
 pub const ENV_ITERATION: &str = "AUTOTUNER_ITERATION";
 pub const ENV_DATASET_CAP: &str = "AUTOTUNER_DATASET_CAP";
 
+/// The dataset's layout under [`ENV_DATASET_URI`]: COCO JSON per split, the capture worker writes
+/// them and the trainer reads them (image paths are relative to each file).
+pub const DATASET_TRAIN_FILE: &str = "train/annotations.json";
+pub const DATASET_EVAL_FILE: &str = "eval/annotations.json";
+
+/// Where the trainer of `iteration` keeps its checkpoints and report, under the dataset.
+pub fn training_run_dir(iteration: u32) -> String {
+    format!("runs/{iteration}")
+}
+
+/// Where the trainer of `iteration` writes the tuned model, under the dataset.
+pub fn model_file(iteration: u32) -> String {
+    format!("models/{iteration}.onnx")
+}
+
 /// Mount point of the dataset volume in worker pods.
 pub const DATASET_MOUNT: &str = "/data";
 

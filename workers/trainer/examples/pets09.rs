@@ -62,8 +62,10 @@ fn ground_truth(assets: &Path) -> Vec<(usize, [f64; 5])> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let only_datasets = args.first().map(String::as_str) == Some("datasets");
     let modes: Vec<Trainable> = args
         .first()
+        .filter(|_| !only_datasets)
         .map_or("boxRegression,top", String::as_str)
         .split(',')
         .map(|m| m.parse().unwrap())
@@ -141,7 +143,7 @@ fn main() {
         );
     }
 
-    if args.first().map(String::as_str) == Some("datasets") {
+    if only_datasets {
         eprintln!("datasets in {}", work.display());
         return;
     }
@@ -167,8 +169,10 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(2),
                 seed: 1,
+                eval_every: 1,
                 patience: 4,
                 max_steps: None,
+                max_train_images: None,
                 cache_budget_bytes: 2048 << 20,
                 onnxruntime: assets.join("libonnxruntime.so"),
                 load: LoadOptions::default(),

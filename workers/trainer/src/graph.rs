@@ -524,9 +524,9 @@ impl OnnxGraph {
         Ok(model)
     }
 
-    /// The model with the values `names` added to its outputs (after the original ones), for a
-    /// runtime to compute intermediate feature maps.
-    pub fn with_extra_outputs(&self, names: &[&str]) -> Result<ModelProto, GraphError> {
+    /// The model with the values `names` as its only outputs, for a runtime to compute
+    /// intermediate feature maps (and nothing that only the original outputs need).
+    pub fn with_outputs(&self, names: &[&str]) -> Result<ModelProto, GraphError> {
         let mut model = self.model.clone();
         let graph = model
             .graph
@@ -537,6 +537,7 @@ impl OnnxGraph {
             .first()
             .cloned()
             .ok_or_else(|| GraphError::Output("no output to copy the element type from".into()))?;
+        graph.output.clear();
         for name in names {
             let mut output = template.clone();
             output.name = name.to_string();

@@ -9,6 +9,7 @@
 pub mod augment;
 pub mod cache;
 pub mod checkpoint;
+pub mod cluster;
 pub mod dataset;
 mod graph;
 pub mod loss;

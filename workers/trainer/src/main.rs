@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use autotuner_trainer::cluster::{self, JobContext};
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
+use autotuner_trainer::report::Report;
 use autotuner_trainer::train::{self, Progress, TrainConfig};
 use burn::prelude::Device;
 use clap::Parser;
@@ -17,18 +19,21 @@ use clap::Parser;
     about = "Fine-tunes the student detector on a camera's labelled images"
 )]
 struct Args {
-    /// COCO JSON of the training split (image paths relative to it).
+    /// COCO JSON of the training split (image paths relative to it). Started by the operator,
+    /// the dataset volume's train split.
     #[arg(long, env = "AUTOTUNER_TRAIN_DATASET")]
-    train: PathBuf,
+    train: Option<PathBuf>,
     /// COCO JSON of the eval split, from a different time span than the training split.
     #[arg(long, env = "AUTOTUNER_EVAL_DATASET")]
-    eval: PathBuf,
-    /// The student: SSD-MobileNetV2's raw-head ONNX (default: the one the assets step fetched).
+    eval: Option<PathBuf>,
+    /// The student: SSD-MobileNetV2's raw-head ONNX (default: the operator's model URI, else the
+    /// one the assets step fetched).
     #[arg(long, env = "AUTOTUNER_STUDENT_MODEL")]
     model: Option<PathBuf>,
-    /// Where the model, report and checkpoints go.
+    /// Where the model, report and checkpoints go (started by the operator: `runs/<iteration>`
+    /// in the dataset volume).
     #[arg(long, env = "AUTOTUNER_OUTPUT")]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// boxRegression (the heads only), top (heads and the last blocks) or unfrozen (everything).
     #[arg(long, env = "AUTOTUNER_TRAINABLE_LAYERS", default_value = "boxRegression")]
     trainable_layers: Trainable,
@@ -43,6 +48,10 @@ struct Args {
     views: usize,
     #[arg(long, env = "AUTOTUNER_SEED", default_value_t = 1)]
     seed: u64,
+    /// Evaluate on the eval split after every this many epochs (and after the last); 0: only
+    /// after the last (then the last epoch is exported).
+    #[arg(long, env = "AUTOTUNER_EVAL_EVERY", default_value_t = 1)]
+    eval_every: usize,
     /// Stop after this many epochs without a better eval AP (0: run every epoch).
     #[arg(long, env = "AUTOTUNER_PATIENCE", default_value_t = 4)]
     patience: usize,
@@ -67,6 +76,22 @@ struct Args {
     /// Log lines as JSON (for log collectors).
     #[arg(long, env = "AUTOTUNER_LOG_JSON")]
     log_json: bool,
+}
+
+/// Publishes the model and reports it as the CameraTuning's candidate.
+fn report_to_cluster(job: &JobContext, report: &Report) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no Kubernetes client: {e}"))?;
+        let candidate = cluster::publish(client, job, report).await?;
+        tracing::info!(uri = %candidate.uri, map = candidate.map, iteration = candidate.version, "candidate reported");
+        Ok(())
+    })
 }
 
 fn device(name: &str) -> Result<(Device, String), String> {
@@ -106,22 +131,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let job = match JobContext::from_env() {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("trainer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let assets = autotuner_detect::assets::dir();
+    let (Some(train), Some(eval), Some(output)) = (
+        args.train.or(job.as_ref().map(JobContext::train_file)),
+        args.eval.or(job.as_ref().map(JobContext::eval_file)),
+        args.output.or(job.as_ref().map(JobContext::output)),
+    ) else {
+        eprintln!("trainer: --train, --eval and --output are needed (or the operator's environment)");
+        return ExitCode::from(2);
+    };
     let config = TrainConfig {
-        train: args.train,
-        eval: args.eval,
+        train,
+        eval,
         model: args
             .model
+            .or(job.as_ref().and_then(|j| j.model.clone()))
             .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx")),
-        output: args.output,
+        output,
         trainable: args.trainable_layers,
         epochs: args.epochs,
         batch_size: args.batch_size.max(1),
         learning_rate: args.learning_rate,
         views: args.views.max(1),
         seed: args.seed,
+        eval_every: args.eval_every,
         patience: args.patience,
         max_steps: args.max_steps,
+        max_train_images: job.as_ref().and_then(|j| j.dataset_cap),
         cache_budget_bytes: args.cache_mib << 20,
         onnxruntime: args
             .onnxruntime
@@ -145,7 +188,17 @@ fn main() -> ExitCode {
                 model = %report.export.path,
                 "fine-tune done"
             );
-            ExitCode::SUCCESS
+            match job {
+                Some(job) => match report_to_cluster(&job, &report) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        eprintln!("trainer: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             tracing::error!("fine-tune failed: {e}");

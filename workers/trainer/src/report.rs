@@ -13,8 +13,9 @@ pub struct EpochRecord {
     pub loss: f64,
     pub classification_loss: f64,
     pub localization_loss: f64,
-    pub ap: f64,
-    pub ap50: f64,
+    /// Eval AP after the epoch; `None` for epochs not evaluated (`--eval-every`).
+    pub ap: Option<f64>,
+    pub ap50: Option<f64>,
     pub seconds: f64,
 }
 

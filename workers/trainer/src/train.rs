@@ -57,10 +57,14 @@ pub struct TrainConfig {
     /// Views per training image: the image itself and `views - 1` augmented copies.
     pub views: usize,
     pub seed: u64,
+    /// Evaluate after every this many epochs (and always after the last); 0: only after the last.
+    pub eval_every: usize,
     /// Stop when the eval AP has not improved for this many epochs (0: never).
     pub patience: usize,
     /// Stop after this many optimiser steps in this run (the epoch in progress is evaluated).
     pub max_steps: Option<u64>,
+    /// Train on at most this many images, the most recent (highest ids).
+    pub max_train_images: Option<usize>,
     pub cache_budget_bytes: usize,
     /// ONNX Runtime's library, for the frozen part and to verify the export.
     pub onnxruntime: PathBuf,
@@ -127,8 +131,8 @@ struct Split {
 /// Per image, all cut values back to back; and the shape of each cut value (no batch axis).
 type CutValues = (Vec<Vec<f32>>, Vec<[usize; 3]>);
 
-/// Computes the frozen part of the student: with ONNX Runtime (a model with the cut values as
-/// extra outputs), or nothing at all when training starts from the input image.
+/// Computes the frozen part of the student: with ONNX Runtime (the graph with the cut values as
+/// its outputs), or nothing at all when training starts from the input image.
 enum Frozen {
     Runtime { network: Network, outputs: Vec<usize> },
     Input,
@@ -141,7 +145,8 @@ impl Frozen {
         }
         let runtime = runtime.ok_or_else(|| TrainError::Image("no ONNX Runtime".into()))?;
         let cut: Vec<&str> = student.cut.iter().map(String::as_str).collect();
-        let bytes = serialize(&student.graph.with_extra_outputs(&cut)?)?;
+        // Only the cut values: the runtime then skips the head (more work than the backbone).
+        let bytes = serialize(&student.graph.with_outputs(&cut)?)?;
         let network = Network::from_bytes(runtime, &bytes, "student with feature outputs")?;
         let outputs = cut
             .iter()
@@ -491,7 +496,11 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
     std::fs::create_dir_all(&config.output).map_err(io(format!("create {}", config.output.display())))?;
     let device = config.device.clone().autodiff();
 
-    let train: Dataset = dataset::load(&config.train, config.load)?;
+    let mut train: Dataset = dataset::load(&config.train, config.load)?;
+    if let Some(cap) = config.max_train_images.filter(|&c| c < train.samples.len()) {
+        train.samples.sort_by_key(|s| s.id);
+        train.samples.drain(..train.samples.len() - cap);
+    }
     let eval_set: Dataset = dataset::load(&config.eval, config.load)?;
     if train.boxes() == 0 {
         return Err(TrainError::NoLabels);
@@ -574,6 +583,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
     let mut best: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
     let (mut best_epoch, mut best_ap) = (0usize, f64::MIN);
     let mut resumed_from = None;
+    let mut best_eval: Option<Evaluation> = None;
     match checkpoint::load(&ckpt_path).map_err(io("read the checkpoint"))? {
         Some(c) if c.header.fingerprint == print && c.values.len() == params.len() => {
             let plain = config.device.clone();
@@ -643,16 +653,22 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
                 &format!("loss {:.3}", sum / (b + 1) as f64),
             );
         }
+        let last = epoch == config.epochs || config.max_steps.is_some_and(|m| steps >= m);
+        let due = last || (config.eval_every > 0 && epoch % config.eval_every == 0);
         let t = Instant::now();
-        let e = evaluate(&student, &params, &eval_split, &shapes, &device)?;
+        let e = if due {
+            Some(evaluate(&student, &params, &eval_split, &shapes, &device)?)
+        } else {
+            None
+        };
         timing.eval_seconds += t.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch,
             loss: sum / ran.max(1) as f64,
             classification_loss: sum_cls / ran.max(1) as f64,
             localization_loss: sum_loc / ran.max(1) as f64,
-            ap: e.ap.unwrap_or(0.0),
-            ap50: e.ap50.unwrap_or(0.0),
+            ap: e.as_ref().map(|e| e.ap.unwrap_or(0.0)),
+            ap50: e.as_ref().map(|e| e.ap50.unwrap_or(0.0)),
             seconds: epoch_started.elapsed().as_secs_f64(),
         };
         tracing::info!(
@@ -662,10 +678,13 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
             ap50 = record.ap50,
             "epoch done"
         );
-        if record.ap > best_ap {
-            best_ap = record.ap;
+        if let (Some(ap), Some(e)) = (record.ap, e)
+            && ap > best_ap
+        {
+            best_ap = ap;
             best_epoch = epoch;
             best = params.iter().map(|p| host(&p.value)).collect();
+            best_eval = Some(e);
         }
         history.push(record);
         let values: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
@@ -718,9 +737,16 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
             ..p.clone()
         })
         .collect();
-    let t = Instant::now();
-    let after = evaluate(&student, &chosen, &eval_split, &shapes, &device)?;
-    timing.eval_seconds += t.elapsed().as_secs_f64();
+    let after = match best_eval {
+        Some(e) => e,
+        // Resumed with nothing left to train: evaluate the checkpoint's best.
+        None => {
+            let t = Instant::now();
+            let e = evaluate(&student, &chosen, &eval_split, &shapes, &device)?;
+            timing.eval_seconds += t.elapsed().as_secs_f64();
+            e
+        }
+    };
 
     let t = Instant::now();
     let export = export(config, &student, &chosen, &runtime, &eval_split, &shapes)?;
