@@ -225,7 +225,13 @@ fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .and_then(|dir| {
             dir.ancestors()
-                .map(|d| if d.ends_with("tests") { d.to_path_buf() } else { d.join("tests") })
+                .map(|d| {
+                    if d.ends_with("tests") {
+                        d.to_path_buf()
+                    } else {
+                        d.join("tests")
+                    }
+                })
                 .find(|d| d.join("controlplane/build.sh").is_file())
         })
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))

@@ -50,7 +50,10 @@ impl FeatureCache {
             Storage::F16(Vec::with_capacity(values))
         } else {
             std::fs::create_dir_all(spill_dir)?;
-            let path = spill_dir.join(format!("features-{}.f32", std::process::id()));
+            // One file per cache: a job holds two (training and eval views).
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = spill_dir.join(format!("features-{}-{n}.f32", std::process::id()));
             let file = File::options()
                 .read(true)
                 .write(true)
@@ -168,6 +171,20 @@ mod tests {
                 assert!(worst <= tolerance, "{kind:?}: {worst}");
             }
         }
+        // Two spilled caches side by side keep their own items.
+        let mut a = FeatureCache::new(1000, 5, 100, &dir).unwrap();
+        let mut b = FeatureCache::new(1000, 5, 100, &dir).unwrap();
+        a.push(&items[0]).unwrap();
+        b.push(&items[1]).unwrap();
+        let mut out = vec![0.0; 1000];
+        a.get(0, &mut out).unwrap();
+        assert_eq!(out, items[0]);
+        drop((a, b));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "spill files are removed"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

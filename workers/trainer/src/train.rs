@@ -749,7 +749,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
     };
 
     let t = Instant::now();
-    let export = export(config, &student, &chosen, &runtime, &eval_split, &shapes)?;
+    let export = export(config, &student, &chosen, &runtime, &mut frozen, &eval_split)?;
     timing.export_seconds = t.elapsed().as_secs_f64();
     timing.total_seconds = started.elapsed().as_secs_f64();
 
@@ -792,8 +792,8 @@ fn export(
     student: &Student,
     params: &[Param],
     runtime: &Runtime,
+    frozen: &mut Frozen,
     eval_split: &Split,
-    shapes: &[[usize; 3]],
 ) -> Result<ExportReport, TrainError> {
     let model = student.graph.with_weights(&student.weights(params))?;
     let bytes = serialize(&model)?;
@@ -820,9 +820,23 @@ fn export(
         );
     }
     let outputs = network.run(&inputs, [count, 300, 300, 3])?;
-    let items: Vec<usize> = (0..count).collect();
+    // The frozen part computed afresh, not read from the cache: an f16 cache is rounded.
+    let (values, shapes) = frozen.run(&inputs, count)?;
     let plain = config.device.clone();
-    let cut = batch_tensors(eval_split, &items, shapes, &plain)?;
+    let mut cut = Vec::new();
+    let mut offset = 0;
+    for s in &shapes {
+        let n: usize = s.iter().product();
+        let data: Vec<f32> = values
+            .iter()
+            .flat_map(|v| v[offset..offset + n].iter().copied())
+            .collect();
+        cut.push(Tensor::<4>::from_data(
+            TensorData::new(data, [count, s[0], s[1], s[2]]),
+            &plain,
+        ));
+        offset += n;
+    }
     let (boxes, logits) = student.forward(cut, params)?;
     let (boxes, logits) = (to_vec(boxes), to_vec(logits));
     let mut worst = 0.0f32;
