@@ -528,14 +528,13 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         Frozen::Runtime { .. } => "onnxruntime",
     };
     let views = config.views.max(1);
-    let item_bytes_guess = config.cache_budget_bytes;
     let (train_split, shapes) = build_split(
         train.samples.clone(),
         views,
         config.seed,
         &student,
         &mut frozen,
-        item_bytes_guess,
+        config.cache_budget_bytes,
         &config.output,
         true,
         progress,
