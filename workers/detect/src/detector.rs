@@ -365,17 +365,13 @@ impl Detector {
     /// and returns every output with its shape: the raw head before any decoding, for training
     /// and for checking other implementations of the same graph.
     pub fn raw_outputs(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<RawOutput>, DetectError> {
-        let tensor = TensorRef::from_array_view((shape, input))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])?;
-        self.output_names
-            .iter()
-            .map(|name| {
-                let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
-                Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
-            })
-            .collect()
+        run_named(
+            &mut self.session,
+            &self.input_name,
+            &self.output_names,
+            input,
+            shape,
+        )
     }
 
     /// Sliced inference for small objects: the image is cut into `tile`-sized tiles overlapping
@@ -537,6 +533,25 @@ impl Detector {
 
 fn wanted(class_id: u32, options: &DetectOptions) -> bool {
     options.classes.as_ref().is_none_or(|c| c.contains(&class_id))
+}
+
+/// Runs `session` on one f32 input and returns the named outputs with their shapes.
+pub(crate) fn run_named(
+    session: &mut Session,
+    input_name: &str,
+    output_names: &[String],
+    input: &[f32],
+    shape: [usize; 4],
+) -> Result<Vec<RawOutput>, DetectError> {
+    let tensor = TensorRef::from_array_view((shape, input))?;
+    let outputs = session.run(ort::inputs![input_name => tensor])?;
+    output_names
+        .iter()
+        .map(|name| {
+            let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
+            Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+        })
+        .collect()
 }
 
 fn try_cuda(runtime: &Runtime, model: &Path) -> Result<Session, String> {

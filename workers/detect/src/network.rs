@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 
 use ort::session::Session;
-use ort::value::TensorRef;
 
-use crate::detector::{DetectError, RawOutput, Runtime};
+use crate::detector::{DetectError, RawOutput, Runtime, run_named};
 
 /// A model run on the CPU: batch-parallel work sized by ONNX Runtime's own thread pool.
 pub struct Network {
@@ -56,16 +55,12 @@ impl Network {
     /// Runs the model on `input` (`shape` in the model's layout) and returns every output, in the
     /// order of [`output_names`](Self::output_names), with its shape.
     pub fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<Vec<RawOutput>, DetectError> {
-        let tensor = TensorRef::from_array_view((shape, input))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])?;
-        self.output_names
-            .iter()
-            .map(|name| {
-                let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
-                Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
-            })
-            .collect()
+        run_named(
+            &mut self.session,
+            &self.input_name,
+            &self.output_names,
+            input,
+            shape,
+        )
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use autotuner_detect::{Detector, DevicePreference, Family, Fit, Layout, Preprocess, RgbImage, Runtime};
+use autotuner_detect::{Detector, DevicePreference, Family, RgbImage, Runtime};
 use autotuner_trainer::OnnxGraph;
 use burn::prelude::*;
 
@@ -22,15 +22,7 @@ fn burn_runs_the_student_like_onnx_runtime() {
     let (w, h) = (768usize, 576usize);
     let frames = std::fs::read(assets().join("vtest-768x576-401-795.rgb")).unwrap();
     // Frames 401 and 601: the input the student sees, prepared as the detector prepares it.
-    let pre = Preprocess {
-        width: 300,
-        height: 300,
-        fit: Fit::Stretch,
-        layout: Layout::Nhwc,
-        bgr: false,
-        scale: 2.0 / 255.0,
-        offset: -1.0,
-    };
+    let pre = autotuner_trainer::augment::student_preprocess();
     let mut input = vec![0.0f32; 2 * pre.len()];
     for (k, index) in [0usize, 200].into_iter().enumerate() {
         let frame = RgbImage::new(&frames[index * w * h * 3..(index + 1) * w * h * 3], w, h).unwrap();
