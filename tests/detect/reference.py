@@ -168,17 +168,23 @@ def detect_ssd_post(session, frame, opts):
     return dets[: opts["maxDetections"]]
 
 
-def cmd_frames(video, first, last, out):
+def video_frames(video):
+    """The frames of VIDEO in order, as cv2 decodes them (BGR)."""
     import cv2
     cap = cv2.VideoCapture(video)
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        yield frame
+
+
+def cmd_frames(video, first, last, out):
+    import cv2
     first, last = int(first), int(last)
+    index = 0
     with open(out, "wb") as f:
-        index = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            index += 1
+        for index, frame in enumerate(video_frames(video), start=1):
             if first <= index <= last:
                 f.write(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).tobytes())
     if index < last:
@@ -189,13 +195,8 @@ def cmd_pngs(video, out_dir):
     import os
     import cv2
     os.makedirs(out_dir, exist_ok=True)
-    cap = cv2.VideoCapture(video)
     index = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        index += 1
+    for index, frame in enumerate(video_frames(video), start=1):
         cv2.imwrite(os.path.join(out_dir, f"{index:06d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     print(index)
 

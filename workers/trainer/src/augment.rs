@@ -90,6 +90,16 @@ fn relative(b: &BBox, view: &View) -> [f32; 4] {
     [(b.y0 - view.crop.y0) / ch, x0, (b.y1 - view.crop.y0) / ch, x1]
 }
 
+/// The part of `b` inside `crop` (empty boxes have a width or height of zero or less).
+fn within(b: &BBox, crop: &BBox) -> BBox {
+    BBox::new(
+        b.x0.max(crop.x0),
+        b.y0.max(crop.y0),
+        b.x1.min(crop.x1),
+        b.y1.min(crop.y1),
+    )
+}
+
 /// The labels of `sample` as seen through `view`.
 pub fn view_labels(sample: &Sample, view: &View) -> ViewLabels {
     let mut out = ViewLabels {
@@ -98,13 +108,7 @@ pub fn view_labels(sample: &Sample, view: &View) -> ViewLabels {
     };
     let crop = view.crop;
     for Label { bbox, class_id } in &sample.labels {
-        let inside = bbox.clip(crop.x1, crop.y1);
-        let inside = BBox::new(
-            inside.x0.max(crop.x0),
-            inside.y0.max(crop.y0),
-            inside.x1,
-            inside.y1,
-        );
+        let inside = within(bbox, &crop);
         if inside.width() <= 0.0 || inside.height() <= 0.0 {
             continue;
         }
@@ -115,13 +119,7 @@ pub fn view_labels(sample: &Sample, view: &View) -> ViewLabels {
         }
     }
     for region in &sample.ignore {
-        let inside = region.clip(crop.x1, crop.y1);
-        let inside = BBox::new(
-            inside.x0.max(crop.x0),
-            inside.y0.max(crop.y0),
-            inside.x1,
-            inside.y1,
-        );
+        let inside = within(region, &crop);
         if inside.width() > 0.0 && inside.height() > 0.0 {
             out.ignore.push(relative(&inside, view));
         }
