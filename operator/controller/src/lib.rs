@@ -37,8 +37,14 @@ pub struct Config {
     pub worker_image: String,
     /// Re-apply children that no reflector watches this often, so hand-deleted ones come back.
     pub reapply_after: Duration,
-    /// CameraTunings reconciled at once.
+    /// CameraTunings reconciled at once. Each reconciliation already sends its writes side by
+    /// side, and the API server, not the operator, is what saturates: more at once only queue
+    /// there, so the default is 1 (lowest latency per reconciliation; see the operator-scale
+    /// benchmark for the trade-off). A larger API server can take more.
     pub concurrency: u16,
+    /// A reconciliation that takes longer (a stuck call) gives up and is retried with backoff,
+    /// so it cannot hold up the others.
+    pub reconcile_timeout: Duration,
     /// Watch only this namespace (a namespace-scoped install); `None`: every namespace.
     pub namespace: Option<String>,
 }
@@ -48,7 +54,8 @@ impl Default for Config {
         Self {
             worker_image: format!("ghcr.io/edge-autotuner/workers:{}", env!("CARGO_PKG_VERSION")),
             reapply_after: Duration::from_secs(600),
-            concurrency: 8,
+            concurrency: 1,
+            reconcile_timeout: Duration::from_secs(30),
             namespace: None,
         }
     }
@@ -65,6 +72,8 @@ pub enum Error {
     InvalidSpec(#[from] plan::InvalidSpec),
     #[error("CameraTuning has no namespace")]
     NotNamespaced,
+    #[error("reconciliation took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -78,6 +87,7 @@ impl Error {
             },
             Error::InvalidSpec(_) => "invalid_spec",
             Error::NotNamespaced => "not_namespaced",
+            Error::Timeout(_) => "timeout",
         }
     }
 

@@ -115,14 +115,17 @@ pub async fn reconcile(tuning: Arc<CameraTuning>, ctx: Arc<Context>) -> Result<A
     ctx.metrics.reconciliations.inc();
     let namespace = tuning.namespace().ok_or(Error::NotNamespaced)?;
     let api: Api<CameraTuning> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, tuning, |event| async {
+    let work = finalizer(&api, FINALIZER, tuning, |event| async {
         match event {
             Finalizer::Apply(tuning) => apply(&tuning, &ctx).await,
             Finalizer::Cleanup(tuning) => cleanup(&tuning, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    });
+    let timeout = ctx.config.reconcile_timeout;
+    let result = match tokio::time::timeout(timeout, work).await {
+        Ok(done) => done.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::Timeout(timeout)),
+    };
     ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
     result
 }
@@ -154,9 +157,34 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let namespace = tuning.namespace().ok_or(Error::NotNamespaced)?;
+    // Two rounds of concurrent writes, so that a reconciliation costs two API round trips however
+    // many children it writes (at scale the API server is the bottleneck, and each sequential
+    // round trip is paid in its queue). First every child but the RoleBinding, which the API
+    // server checks against the Role it grants (no privilege escalation), so the Role must exist
+    // first. Then the RoleBinding, the retired Jobs and the status (with its events) side by side:
+    // the status only once the workloads it reports are in place, and the workers' pods, which
+    // need the binding, are started by other controllers and retry until it exists.
     apply_children(ctx, &namespace, &plan.children).await?;
-    for job in &plan.delete_jobs {
-        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let (binding, retired, status) = futures::future::join3(
+        apply_object(ctx, &namespace, &plan.children.role_binding, None),
+        retire(ctx, tuning, &namespace, &plan.delete_jobs),
+        update_status(ctx, tuning, &namespace, &plan),
+    )
+    .await;
+    binding?;
+    retired?;
+    status?;
+    ctx.failures
+        .lock()
+        .expect("failures lock")
+        .remove(&ObjectRef::from_obj(tuning));
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+/// Deletes the Jobs the plan retires and, when the spec changed, the annotators no one uses.
+async fn retire(ctx: &Context, tuning: &CameraTuning, namespace: &str, jobs: &[String]) -> Result<(), Error> {
+    for job in jobs {
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
@@ -169,12 +197,23 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
     // Outside deletion (see `cleanup`), an annotator loses a user only when a spec changes its
     // teacher: look for unused ones then, not on every reconciliation.
     if tuning.status.as_ref().and_then(|s| s.observed_generation) != tuning.metadata.generation {
-        remove_unused_annotators(ctx, &namespace, None).await?;
+        remove_unused_annotators(ctx, namespace, None).await?;
     }
+    Ok(())
+}
 
+/// Server-side applies the operator's part of the status when the plan changes it, then records
+/// the plan's events (at once: a reconciliation cut short after the status write would otherwise
+/// lose the events of a transition the next one no longer sees).
+async fn update_status(
+    ctx: &Context,
+    tuning: &CameraTuning,
+    namespace: &str,
+    plan: &plan::Plan,
+) -> Result<(), Error> {
     let old = operator_view(tuning.status.as_ref());
     if old != plan.status {
-        let api: Api<CameraTuning> = Api::namespaced(ctx.client.clone(), &namespace);
+        let api: Api<CameraTuning> = Api::namespaced(ctx.client.clone(), namespace);
         let body =
             json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": plan.status });
         api.patch_status(
@@ -183,42 +222,32 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
             &Patch::Apply(&body),
         )
         .await?;
-        // Every phase change is an event; the plan's notes explain most of them, so a bare
-        // phase event is only published when no note does (fewer writes at scale).
-        if old.phase != plan.status.phase {
-            let phase = plan.status.phase.unwrap_or_default();
-            info!(name = %tuning.name_any(), %namespace, from = ?old.phase, to = ?phase, "phase changed");
-            if plan.notes.is_empty() {
-                let from = old.phase.map_or("none".into(), |p| format!("{p:?}"));
-                let note = format!("phase {from} -> {phase:?}");
-                let type_ = if phase == Phase::Failed {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
-                publish(ctx, tuning, type_, &format!("{phase:?}"), &note).await;
-            }
-        }
     }
-    for note in &plan.notes {
-        publish(
-            ctx,
-            tuning,
-            if note.warning {
+    // Every phase change is an event; the plan's notes explain most of them, so a bare phase
+    // event is only published when no note does (fewer writes at scale).
+    if old.phase != plan.status.phase {
+        let phase = plan.status.phase.unwrap_or_default();
+        info!(name = %tuning.name_any(), %namespace, from = ?old.phase, to = ?phase, "phase changed");
+        if plan.notes.is_empty() {
+            let from = old.phase.map_or("none".into(), |p| format!("{p:?}"));
+            let note = format!("phase {from} -> {phase:?}");
+            let type_ = if phase == Phase::Failed {
                 EventType::Warning
             } else {
                 EventType::Normal
-            },
-            note.reason,
-            &note.message,
-        )
-        .await;
+            };
+            publish(ctx, tuning, type_, &format!("{phase:?}"), &note).await;
+        }
     }
-    ctx.failures
-        .lock()
-        .expect("failures lock")
-        .remove(&ObjectRef::from_obj(tuning));
-    Ok(Action::requeue(plan.requeue_after))
+    for note in &plan.notes {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, tuning, type_, note.reason, &note.message).await;
+    }
+    Ok(())
 }
 
 /// The status fields the operator owns, as they stand (the workers' fields removed).
@@ -298,19 +327,13 @@ fn job_state(job: &Job) -> JobState {
     }
 }
 
-/// Applies the children concurrently, so that a reconciliation takes as long as its slowest write
-/// rather than the sum of them. One order matters: the API server checks a RoleBinding against
-/// the Role it grants (no privilege escalation), so the Role must exist first. Every write runs
-/// to completion even when one fails: cancelling a write in flight could leave it half done and
-/// the same race to lose on every retry.
+/// Applies every child but the RoleBinding (see `apply`) concurrently. Every write runs to
+/// completion even when one fails: cancelling a write in flight could leave it half done and the
+/// same race to lose on every retry.
 async fn apply_children(ctx: &Context, namespace: &str, children: &Children) -> Result<(), Error> {
     let deployments = Some(&ctx.stores.deployments);
-    let rbac = async {
-        apply_object(ctx, namespace, &children.role, None).await?;
-        apply_object(ctx, namespace, &children.role_binding, None).await
-    };
     let mut writes: Vec<futures::future::BoxFuture<'_, Result<(), Error>>> = vec![
-        Box::pin(rbac),
+        Box::pin(apply_object(ctx, namespace, &children.role, None)),
         Box::pin(apply_object(ctx, namespace, &children.service_account, None)),
         Box::pin(apply_object(ctx, namespace, &children.capture, deployments)),
     ];
