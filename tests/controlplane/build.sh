@@ -4,8 +4,12 @@
 # and in ../helm. Idempotent: binaries are cached outside the repo under a key made of the
 # pinned versions, so only the first build on a machine pays (about 30 min on 2 cores).
 #
+# Also the S3 server the tests keep datasets in (gofakes3, pinned by ../s3/go.mod; its binary is
+# named with its version, so a bump builds a new one).
+#
 # Prints the bin directory on stdout. Usage: build.sh [component...]
-#   components: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm (default: all)
+#   components: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3
+#   (default: all)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,7 +18,8 @@ required() { grep -Eo "^(require )?[[:space:]]*$1 v[^ ]+" "$2" | head -n1 | awk 
 k8s_version=$(required k8s.io/kubernetes "$here/go.mod")
 etcd_version=$(required go.etcd.io/etcd/server/v3 "$here/go.mod")
 helm_version=$(required helm.sh/helm/v3 "$here/../helm/go.mod")
-if [ -z "$k8s_version" ] || [ -z "$etcd_version" ] || [ -z "$helm_version" ]; then
+s3_version=$(required github.com/johannesboyne/gofakes3 "$here/../s3/go.mod")
+if [ -z "$k8s_version" ] || [ -z "$etcd_version" ] || [ -z "$helm_version" ] || [ -z "$s3_version" ]; then
   echo "cannot read the pinned versions from go.mod" >&2; exit 1
 fi
 # Bump when the way the binaries are built changes, so that cached ones are not reused.
@@ -25,7 +30,7 @@ mkdir -p "$bin"
 
 components=("$@")
 if [ ${#components[@]} -eq 0 ]; then
-  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3)
 fi
 
 # Kubernetes' own build flags: no cgo (static binaries), trimmed paths, no debug info, and the
@@ -57,6 +62,7 @@ for c in "${components[@]}"; do
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
       build "$c" "$here" "k8s.io/kubernetes/cmd/$c" "$k8s_ldflags" ;;
     helm) build helm "$here/../helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags" ;;
+    s3) build "gofakes3-$s3_version" "$here/../s3" github.com/johannesboyne/gofakes3/cmd/gofakes3 "-s -w" ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

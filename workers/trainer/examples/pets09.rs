@@ -178,6 +178,7 @@ fn main() {
                 load: LoadOptions::default(),
                 device: Device::flex(),
                 backend: "burn flex (CPU)".into(),
+                after_checkpoint: None,
             };
             let report = train::run(&config, &mut Progress::new()).unwrap();
             let (b, a) = (&report.before, &report.after);

@@ -2,28 +2,40 @@
 //! sets (see `autotuner_api::contract`), and its result reported back by server-side applying
 //! `status.candidateModel` of its CameraTuning under its own field manager, which its Role
 //! allows and nothing else.
+//!
+//! The dataset is a mounted volume or an `s3://bucket/prefix`. In object storage it is mirrored
+//! into a local work folder first (only what the folder lacks, so a restarted pod resumes
+//! cheaply), each checkpoint is copied back as it is written, and the model and report are
+//! stored next to the dataset as on a volume.
 
 use std::path::{Path, PathBuf};
 
 use autotuner_api::contract;
 use autotuner_api::{CameraTuning, ModelStatus};
+use autotuner_store::{Location, S3Options};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::report::Report;
+use crate::train::CHECKPOINT_FILE;
 
 /// What the operator asks of one training Job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobContext {
     pub name: String,
     pub namespace: String,
-    /// The dataset folder (the mounted volume).
+    /// The dataset folder: the mounted volume, or the local mirror of a remote dataset.
     pub dataset: PathBuf,
+    /// The dataset's URI when it is in object storage (`s3://bucket/prefix`).
+    pub remote: Option<String>,
+    pub s3: S3Options,
     pub iteration: u32,
-    /// The student to start from, when the operator names one.
+    /// The student to start from, when the operator names one (a local path; fetched there
+    /// from `model_remote` when that is set).
     pub model: Option<PathBuf>,
+    pub model_remote: Option<String>,
     /// At most this many training images (the most recent).
     pub dataset_cap: Option<usize>,
 }
@@ -38,11 +50,17 @@ pub fn local_path(uri: &str) -> Result<PathBuf, String> {
         return Ok(PathBuf::from(path));
     }
     if uri.contains("://") {
-        return Err(format!(
-            "{uri}: only local paths and file:// URIs are supported by the trainer so far (mount the dataset as a volume)"
-        ));
+        return Err(format!("{uri}: expected a path, a file:// URI or an s3:// URI"));
     }
     Ok(PathBuf::from(uri))
+}
+
+/// Splits `s3://bucket/dir/name` into the location of its folder and the name.
+fn split_object_uri(uri: &str) -> Result<(&str, &str), String> {
+    match uri.rsplit_once('/') {
+        Some((folder, name)) if !name.is_empty() && folder.len() > "s3://".len() => Ok((folder, name)),
+        _ => Err(format!("{uri}: expected s3://bucket/path/model.onnx")),
+    }
 }
 
 impl JobContext {
@@ -53,9 +71,20 @@ impl JobContext {
         };
         let namespace =
             var(contract::ENV_NAMESPACE).ok_or(format!("{} is not set", contract::ENV_NAMESPACE))?;
-        let dataset = local_path(
-            &var(contract::ENV_DATASET_URI).ok_or(format!("{} is not set", contract::ENV_DATASET_URI))?,
-        )?;
+        let dataset_uri =
+            var(contract::ENV_DATASET_URI).ok_or(format!("{} is not set", contract::ENV_DATASET_URI))?;
+        let work = var("AUTOTUNER_WORK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("autotuner-trainer"));
+        let (dataset, remote) = if dataset_uri.starts_with("s3://") {
+            (work.join("dataset"), Some(dataset_uri))
+        } else {
+            (local_path(&dataset_uri)?, None)
+        };
+        let s3 = S3Options {
+            endpoint: var(contract::ENV_S3_ENDPOINT),
+            region: var(contract::ENV_S3_REGION),
+        };
         let iteration = var(contract::ENV_ITERATION)
             .map(|v| {
                 v.parse::<u32>()
@@ -63,7 +92,14 @@ impl JobContext {
             })
             .transpose()?
             .unwrap_or(1);
-        let model = var(contract::ENV_MODEL_URI).map(|u| local_path(&u)).transpose()?;
+        let (model, model_remote) = match var(contract::ENV_MODEL_URI) {
+            Some(uri) if uri.starts_with("s3://") => {
+                let (_, name) = split_object_uri(&uri)?;
+                (Some(work.join("student").join(name)), Some(uri))
+            }
+            Some(uri) => (Some(local_path(&uri)?), None),
+            None => (None, None),
+        };
         let dataset_cap = var(contract::ENV_DATASET_CAP)
             .map(|v| {
                 v.parse::<usize>()
@@ -74,8 +110,11 @@ impl JobContext {
             name,
             namespace,
             dataset,
+            remote,
+            s3,
             iteration,
             model,
+            model_remote,
             dataset_cap,
         }))
     }
@@ -95,21 +134,88 @@ impl JobContext {
     pub fn model_file(&self) -> PathBuf {
         self.dataset.join(contract::model_file(self.iteration))
     }
+
+    /// For a dataset in object storage: mirrors it (and the student, and the checkpoint of an
+    /// earlier attempt of this iteration) into the local folders and returns its location;
+    /// `None` for a volume.
+    pub async fn prepare(&self) -> Result<Option<Location>, String> {
+        if let (Some(uri), Some(model)) = (&self.model_remote, &self.model) {
+            let (folder, name) = split_object_uri(uri)?;
+            let store = Location::parse(folder, &self.s3).map_err(|e| e.to_string())?;
+            if !model.is_file() && !store.get_file(name, model).await.map_err(|e| e.to_string())? {
+                return Err(format!("{uri}: no such model"));
+            }
+        }
+        let Some(uri) = &self.remote else {
+            return Ok(None);
+        };
+        let location = Location::parse(uri, &self.s3).map_err(|e| e.to_string())?;
+        let mirrored = location
+            .mirror_dataset(
+                &[contract::DATASET_TRAIN_FILE, contract::DATASET_EVAL_FILE],
+                &self.dataset,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            dataset = %uri,
+            fetched = mirrored.images_fetched,
+            already_here = mirrored.images_present,
+            missing = mirrored.images_missing,
+            "dataset mirrored from object storage"
+        );
+        let checkpoint = self.output().join(CHECKPOINT_FILE);
+        if !checkpoint.is_file()
+            && location
+                .get_file(&self.run_key(CHECKPOINT_FILE), &checkpoint)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            tracing::info!("fetched the checkpoint of an earlier attempt");
+        }
+        Ok(Some(location))
+    }
+
+    /// The key of a run file under the dataset location.
+    pub fn run_key(&self, file: &str) -> String {
+        format!("{}/{file}", contract::training_run_dir(self.iteration))
+    }
 }
 
-/// Publishes the run's model where the operator expects it (atomically) and reports it as the
-/// CameraTuning's candidate.
-pub async fn publish(client: Client, job: &JobContext, report: &Report) -> Result<ModelStatus, String> {
-    let target = job.model_file();
-    if let Some(dir) = target.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    }
-    let tmp = target.with_extension("onnx.tmp");
-    std::fs::copy(Path::new(&report.export.path), &tmp).map_err(|e| format!("copy the model: {e}"))?;
-    std::fs::rename(&tmp, &target).map_err(|e| format!("publish the model: {e}"))?;
+/// Publishes the run's model where the operator expects it (atomically: a rename on a volume, one
+/// PUT in object storage), with the run's report, and reports it as the CameraTuning's candidate.
+pub async fn publish(
+    client: Client,
+    job: &JobContext,
+    report: &Report,
+    location: Option<&Location>,
+) -> Result<ModelStatus, String> {
+    let exported = Path::new(&report.export.path);
+    let uri = match location {
+        Some(location) => {
+            let put = |key: String, file: PathBuf| async move {
+                location.put_file(&key, &file).await.map_err(|e| e.to_string())
+            };
+            put(job.run_key("report.json"), job.output().join("report.json")).await?;
+            put(job.run_key("model.onnx"), exported.to_path_buf()).await?;
+            let key = contract::model_file(job.iteration);
+            put(key.clone(), exported.to_path_buf()).await?;
+            location.uri_of(&key)
+        }
+        None => {
+            let target = job.model_file();
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            }
+            let tmp = target.with_extension("onnx.tmp");
+            std::fs::copy(exported, &tmp).map_err(|e| format!("copy the model: {e}"))?;
+            std::fs::rename(&tmp, &target).map_err(|e| format!("publish the model: {e}"))?;
+            format!("file://{}", target.display())
+        }
+    };
     let candidate = ModelStatus {
         version: job.iteration,
-        uri: format!("file://{}", target.display()),
+        uri,
         map: report.after.ap.unwrap_or(0.0).clamp(0.0, 1.0),
         map50: report.after.ap50.map(|v| v.clamp(0.0, 1.0)),
         baseline_map: report.before.ap.map(|v| v.clamp(0.0, 1.0)),

@@ -2,14 +2,16 @@
 //! student, and writes `model.onnx`, `report.json` and `checkpoint.bin` to the output folder.
 //! Restarted with the same inputs, it resumes from the last checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use autotuner_store::Location;
 use autotuner_trainer::cluster::{self, JobContext};
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::report::Report;
-use autotuner_trainer::train::{self, Progress, TrainConfig};
+use autotuner_trainer::train::{self, CheckpointHook, Progress, TrainConfig};
 use burn::prelude::Device;
 use clap::Parser;
 
@@ -79,16 +81,17 @@ struct Args {
 }
 
 /// Publishes the model and reports it as the CameraTuning's candidate.
-fn report_to_cluster(job: &JobContext, report: &Report) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+fn report_to_cluster(
+    runtime: &tokio::runtime::Runtime,
+    job: &JobContext,
+    report: &Report,
+    location: Option<&Location>,
+) -> Result<(), String> {
     runtime.block_on(async {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("no Kubernetes client: {e}"))?;
-        let candidate = cluster::publish(client, job, report).await?;
+        let candidate = cluster::publish(client, job, report, location).await?;
         tracing::info!(uri = %candidate.uri, map = candidate.map, iteration = candidate.version, "candidate reported");
         Ok(())
     })
@@ -138,6 +141,44 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Arc::new(runtime),
+        Err(e) => {
+            eprintln!("trainer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A dataset in object storage is mirrored into the work folder first.
+    let location = match &job {
+        Some(job) => match runtime.block_on(job.prepare()) {
+            Ok(location) => location,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("trainer: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let after_checkpoint = match (&job, &location) {
+        (Some(job), Some(location)) => {
+            let (runtime, location, key) = (
+                runtime.clone(),
+                location.clone(),
+                job.run_key(train::CHECKPOINT_FILE),
+            );
+            Some(CheckpointHook(Arc::new(move |path: &Path| {
+                runtime
+                    .block_on(location.put_file(&key, path))
+                    .map_err(|e| e.to_string())
+            })))
+        }
+        _ => None,
+    };
     let assets = autotuner_detect::assets::dir();
     let (Some(train), Some(eval), Some(output)) = (
         args.train.or(job.as_ref().map(JobContext::train_file)),
@@ -175,6 +216,7 @@ fn main() -> ExitCode {
         },
         device,
         backend,
+        after_checkpoint,
     };
     match train::run(&config, &mut Progress::new()) {
         Ok(report) => {
@@ -189,7 +231,7 @@ fn main() -> ExitCode {
                 "fine-tune done"
             );
             match job {
-                Some(job) => match report_to_cluster(&job, &report) {
+                Some(job) => match report_to_cluster(&runtime, &job, &report, location.as_ref()) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!("{e}");

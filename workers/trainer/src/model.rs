@@ -242,7 +242,7 @@ impl Student {
         let (mut boxes, mut logits) = (Vec::new(), Vec::new());
         for (layer, p) in self.head.iter().zip(head_params.chunks(4)) {
             let x = values[layer.input.as_str()].clone();
-            let conv = |w: &Tensor<4>, b: &Tensor<4>, node: &ConvNode| {
+            let conv = |x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>, node: &ConvNode| {
                 let pads = node.pads;
                 let options = ConvOptions {
                     stride: [1, 1],
@@ -250,10 +250,39 @@ impl Student {
                     dilation: [1, 1],
                     groups: 1,
                 };
-                conv2d(x.clone(), w.clone(), Some(b.clone().reshape([-1])), options)
+                conv2d(x, w, Some(bias), options)
             };
-            let b = conv(&p[0].value, &p[1].value, &layer.boxes);
-            let c = conv(&p[2].value, &p[3].value, &layer.classes);
+            let (b, c) = if layer.boxes.pads == layer.classes.pads {
+                // Both predictors read the same input the same way: one convolution with their
+                // filters stacked unfolds the input once instead of twice (the bulk of a step).
+                let box_channels = p[0].value.dims()[0];
+                let class_channels = p[2].value.dims()[0];
+                let w = Tensor::cat(vec![p[0].value.clone(), p[2].value.clone()], 0);
+                let bias = Tensor::cat(
+                    vec![p[1].value.clone().reshape([-1]), p[3].value.clone().reshape([-1])],
+                    0,
+                );
+                let both = conv(x, w, bias, &layer.boxes);
+                (
+                    both.clone().narrow(1, 0, box_channels),
+                    both.narrow(1, box_channels, class_channels),
+                )
+            } else {
+                (
+                    conv(
+                        x.clone(),
+                        p[0].value.clone(),
+                        p[1].value.clone().reshape([-1]),
+                        &layer.boxes,
+                    ),
+                    conv(
+                        x,
+                        p[2].value.clone(),
+                        p[3].value.clone().reshape([-1]),
+                        &layer.classes,
+                    ),
+                )
+            };
             let [n, _, h, w] = b.dims();
             // NCHW -> NHWC -> (cell, anchor) rows: the order of the graph's Transpose + Reshape.
             boxes.push(b.permute([0, 2, 3, 1]).reshape([n, h * w * layer.anchors, 4]));

@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use autotuner_detect::eval::{self, Evaluation, GroundTruth, ImageDetection};
@@ -36,6 +37,8 @@ pub enum TrainError {
     Image(String),
     #[error("the exported model differs from the trained one by {0} (more than 1e-3)")]
     Export(f32),
+    #[error("store the checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TrainError {
@@ -72,7 +75,27 @@ pub struct TrainConfig {
     /// Where tensors live: burn's CPU backend unless a GPU backend was built in.
     pub device: Device,
     pub backend: String,
+    /// Called with the checkpoint's path each time one is written (to copy it to object storage,
+    /// so that a Job whose pod loses its disk still resumes).
+    pub after_checkpoint: Option<CheckpointHook>,
 }
+
+/// See [`TrainConfig::after_checkpoint`].
+#[derive(Clone)]
+pub struct CheckpointHook(pub Arc<CheckpointFn>);
+
+/// Given the checkpoint's path; an error fails the job (a checkpoint that cannot be kept would
+/// make a restart start over unannounced).
+pub type CheckpointFn = dyn Fn(&Path) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for CheckpointHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointHook")
+    }
+}
+
+/// The checkpoint's name in the output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 
 const EVAL_MIN_SCORE: f32 = 0.05;
 const EVAL_NMS_IOU: f32 = 0.5;
@@ -577,7 +600,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         .collect();
     let mut adam = Adam::new(config.learning_rate, &params);
     let print = fingerprint(config, &classes)?;
-    let ckpt_path = config.output.join("checkpoint.bin");
+    let ckpt_path = config.output.join(CHECKPOINT_FILE);
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut best: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
     let (mut best_epoch, mut best_ap) = (0usize, f64::MIN);
@@ -706,6 +729,9 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
             },
         )
         .map_err(io("write the checkpoint"))?;
+        if let Some(CheckpointHook(hook)) = &config.after_checkpoint {
+            hook(&ckpt_path).map_err(TrainError::Checkpoint)?;
+        }
         if config.max_steps.is_some_and(|m| steps >= m) {
             break;
         }

@@ -91,6 +91,7 @@ fn config(dir: &Path, train: PathBuf, eval: PathBuf, trainable: Trainable, epoch
         load: LoadOptions::default(),
         device: Device::flex(),
         backend: "burn flex (CPU)".into(),
+        after_checkpoint: None,
     }
 }
 

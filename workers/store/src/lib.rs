@@ -1,0 +1,309 @@
+//! Where the workers keep datasets and models: a local directory (a mounted volume; the default)
+//! or a prefix in S3-compatible object storage. It knows nothing of Kubernetes: the workers read
+//! the contract's environment and pass what they found in [`S3Options`].
+//!
+//! The trainer works on local files (image decoding, memory-mapped caches, checkpoints), so a
+//! remote dataset is mirrored into a local folder first ([`Location::mirror_dataset`]) and its
+//! results are put back object by object. Every write goes to a temporary name first (local) or
+//! is a single PUT (S3), so a reader never sees half a file.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, PutPayload};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{uri}: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("object storage ({uri}): {source}")]
+    Store {
+        uri: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{uri}: not a COCO annotation file: {source}")]
+    Annotations {
+        uri: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How to reach an S3-compatible service; credentials come from the standard `AWS_*`
+/// environment (set from a Secret reference by the operator), never from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// The service's URL (MinIO, Ceph, ...); `None`: AWS. `http://` is allowed for in-cluster
+    /// services.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// A dataset or model location: a directory, or a bucket and prefix.
+#[derive(Debug, Clone)]
+pub struct Location {
+    uri: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: Key,
+    local: Option<PathBuf>,
+}
+
+/// What [`Location::mirror_dataset`] copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mirrored {
+    pub annotation_files: usize,
+    /// Images fetched now.
+    pub images_fetched: usize,
+    /// Images already in the mirror from an earlier run (a restarted pod).
+    pub images_present: usize,
+    /// Images the annotations name that the store does not have (the trainer counts and skips
+    /// them as bad samples).
+    pub images_missing: usize,
+}
+
+#[derive(Deserialize)]
+struct Coco {
+    #[serde(default)]
+    images: Vec<CocoImage>,
+}
+
+#[derive(Deserialize)]
+struct CocoImage {
+    file_name: String,
+}
+
+impl Location {
+    /// `s3://bucket/prefix`, `file:///dir` or a plain directory path.
+    pub fn parse(uri: &str, s3: &S3Options) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::BadUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket"));
+            }
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_region(s3.region.clone().unwrap_or_else(|| "us-east-1".into()));
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder
+                    .with_endpoint(endpoint)
+                    .with_allow_http(endpoint.starts_with("http://"));
+            }
+            let store = builder.build().map_err(|e| bad(&e.to_string()))?;
+            return Ok(Self {
+                uri: uri.trim_end_matches('/').to_string(),
+                store: Arc::new(store),
+                prefix: Key::from(prefix.trim_matches('/')),
+                local: None,
+            });
+        }
+        if uri.contains("://") && !uri.starts_with("file://") {
+            return Err(bad("expected s3://bucket/prefix, file:///path or a path"));
+        }
+        let dir = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(&e.to_string()))?;
+        Ok(Self {
+            uri: uri.to_string(),
+            store: Arc::new(store),
+            prefix: Key::default(),
+            local: Some(dir),
+        })
+    }
+
+    /// The directory, when the location is one.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.local.as_deref()
+    }
+
+    /// The URI of `key` (a `/`-separated path below the location).
+    pub fn uri_of(&self, key: &str) -> String {
+        format!(
+            "{}/{}",
+            self.uri.trim_end_matches('/'),
+            key.trim_start_matches('/')
+        )
+    }
+
+    fn key(&self, key: &str) -> Key {
+        self.prefix.parts().chain(Key::from(key).parts()).collect()
+    }
+
+    fn error(&self, key: &str, source: object_store::Error) -> StoreError {
+        StoreError::Store {
+            uri: self.uri_of(key),
+            source,
+        }
+    }
+
+    /// Copies `key` to the file `dest` (written whole or not at all); `Ok(false)` when there is
+    /// no such object.
+    pub async fn get_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        let object = match self.store.get(&self.key(key)).await {
+            Ok(object) => object,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(self.error(key, e)),
+        };
+        let bytes = object.bytes().await.map_err(|e| self.error(key, e))?;
+        write_atomically(dest, &bytes)?;
+        Ok(true)
+    }
+
+    /// Stores the file `src` as `key`, replacing any object there.
+    pub async fn put_file(&self, key: &str, src: &Path) -> Result<(), StoreError> {
+        let bytes = tokio::fs::read(src).await.map_err(|source| StoreError::Io {
+            path: src.to_path_buf(),
+            source,
+        })?;
+        self.store
+            .put(&self.key(key), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(key, e))?;
+        Ok(())
+    }
+
+    /// Mirrors COCO annotation files (keys such as `train/annotations.json`) and the images they
+    /// name (relative to each file's folder) into `dir`, fetching only what the mirror lacks, so
+    /// a restarted Job resumes cheaply. Image names that would leave the dataset (absolute, or
+    /// with `..`) are not fetched; the trainer reports them missing.
+    pub async fn mirror_dataset(&self, annotation_keys: &[&str], dir: &Path) -> Result<Mirrored, StoreError> {
+        let mut mirrored = Mirrored::default();
+        let mut images: Vec<String> = Vec::new();
+        for &key in annotation_keys {
+            let dest = dir.join(key);
+            if !self.get_file(key, &dest).await? {
+                continue; // the trainer says which annotation file is missing
+            }
+            mirrored.annotation_files += 1;
+            let text = std::fs::read(&dest).map_err(|source| StoreError::Io {
+                path: dest.clone(),
+                source,
+            })?;
+            let coco: Coco = serde_json::from_slice(&text).map_err(|source| StoreError::Annotations {
+                uri: self.uri_of(key),
+                source,
+            })?;
+            let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
+            for image in coco.images {
+                let inside = Path::new(&image.file_name)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+                if inside {
+                    images.push(
+                        format!("{folder}/{}", image.file_name)
+                            .trim_start_matches('/')
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        images.sort();
+        images.dedup();
+        let results: Vec<Result<Option<bool>, StoreError>> = futures::stream::iter(images)
+            .map(|key| async move {
+                let dest = dir.join(&key);
+                if dest.is_file() {
+                    return Ok(None);
+                }
+                self.get_file(&key, &dest).await.map(Some)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for result in results {
+            match result? {
+                None => mirrored.images_present += 1,
+                Some(true) => mirrored.images_fetched += 1,
+                Some(false) => mirrored.images_missing += 1,
+            }
+        }
+        Ok(mirrored)
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_parsed_or_refused_with_a_reason() {
+        let s3 = Location::parse("s3://datasets/site/cam-1/", &S3Options::default()).unwrap();
+        assert!(s3.local_dir().is_none());
+        assert_eq!(
+            s3.key("train/annotations.json").as_ref(),
+            "site/cam-1/train/annotations.json"
+        );
+        assert_eq!(
+            s3.uri_of("models/1.onnx"),
+            "s3://datasets/site/cam-1/models/1.onnx"
+        );
+        let bucket_only = Location::parse("s3://datasets", &S3Options::default()).unwrap();
+        assert_eq!(bucket_only.key("models/1.onnx").as_ref(), "models/1.onnx");
+        for bad in ["s3://", "gs://bucket/x", "http://example.com/data"] {
+            let e = Location::parse(bad, &S3Options::default()).unwrap_err();
+            assert!(matches!(e, StoreError::BadUri { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_dataset_is_mirrored_once_and_names_outside_it_are_not_fetched() {
+        let (source_dir, mirror_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (source, mirror) = (source_dir.path(), mirror_dir.path());
+        std::fs::create_dir_all(source.join("train/images")).unwrap();
+        std::fs::write(source.join("train/images/a.jpg"), b"a").unwrap();
+        std::fs::write(source.join("secret"), b"s").unwrap();
+        let coco = r#"{"images": [{"file_name": "images/a.jpg"}, {"file_name": "images/gone.jpg"},
+                                  {"file_name": "../secret"}, {"file_name": "/etc/passwd"}]}"#;
+        std::fs::write(source.join("train/annotations.json"), coco).unwrap();
+        let location = Location::parse(source.to_str().unwrap(), &S3Options::default()).unwrap();
+        let keys = ["train/annotations.json", "eval/annotations.json"];
+        let first = location.mirror_dataset(&keys, mirror).await.unwrap();
+        assert_eq!(
+            first,
+            Mirrored {
+                annotation_files: 1,
+                images_fetched: 1,
+                images_present: 0,
+                images_missing: 1
+            }
+        );
+        assert_eq!(std::fs::read(mirror.join("train/images/a.jpg")).unwrap(), b"a");
+        assert!(!mirror.join("secret").exists());
+        let again = location.mirror_dataset(&keys, mirror).await.unwrap();
+        assert_eq!((again.images_fetched, again.images_present), (0, 1));
+    }
+}
