@@ -132,28 +132,29 @@ async fn tuning_with_worker_identity(admin: &Client, ns: &str, name: &str) -> (C
         },
         &Config::default(),
     );
-    let apply = PatchParams::apply("test").force();
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), ns)
-        .patch(
-            &built.service_account.name_any(),
-            &apply,
-            &Patch::Apply(&built.service_account),
-        )
-        .await
-        .unwrap();
-    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), ns)
-        .patch(&built.role.name_any(), &apply, &Patch::Apply(&built.role))
-        .await
-        .unwrap();
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), ns)
-        .patch(
-            &built.role_binding.name_any(),
-            &apply,
-            &Patch::Apply(&built.role_binding),
-        )
-        .await
-        .unwrap();
+    apply(admin, ns, &built.service_account).await;
+    apply(admin, ns, &built.role).await;
+    apply(admin, ns, &built.role_binding).await;
     (tuning, built.service_account.name_any())
+}
+
+/// Server-side applies `object` in `ns` as the test's admin.
+async fn apply<K>(admin: &Client, ns: &str, object: &K)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(admin.clone(), ns)
+        .patch(
+            &object.name_any(),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap();
 }
 
 /// A real S3 server (gofakes3: the S3 REST API over memory; it does not check signatures) built
