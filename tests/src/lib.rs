@@ -9,6 +9,7 @@
 mod controlplane;
 mod pki;
 mod process;
+pub mod workers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

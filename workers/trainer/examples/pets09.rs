@@ -164,6 +164,7 @@ fn main() {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1e-4),
+                schedule: Default::default(),
                 views: std::env::var("VIEWS")
                     .ok()
                     .and_then(|v| v.parse().ok())

@@ -11,7 +11,7 @@ use autotuner_trainer::cluster::{self, JobContext};
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::report::Report;
-use autotuner_trainer::train::{self, CheckpointHook, Progress, TrainConfig};
+use autotuner_trainer::train::{self, CheckpointHook, Progress, Schedule, TrainConfig};
 use burn::prelude::Device;
 use clap::Parser;
 
@@ -45,6 +45,10 @@ struct Args {
     batch_size: usize,
     #[arg(long, env = "AUTOTUNER_LEARNING_RATE", default_value_t = 1e-4)]
     learning_rate: f64,
+    /// `constant`, or `cosine` (decays to zero over the job's steps). Default: cosine for
+    /// `unfrozen` (the setting that meets the reference experiment's goals), constant otherwise.
+    #[arg(long, env = "AUTOTUNER_LR_SCHEDULE")]
+    lr_schedule: Option<Schedule>,
     /// Views of each training image: the image and `views - 1` random crops and flips.
     #[arg(long, env = "AUTOTUNER_VIEWS", default_value_t = 2)]
     views: usize,
@@ -200,6 +204,9 @@ fn main() -> ExitCode {
         epochs: args.epochs,
         batch_size: args.batch_size.max(1),
         learning_rate: args.learning_rate,
+        schedule: args
+            .lr_schedule
+            .unwrap_or(Schedule::default_for(args.trainable_layers)),
         views: args.views.max(1),
         seed: args.seed,
         eval_every: args.eval_every,

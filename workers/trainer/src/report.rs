@@ -128,6 +128,7 @@ pub struct Report {
     pub epochs_requested: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    pub schedule: String,
     pub train: SplitReport,
     pub eval: SplitReport,
     pub cache: Option<CacheReport>,

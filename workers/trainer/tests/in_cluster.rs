@@ -9,10 +9,9 @@ use std::process::Command;
 
 use autotuner_api::CameraTuning;
 use autotuner_api::contract::{self, TRAINER_FIELD_MANAGER};
-use autotuner_operator::Config;
-use autotuner_operator::children::{self, Rollout};
-use autotuner_tests::{Options, install_crd, repo_root, service_account_client, shared, test_namespace};
-use kube::api::{Patch, PatchParams, PostParams};
+use autotuner_tests::workers::{S3Server, tuning_with_worker_identity, worker_kubeconfig};
+use autotuner_tests::{Options, install_crd, shared, test_namespace};
+use kube::api::PostParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -52,24 +51,6 @@ fn split(dataset: &Path, file: &str, frames: &[usize]) {
     let body =
         json!({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]});
     std::fs::write(path, body.to_string()).unwrap();
-}
-
-/// A kubeconfig that authenticates with the worker ServiceAccount's token.
-async fn worker_kubeconfig(plane: &autotuner_tests::ControlPlane, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    // A client as that ServiceAccount proves the token works; the binary gets it as a file.
-    service_account_client(plane, ns, sa).await.unwrap();
-    let token = plane
-        .kubectl(["create", "token", sa, "-n", ns, "--duration=1h"])
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap();
-    let mut config: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(plane.kubeconfig()).unwrap()).unwrap();
-    for user in config["users"].as_sequence_mut().unwrap() {
-        user["user"] = serde_yaml_ng::to_value(json!({ "token": token.trim() })).unwrap();
-    }
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
-    path
 }
 
 fn run_trainer(kubeconfig: &Path, ns: &str, name: &str, dataset: &Path) -> (bool, String) {
@@ -113,137 +94,6 @@ fn run_trainer_with(
     )
 }
 
-/// A CameraTuning and its worker identity exactly as the operator builds it.
-async fn tuning_with_worker_identity(admin: &Client, ns: &str, name: &str) -> (CameraTuning, String) {
-    let tunings: Api<CameraTuning> = Api::namespaced(admin.clone(), ns);
-    let example: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(repo_root().join("manifests/examples/minimal.yaml")).unwrap(),
-    )
-    .unwrap();
-    let mut tuning: CameraTuning = serde_json::from_value(example).unwrap();
-    tuning.metadata.namespace = Some(ns.to_string());
-    tuning.metadata.name = Some(name.to_string());
-    let tuning = tunings.create(&PostParams::default(), &tuning).await.unwrap();
-    let built = children::build(
-        &tuning,
-        &Rollout {
-            deployed_model_uri: "file:///m/ssd.onnx",
-            train_iteration: Some(3),
-        },
-        &Config::default(),
-    );
-    apply(admin, ns, &built.service_account).await;
-    apply(admin, ns, &built.role).await;
-    apply(admin, ns, &built.role_binding).await;
-    (tuning, built.service_account.name_any())
-}
-
-/// Server-side applies `object` in `ns` as the test's admin.
-async fn apply<K>(admin: &Client, ns: &str, object: &K)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Api::<K>::namespaced(admin.clone(), ns)
-        .patch(
-            &object.name_any(),
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .unwrap();
-}
-
-/// A real S3 server (gofakes3: the S3 REST API over memory; it does not check signatures) built
-/// by tests/controlplane/build.sh, with one bucket. Killed on drop.
-struct S3Server {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl S3Server {
-    fn start(bucket: &str) -> Self {
-        let bin_dir = PathBuf::from(
-            std::env::var("AUTOTUNER_CONTROLPLANE_BIN")
-                .expect("AUTOTUNER_CONTROLPLANE_BIN: run tests/controlplane/build.sh (scripts/test does)"),
-        );
-        let bin = std::fs::read_dir(&bin_dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("gofakes3-"))
-            .expect("no gofakes3 in the control-plane bin folder: run tests/controlplane/build.sh s3");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["-backend", "memory", "-initialbucket", bucket, "-quiet"])
-            .arg(format!("-host=127.0.0.1:{port}"))
-            .spawn()
-            .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// One plain HTTP request (a client independent of the code under test); the status code
-    /// and body.
-    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        use std::io::{Read, Write};
-        let address = self.endpoint.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let mut body = response[split + 4..].to_vec();
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            body = unchunk(&body);
-        }
-        (code, body)
-    }
-}
-
-fn unchunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 2 + size + 2..];
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Every file under `dir`, as paths relative to it.
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -269,7 +119,7 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     install_crd(&admin).await.unwrap();
     let ns = test_namespace(&admin, "trainer").await.unwrap();
     let tunings: Api<CameraTuning> = Api::namespaced(admin.clone(), &ns);
-    let (tuning, account) = tuning_with_worker_identity(&admin, &ns, "lobby").await;
+    let (tuning, account) = tuning_with_worker_identity(&admin, &ns, "lobby", Some(3), |_| {}).await;
     let mut other: CameraTuning = tuning.clone();
     other.metadata = kube::api::ObjectMeta {
         name: Some("other".into()),
@@ -339,7 +189,7 @@ async fn an_s3_dataset_is_mirrored_and_the_results_and_checkpoint_go_back_to_it(
     let admin: Client = plane.client().await.unwrap();
     install_crd(&admin).await.unwrap();
     let ns = test_namespace(&admin, "trainer-s3").await.unwrap();
-    let (tuning, account) = tuning_with_worker_identity(&admin, &ns, "dock").await;
+    let (tuning, account) = tuning_with_worker_identity(&admin, &ns, "dock", Some(3), |_| {}).await;
     let dir = std::env::temp_dir().join(format!("autotuner-trainer-s3-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();

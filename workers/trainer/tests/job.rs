@@ -80,6 +80,7 @@ fn config(dir: &Path, train: PathBuf, eval: PathBuf, trainable: Trainable, epoch
         epochs,
         batch_size: 8,
         learning_rate: 3e-4,
+        schedule: Default::default(),
         views: 2,
         seed: 7,
         eval_every: 1,

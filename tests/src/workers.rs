@@ -1,0 +1,181 @@
+//! Support for testing the workers as the operator runs them: a CameraTuning with its worker
+//! identity exactly as the operator builds it, a kubeconfig for that identity, and a real S3
+//! server.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use autotuner_api::CameraTuning;
+use autotuner_operator::Config;
+use autotuner_operator::children::{self, Rollout};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::{ControlPlane, repo_root, service_account_client};
+
+/// `manifests/examples/minimal.yaml` as `ns/name`, changed by `edit`, created; then the worker
+/// ServiceAccount, Role and RoleBinding the operator's own code builds for it, applied. Returns
+/// the CameraTuning and the ServiceAccount's name.
+pub async fn tuning_with_worker_identity(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    train_iteration: Option<u32>,
+    edit: impl FnOnce(&mut CameraTuning),
+) -> (CameraTuning, String) {
+    let example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_root().join("manifests/examples/minimal.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut tuning: CameraTuning = serde_json::from_value(example).unwrap();
+    tuning.metadata.namespace = Some(ns.to_string());
+    tuning.metadata.name = Some(name.to_string());
+    edit(&mut tuning);
+    let tuning = Api::<CameraTuning>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &tuning)
+        .await
+        .unwrap();
+    let built = children::build(
+        &tuning,
+        &Rollout {
+            deployed_model_uri: "file:///m/ssd.onnx",
+            train_iteration,
+        },
+        &Config::default(),
+    );
+    apply(admin, ns, &built.service_account).await;
+    apply(admin, ns, &built.role).await;
+    apply(admin, ns, &built.role_binding).await;
+    (tuning, built.service_account.name_any())
+}
+
+/// Server-side applies `object` in `ns` as the test's admin.
+pub async fn apply<K>(admin: &Client, ns: &str, object: &K)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(admin.clone(), ns)
+        .patch(
+            &object.name_any(),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap();
+}
+
+/// A kubeconfig file in `dir` that authenticates with the ServiceAccount's token, for a worker
+/// binary started by a test.
+pub async fn worker_kubeconfig(plane: &ControlPlane, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+    // A client as that ServiceAccount proves the token works; the binary gets it as a file.
+    service_account_client(plane, ns, sa).await.unwrap();
+    let token = plane
+        .kubectl(["create", "token", sa, "-n", ns, "--duration=1h"])
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap();
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(plane.kubeconfig()).unwrap()).unwrap();
+    for user in config["users"].as_sequence_mut().unwrap() {
+        user["user"] = serde_yaml_ng::to_value(json!({ "token": token.trim() })).unwrap();
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// A real S3 server (gofakes3: the S3 REST API over memory; it does not check signatures) built
+/// by `tests/controlplane/build.sh s3`, with one bucket. Killed on drop.
+#[derive(Debug)]
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> Self {
+        let bin_dir = PathBuf::from(
+            std::env::var("AUTOTUNER_CONTROLPLANE_BIN")
+                .expect("AUTOTUNER_CONTROLPLANE_BIN: run tests/controlplane/build.sh (scripts/test does)"),
+        );
+        let bin = std::fs::read_dir(&bin_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("gofakes3-"))
+            .expect("no gofakes3 in the control-plane bin folder: run tests/controlplane/build.sh s3");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["-backend", "memory", "-initialbucket", bucket, "-quiet"])
+            .arg(format!("-host=127.0.0.1:{port}"))
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// One plain HTTP request (a client independent of the code under test): the status code
+    /// and the body.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut body = response[split + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            body = unchunk(&body);
+        }
+        (code, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        self.request("GET", path, b"")
+    }
+}
+
+fn unchunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,380 @@
+//! The dataset the trainer reads (`operator/api`'s contract): per split a COCO file
+//! (`<split>/annotations.json`) with the images beside it (`<split>/images/<sample>.jpg`).
+//! Training and evaluation samples come from different time spans: time is cut into blocks and
+//! every `period`-th block goes to evaluation, so both splits see the whole day yet no eval image
+//! has a near-duplicate neighbour in training. Adding a sample that is already there does
+//! nothing, so replaying the spool after a crash never duplicates one.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use autotuner_vision::Rect;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DatasetError {
+    #[error("dataset {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dataset {path} is not a COCO file this worker wrote: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+    move |source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Eval,
+    /// Drift samples: labelled by the teacher, never trained on.
+    Drift,
+}
+
+impl Split {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Eval => "eval",
+            Split::Drift => "drift",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetConfig {
+    pub train_size: usize,
+    pub eval_size: usize,
+    /// Length of the time blocks the splits are cut from.
+    pub block_ms: i64,
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self {
+            train_size: 1000,
+            eval_size: 200,
+            block_ms: 20_000,
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// The split of a sample taken at `time_ms`.
+    pub fn split_at(&self, time_ms: i64) -> Split {
+        if self.eval_size == 0 {
+            return Split::Train;
+        }
+        let period = ((self.train_size + self.eval_size) as f64 / self.eval_size as f64)
+            .round()
+            .max(2.0) as i64;
+        let block = time_ms.max(0) / self.block_ms.max(1);
+        if block % period == period - 1 {
+            Split::Eval
+        } else {
+            Split::Train
+        }
+    }
+}
+
+/// One labelled box, in frame pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelBox {
+    pub class: String,
+    pub bbox: [f32; 4],
+    pub score: f32,
+}
+
+/// A sample to store.
+#[derive(Debug, Clone)]
+pub struct Sample<'a> {
+    pub id: &'a str,
+    pub time_ms: i64,
+    pub width: u32,
+    pub height: u32,
+    pub jpeg: &'a [u8],
+    pub labels: &'a [LabelBox],
+    /// Parts of the frame the teacher did not see: ignore regions for training.
+    pub unlabelled: &'a [Rect],
+}
+
+#[derive(Debug)]
+struct SplitFile {
+    path: PathBuf,
+    coco: Value,
+    samples: HashSet<String>,
+    dirty: bool,
+}
+
+impl SplitFile {
+    fn open(root: &Path, split: Split, classes: &[(u32, String)]) -> Result<SplitFile, DatasetError> {
+        let path = root.join(split.dir()).join("annotations.json");
+        std::fs::create_dir_all(root.join(split.dir()).join("images")).map_err(io(root))?;
+        let coco = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DatasetError::Format {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({
+                "info": {"description": "Edge AutoTuner capture: teacher labels of selected frames"},
+                "images": [], "annotations": [],
+                "categories": classes.iter().map(|(id, name)| json!({"id": id, "name": name})).collect::<Vec<_>>(),
+            }),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let samples = coco["images"]
+            .as_array()
+            .ok_or_else(|| DatasetError::Format {
+                path: path.clone(),
+                message: "no images array".into(),
+            })?
+            .iter()
+            .filter_map(|i| i["sample"].as_str().map(String::from))
+            .collect();
+        Ok(SplitFile {
+            path,
+            coco,
+            samples,
+            dirty: false,
+        })
+    }
+
+    fn images(&self) -> usize {
+        self.samples.len()
+    }
+}
+
+/// The dataset on a local path (the camera node's volume).
+#[derive(Debug)]
+pub struct Dataset {
+    root: PathBuf,
+    config: DatasetConfig,
+    classes: Vec<(u32, String)>,
+    train: SplitFile,
+    eval: SplitFile,
+    drift: SplitFile,
+}
+
+/// What [`Dataset::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Stored(Split),
+    /// The sample is already in the dataset (a replay).
+    Duplicate,
+    /// Its split has reached its size.
+    Full(Split),
+}
+
+impl Dataset {
+    /// Opens the dataset at `root`, continuing what is there. `classes`: COCO id and name.
+    pub fn open(
+        root: &Path,
+        config: DatasetConfig,
+        classes: Vec<(u32, String)>,
+    ) -> Result<Dataset, DatasetError> {
+        Ok(Dataset {
+            train: SplitFile::open(root, Split::Train, &classes)?,
+            eval: SplitFile::open(root, Split::Eval, &classes)?,
+            drift: SplitFile::open(root, Split::Drift, &classes)?,
+            root: root.to_path_buf(),
+            config,
+            classes,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn len(&self, split: Split) -> usize {
+        self.file(split).images()
+    }
+
+    pub fn config(&self) -> &DatasetConfig {
+        &self.config
+    }
+
+    fn file(&self, split: Split) -> &SplitFile {
+        match split {
+            Split::Train => &self.train,
+            Split::Eval => &self.eval,
+            Split::Drift => &self.drift,
+        }
+    }
+
+    fn file_mut(&mut self, split: Split) -> &mut SplitFile {
+        match split {
+            Split::Train => &mut self.train,
+            Split::Eval => &mut self.eval,
+            Split::Drift => &mut self.drift,
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        [Split::Train, Split::Eval, Split::Drift]
+            .iter()
+            .any(|&s| self.file(s).samples.contains(id))
+    }
+
+    /// Stores a sample (its image now, its annotations at the next [`Dataset::flush`]).
+    pub fn add(&mut self, sample: &Sample<'_>, drift: bool) -> Result<Added, DatasetError> {
+        if self.contains(sample.id) {
+            return Ok(Added::Duplicate);
+        }
+        let split = if drift {
+            Split::Drift
+        } else {
+            self.config.split_at(sample.time_ms)
+        };
+        let cap = match split {
+            Split::Train => self.config.train_size,
+            Split::Eval => self.config.eval_size,
+            Split::Drift => usize::MAX,
+        };
+        if self.len(split) >= cap {
+            return Ok(Added::Full(split));
+        }
+        let file_name = format!("images/{}.jpg", sample.id);
+        let image_path = self.root.join(split.dir()).join(&file_name);
+        write_atomically(&image_path, sample.jpeg)?;
+        let category = |name: &str| self.classes.iter().find(|(_, n)| n == name).map(|(id, _)| *id);
+        let first_class = self.classes.first().map_or(1, |(id, _)| *id);
+        let mut annotations = Vec::new();
+        for label in sample.labels {
+            let Some(category) = category(&label.class) else {
+                continue;
+            };
+            let [x0, y0, x1, y1] = label.bbox;
+            annotations.push(json!({
+                "category_id": category, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                "iscrowd": 0, "score": label.score,
+            }));
+        }
+        for r in sample.unlabelled {
+            annotations.push(json!({
+                "category_id": first_class, "bbox": [r.x, r.y, r.width, r.height], "area": r.area(),
+                "iscrowd": 1,
+            }));
+        }
+        let file = self.file_mut(split);
+        let image_id = file.coco["images"].as_array().map_or(0, Vec::len) + 1;
+        let first_annotation = file.coco["annotations"].as_array().map_or(0, Vec::len) + 1;
+        file.coco["images"].as_array_mut().expect("images").push(json!({
+            "id": image_id, "file_name": file_name, "width": sample.width, "height": sample.height,
+            "sample": sample.id, "time_ms": sample.time_ms,
+        }));
+        let list = file.coco["annotations"].as_array_mut().expect("annotations");
+        for (id, mut a) in (first_annotation..).zip(annotations) {
+            a["id"] = json!(id);
+            a["image_id"] = json!(image_id);
+            list.push(a);
+        }
+        file.samples.insert(sample.id.to_string());
+        file.dirty = true;
+        Ok(Added::Stored(split))
+    }
+
+    /// Writes the annotation files that changed (atomically).
+    pub fn flush(&mut self) -> Result<(), DatasetError> {
+        for split in [Split::Train, Split::Eval, Split::Drift] {
+            let file = self.file_mut(split);
+            if file.dirty {
+                let bytes = serde_json::to_vec(&file.coco).expect("COCO serialises");
+                write_atomically(&file.path, &bytes)?;
+                file.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// The annotation file of a split.
+    pub fn annotations_path(&self, split: Split) -> PathBuf {
+        self.file(split).path.clone()
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_come_from_different_time_blocks_in_the_configured_proportion() {
+        let config = DatasetConfig {
+            train_size: 800,
+            eval_size: 200,
+            block_ms: 10_000,
+        };
+        let splits: Vec<Split> = (0..100).map(|s| config.split_at(s * 1000)).collect();
+        let eval = splits.iter().filter(|&&s| s == Split::Eval).count();
+        assert_eq!(eval, 20);
+        // Whole blocks: ten consecutive seconds share a split.
+        assert!(splits.chunks(10).all(|c| c.iter().all(|s| *s == c[0])));
+    }
+
+    #[test]
+    fn a_replayed_sample_is_stored_once_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec![(1, "person".to_string())];
+        let mut d = Dataset::open(dir.path(), DatasetConfig::default(), classes.clone()).unwrap();
+        let labels = [
+            LabelBox {
+                class: "person".into(),
+                bbox: [10.0, 20.0, 30.0, 80.0],
+                score: 0.9,
+            },
+            LabelBox {
+                class: "dog".into(),
+                bbox: [1.0, 1.0, 2.0, 2.0],
+                score: 0.9,
+            },
+        ];
+        let sample = Sample {
+            id: "f00000007",
+            time_ms: 700,
+            width: 64,
+            height: 48,
+            jpeg: b"jpeg",
+            labels: &labels,
+            unlabelled: &[Rect::new(40, 0, 24, 48)],
+        };
+        assert_eq!(d.add(&sample, false).unwrap(), Added::Stored(Split::Train));
+        assert_eq!(d.add(&sample, false).unwrap(), Added::Duplicate);
+        d.flush().unwrap();
+        let mut d = Dataset::open(dir.path(), DatasetConfig::default(), classes).unwrap();
+        assert_eq!(d.add(&sample, false).unwrap(), Added::Duplicate);
+        let coco: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("train/annotations.json")).unwrap())
+                .unwrap();
+        assert_eq!(coco["images"].as_array().unwrap().len(), 1);
+        let annotations = coco["annotations"].as_array().unwrap();
+        assert_eq!(
+            annotations.len(),
+            2,
+            "the dog is not a target class: {annotations:?}"
+        );
+        assert_eq!(annotations[0]["bbox"], json!([10.0, 20.0, 20.0, 60.0]));
+        assert_eq!(annotations[1]["iscrowd"], json!(1));
+        assert!(dir.path().join("train/images/f00000007.jpg").exists());
+    }
+}

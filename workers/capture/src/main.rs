@@ -1,0 +1,319 @@
+//! `capture`: the camera node's worker. Every flag also has an environment variable; those the
+//! operator sets (`operator/api`'s contract) need no flag at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use autotuner_annotator::client::{Client, RetryPolicy};
+use autotuner_capture::cluster::{self, ClusterContext};
+use autotuner_capture::dataset::DatasetConfig;
+use autotuner_capture::metrics::Metrics;
+use autotuner_capture::select::Sampling;
+use autotuner_capture::source::{Credentials, RtspTransport, SourceConfig};
+use autotuner_capture::teacher::Teacher;
+use autotuner_capture::{CaptureConfig, run};
+use autotuner_store::{Location, S3Options};
+use autotuner_vision::MotionConfig;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "capture",
+    about = "Decode a camera stream, select what moved, have the teacher label it, write the dataset"
+)]
+struct Args {
+    /// The stream: a path, file://, rtsp://, http(s):// (MJPEG, HLS, progressive file). Run by
+    /// the operator, the CameraTuning's spec sets this and the motion, sampling, class and
+    /// dataset settings below.
+    #[arg(long, env = "AUTOTUNER_CAMERA_URL", default_value = "")]
+    url: String,
+    #[arg(long, env = "AUTOTUNER_RTSP_TRANSPORT", default_value = "tcp")]
+    rtsp_transport: RtspTransport,
+    /// The stream's user name (the operator sets it from the credentials Secret).
+    #[arg(long, env = "AUTOTUNER_CAMERA_USERNAME", hide_env_values = true)]
+    camera_username: Option<String>,
+    #[arg(long, env = "AUTOTUNER_CAMERA_PASSWORD", hide_env_values = true)]
+    camera_password: Option<String>,
+    /// A file holding `user:password` (a mounted Secret), instead of the two variables.
+    #[arg(long, env = "AUTOTUNER_CAMERA_CREDENTIALS_FILE")]
+    camera_credentials_file: Option<PathBuf>,
+    /// The annotator's base URL.
+    #[arg(long, env = "AUTOTUNER_ANNOTATOR_URL")]
+    annotator_url: String,
+    #[arg(long, env = "AUTOTUNER_ANNOTATOR_TOKEN", hide_env_values = true)]
+    annotator_token: Option<String>,
+    /// Target classes (COCO names), comma-separated.
+    #[arg(
+        long,
+        env = "AUTOTUNER_CLASSES",
+        default_value = "person",
+        value_delimiter = ','
+    )]
+    classes: Vec<String>,
+    /// The teacher's confidence threshold for a label.
+    #[arg(long, env = "AUTOTUNER_MIN_SCORE", default_value_t = 0.5)]
+    min_score: f32,
+    /// The dataset: a directory (the operator's dataset volume) or `s3://bucket/prefix`
+    /// (credentials from the standard `AWS_*` variables).
+    #[arg(long, env = "AUTOTUNER_DATASET_URI", default_value = "/data")]
+    dataset: String,
+    #[arg(long, env = "AUTOTUNER_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "AUTOTUNER_S3_REGION")]
+    s3_region: Option<String>,
+    /// The working copy of a dataset in object storage (and its spool).
+    #[arg(long, env = "AUTOTUNER_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// The spool's directory (default: `<dataset>/spool`).
+    #[arg(long, env = "AUTOTUNER_SPOOL_DIR")]
+    spool: Option<PathBuf>,
+    #[arg(long, env = "AUTOTUNER_SPOOL_MAX_ENTRIES", default_value_t = 10_000)]
+    spool_max_entries: usize,
+    #[arg(long, env = "AUTOTUNER_SPOOL_MAX_MIB", default_value_t = 2048)]
+    spool_max_mib: u64,
+    #[arg(long, env = "AUTOTUNER_TRAIN_SIZE", default_value_t = 1000)]
+    train_size: usize,
+    #[arg(long, env = "AUTOTUNER_EVAL_SIZE", default_value_t = 200)]
+    eval_size: usize,
+    /// Seconds of stream per split block (eval blocks are whole blocks).
+    #[arg(long, env = "AUTOTUNER_SPLIT_BLOCK_SECONDS", default_value_t = 20.0)]
+    split_block_seconds: f64,
+    /// Run motion detection on every n-th frame (1: all).
+    #[arg(long, env = "AUTOTUNER_FRAME_STEP", default_value_t = 1)]
+    frame_step: u32,
+    #[arg(long, env = "AUTOTUNER_UPLOADS_PER_MINUTE")]
+    uploads_per_minute: Option<f64>,
+    /// Every k-th selected frame is a drift sample (kept out of training).
+    #[arg(long, env = "AUTOTUNER_DRIFT_EVERY")]
+    drift_every: Option<u32>,
+    #[arg(long, env = "AUTOTUNER_MOTION_THRESHOLD", default_value_t = 25)]
+    threshold: u8,
+    #[arg(long, env = "AUTOTUNER_MOTION_MIN_AREA", default_value_t = 500)]
+    min_region_area: u32,
+    #[arg(long, env = "AUTOTUNER_MOTION_PROCESSING_WIDTH")]
+    processing_width: Option<u32>,
+    #[arg(long, env = "AUTOTUNER_JPEG_QUALITY", default_value_t = 90)]
+    jpeg_quality: u8,
+    /// Stop after this many frames (smoke runs).
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Where /metrics is served.
+    #[arg(long, env = "AUTOTUNER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    metrics_listen: SocketAddr,
+    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    log_json: bool,
+}
+
+fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
+    if let Some(path) = &args.camera_credentials_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let (username, password) = text
+            .trim_end()
+            .split_once(':')
+            .ok_or_else(|| format!("{} must hold user:password", path.display()))?;
+        return Ok(Some(Credentials {
+            username: username.into(),
+            password: password.into(),
+        }));
+    }
+    Ok(args.camera_username.as_ref().map(|username| Credentials {
+        username: username.clone(),
+        password: args.camera_password.clone().unwrap_or_default(),
+    }))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let credentials = match credentials(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("capture: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match Client::new(
+        &args.annotator_url,
+        args.annotator_token.clone(),
+        Duration::from_secs(30),
+        RetryPolicy::default(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("capture: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (dataset_dir, remote) = if args.dataset.starts_with("s3://") {
+        let options = S3Options {
+            endpoint: args.s3_endpoint.clone(),
+            region: args.s3_region.clone(),
+        };
+        match Location::parse(&args.dataset, &options) {
+            Ok(location) => (
+                args.work_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("autotuner-capture"))
+                    .join("dataset"),
+                Some(location),
+            ),
+            Err(e) => {
+                eprintln!("capture: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        (
+            PathBuf::from(args.dataset.strip_prefix("file://").unwrap_or(&args.dataset)),
+            None,
+        )
+    };
+    let mut source = SourceConfig::new(args.url.clone());
+    source.rtsp_transport = args.rtsp_transport;
+    source.credentials = credentials;
+    let mut config = CaptureConfig {
+        source,
+        motion: MotionConfig {
+            threshold: args.threshold,
+            min_region_area: args.min_region_area,
+            processing_width: args.processing_width,
+            ..MotionConfig::default()
+        },
+        sampling: Sampling {
+            frame_step: args.frame_step,
+            uploads_per_minute: args.uploads_per_minute,
+            drift_every: args.drift_every,
+            ..Sampling::default()
+        },
+        dataset: DatasetConfig {
+            train_size: args.train_size,
+            eval_size: args.eval_size,
+            block_ms: (args.split_block_seconds * 1000.0) as i64,
+        },
+        spool_dir: args.spool.clone().unwrap_or_else(|| dataset_dir.join("spool")),
+        dataset_dir,
+        remote,
+        spool_max_entries: args.spool_max_entries,
+        spool_max_bytes: args.spool_max_mib << 20,
+        classes: args.classes.clone(),
+        jpeg_quality: args.jpeg_quality,
+        batch_frames: 4,
+        max_frames: args.max_frames,
+    };
+    let mut min_score = args.min_score;
+    let metrics = Metrics::new();
+    // In a cluster: the CameraTuning's spec, and a status report every few seconds.
+    let cluster = match ClusterContext::from_env() {
+        Ok(Some(context)) => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("capture: no Kubernetes client: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match context.spec(&client).await {
+                Ok(spec) => cluster::apply_spec(&spec, &mut config, &mut min_score),
+                Err(e) => {
+                    eprintln!(
+                        "capture: read CameraTuning {}/{}: {e}",
+                        context.namespace, context.name
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            let reporter = {
+                let (context, client, metrics) = (context.clone(), client.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        if let Err(e) = context.report(&client, &metrics).await {
+                            tracing::warn!(error = %e, "could not report the dataset counts");
+                        }
+                    }
+                })
+            };
+            Some((context, client, reporter))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("capture: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.source.url.is_empty() {
+        eprintln!("capture: --url (or AUTOTUNER_CAMERA_URL) is needed outside a cluster");
+        return ExitCode::from(2);
+    }
+    let teacher = Teacher::Http {
+        client,
+        classes: config.classes.clone(),
+        min_score,
+    };
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down: storing the batch in hand, the rest stays spooled");
+            shutdown.store(true, Ordering::SeqCst);
+        });
+    }
+    match tokio::net::TcpListener::bind(args.metrics_listen).await {
+        Ok(listener) => {
+            let metrics = metrics.clone();
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { metrics.render() }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        Err(e) => {
+            eprintln!("capture: listen on {}: {e}", args.metrics_listen);
+            return ExitCode::from(2);
+        }
+    }
+    let result = run(config, teacher, metrics.clone(), shutdown).await;
+    if let Some((context, client, reporter)) = cluster {
+        reporter.abort();
+        if let Err(e) = context.report(&client, &metrics).await {
+            tracing::warn!(error = %e, "could not report the final dataset counts");
+        }
+    }
+    match result {
+        Ok(summary) => {
+            tracing::info!(?summary, "capture finished");
+            println!("{}", serde_json::to_string(&summary).expect("summary serialises"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("capture: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

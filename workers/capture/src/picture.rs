@@ -1,0 +1,98 @@
+//! Colour for the few pictures that leave the node: a region of a 4:2:0 frame as RGB, encoded as
+//! JPEG. Only selected frames pay for this.
+
+use autotuner_vision::Rect;
+use image::codecs::jpeg::JpegEncoder;
+
+use crate::source::Frame;
+
+/// BT.601 (what SD cameras and most H.264 streams signal), in either range.
+fn rgb(y: u8, u: u8, v: u8, full_range: bool) -> [u8; 3] {
+    let (y, u, v) = (y as f32, u as f32 - 128.0, v as f32 - 128.0);
+    let (y, scale) = if full_range {
+        (y, 1.0)
+    } else {
+        ((y - 16.0) * (255.0 / 219.0), 255.0 / 224.0)
+    };
+    let (u, v) = (u * scale, v * scale);
+    let clamp = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+    [
+        clamp(y + 1.402 * v),
+        clamp(y - 0.344_136 * u - 0.714_136 * v),
+        clamp(y + 1.772 * u),
+    ]
+}
+
+/// The pixels of `region` (clipped to the frame) as packed RGB into `out`; returns its size.
+pub fn region_rgb(frame: &Frame, region: Rect, out: &mut Vec<u8>) -> (u32, u32) {
+    let x0 = (region.x as usize).min(frame.width);
+    let y0 = (region.y as usize).min(frame.height);
+    let x1 = (region.right() as usize).min(frame.width);
+    let y1 = (region.bottom() as usize).min(frame.height);
+    let (cw, _) = frame.chroma_size();
+    out.clear();
+    out.reserve((x1 - x0) * (y1 - y0) * 3);
+    for y in y0..y1 {
+        let luma = &frame.y[y * frame.width..(y + 1) * frame.width];
+        let u = &frame.u[(y / 2) * cw..(y / 2 + 1) * cw];
+        let v = &frame.v[(y / 2) * cw..(y / 2 + 1) * cw];
+        for x in x0..x1 {
+            out.extend_from_slice(&rgb(luma[x], u[x / 2], v[x / 2], frame.full_range));
+        }
+    }
+    ((x1 - x0) as u32, (y1 - y0) as u32)
+}
+
+/// `region` of `frame` as a JPEG.
+pub fn jpeg(frame: &Frame, region: Rect, quality: u8, scratch: &mut Vec<u8>) -> Vec<u8> {
+    let (w, h) = region_rgb(frame, region, scratch);
+    let mut bytes = Vec::new();
+    JpegEncoder::new_with_quality(&mut bytes, quality)
+        .encode(scratch, w, h, image::ExtendedColorType::Rgb8)
+        .expect("JPEG encoding into memory cannot fail for a valid RGB buffer");
+    bytes
+}
+
+/// The whole frame as a JPEG.
+pub fn frame_jpeg(frame: &Frame, quality: u8, scratch: &mut Vec<u8>) -> Vec<u8> {
+    jpeg(
+        frame,
+        Rect::new(0, 0, frame.width as u32, frame.height as u32),
+        quality,
+        scratch,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limited_range_black_and_white_map_to_the_ends_and_grey_has_no_tint() {
+        assert_eq!(rgb(16, 128, 128, false), [0, 0, 0]);
+        assert_eq!(rgb(235, 128, 128, false), [255, 255, 255]);
+        assert_eq!(rgb(128, 128, 128, true), [128, 128, 128]);
+        // Strong red in BT.601 limited range.
+        let [r, g, b] = rgb(81, 90, 240, false);
+        assert!(r > 250 && g < 5 && b < 5, "{r} {g} {b}");
+    }
+
+    #[test]
+    fn a_region_is_cut_with_its_own_size_and_clipped_to_the_frame() {
+        let frame = Frame {
+            width: 6,
+            height: 4,
+            full_range: true,
+            y: (0..24).map(|i| i as u8 * 10).collect(),
+            u: vec![128; 6],
+            v: vec![128; 6],
+            ..Frame::default()
+        };
+        let mut out = Vec::new();
+        assert_eq!(region_rgb(&frame, Rect::new(4, 2, 10, 10), &mut out), (2, 2));
+        assert_eq!(
+            out,
+            vec![160, 160, 160, 170, 170, 170, 220, 220, 220, 230, 230, 230]
+        );
+    }
+}

@@ -1,0 +1,582 @@
+//! The capture run: a selection thread (decode -> motion -> sampling -> crops -> spool) and an
+//! annotation loop (spool -> teacher -> dataset), joined only by the durable spool. The selection
+//! thread never waits for the teacher; the annotation loop never loses what it has not stored.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use autotuner_annotator::client::Crop;
+use autotuner_store::Location;
+use autotuner_vision::{GrayImage, MotionConfig, MotionDetector};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::dataset::{Added, Dataset, DatasetConfig, Sample, Split};
+use crate::metrics::Metrics;
+use crate::picture;
+use crate::select::{self, Purpose, Sampling, Selector, Skipped};
+use crate::source::{Frame, Next, Source, SourceConfig};
+use crate::spool::{Entry, EntryMeta, Spool};
+use crate::teacher::{Teacher, TeacherError};
+
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    pub source: SourceConfig,
+    pub motion: MotionConfig,
+    pub sampling: Sampling,
+    pub dataset: DatasetConfig,
+    pub dataset_dir: PathBuf,
+    pub spool_dir: PathBuf,
+    pub spool_max_entries: usize,
+    pub spool_max_bytes: u64,
+    /// Target classes, COCO names.
+    pub classes: Vec<String>,
+    pub jpeg_quality: u8,
+    /// Selected frames per teacher request.
+    pub batch_frames: usize,
+    /// Stop after this many decoded frames (a file's first part, a smoke run).
+    pub max_frames: Option<u64>,
+    /// The dataset in object storage (`s3://bucket/prefix`): `dataset_dir` is then a local
+    /// working copy, and a sample counts as stored (and leaves the spool) only once its image
+    /// and the annotation file that names it are in the store.
+    pub remote: Option<Location>,
+}
+
+impl CaptureConfig {
+    /// The defaults: the reference motion method, every frame examined, no budget, the
+    /// spool beside the dataset.
+    pub fn new(url: &str, dataset_dir: PathBuf) -> Self {
+        Self {
+            source: SourceConfig::new(url),
+            motion: MotionConfig::default(),
+            sampling: Sampling::default(),
+            dataset: DatasetConfig::default(),
+            spool_dir: dataset_dir.join("spool"),
+            dataset_dir,
+            spool_max_entries: 10_000,
+            spool_max_bytes: 2 << 30,
+            classes: vec!["person".into()],
+            jpeg_quality: 90,
+            batch_frames: 4,
+            max_frames: None,
+            remote: None,
+        }
+    }
+}
+
+/// What a run did (also the standalone report's motion statistics).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaptureSummary {
+    pub frames_decoded: u64,
+    pub frames_examined: u64,
+    pub frames_selected: u64,
+    pub drift_samples: u64,
+    pub frames_dropped: u64,
+    pub frames_corrupt: u64,
+    pub reconnects: u64,
+    pub annotated: u64,
+    /// Mean over selected frames of the crops' area over the frame's.
+    pub mean_crop_area_fraction: f64,
+    pub mean_crops_per_frame: f64,
+    pub crop_bytes: u64,
+    /// JPEG bytes of the same selected frames, whole.
+    pub full_frame_bytes: u64,
+    pub train_images: usize,
+    pub eval_images: usize,
+    pub drift_images: usize,
+    pub spool_left: usize,
+    pub spool_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct SelectionTotals {
+    crop_area_fraction: f64,
+    crops: u64,
+}
+
+/// Runs capture until the source ends (a file) or `shutdown` is set (SIGTERM), then stores what
+/// the teacher labels of the spool (all of it at the end of a file; on shutdown the current
+/// batch, the rest stays spooled for the next start).
+pub async fn run(
+    config: CaptureConfig,
+    teacher: Teacher,
+    metrics: Metrics,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<CaptureSummary> {
+    let spool = Spool::open(
+        &config.spool_dir,
+        config.spool_max_entries,
+        config.spool_max_bytes,
+    )
+    .context("open the spool")?;
+    let classes = config
+        .classes
+        .iter()
+        .map(|c| {
+            autotuner_detect::labels::id(c)
+                .map(|id| (id, c.clone()))
+                .with_context(|| format!("{c:?} is not a COCO class name the teacher knows"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(remote) = &config.remote {
+        // The working copy starts as what the store holds: anything local beyond that was never
+        // acknowledged, and its spool entries will store it again.
+        restore_from_store(remote, &config.dataset_dir).await?;
+    }
+    let dataset =
+        Dataset::open(&config.dataset_dir, config.dataset.clone(), classes).context("open the dataset")?;
+    if !spool.is_empty() {
+        tracing::info!(
+            entries = spool.len(),
+            "resuming: frames from the last run wait for the teacher"
+        );
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    let dataset = Arc::new(Mutex::new(dataset));
+    let source = Source::start(config.source.clone()).context("open the video source")?;
+    let wake = Arc::new(Notify::new());
+    let selection_done = Arc::new(AtomicBool::new(false));
+    let totals = Arc::new(Mutex::new(SelectionTotals::default()));
+
+    let selection = {
+        let (config, spool, dataset, metrics, shutdown, wake, done, totals) = (
+            config.clone(),
+            spool.clone(),
+            dataset.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            wake.clone(),
+            selection_done.clone(),
+            totals.clone(),
+        );
+        std::thread::Builder::new()
+            .name("select".into())
+            .spawn(move || {
+                let result = select_frames(
+                    &config, &source, &spool, &dataset, &metrics, &shutdown, &wake, &totals,
+                );
+                sync_source_metrics(&source, &metrics);
+                done.store(true, Ordering::SeqCst);
+                wake.notify_one();
+                let error = source.take_error();
+                result.and(error.map_or(Ok(()), |e| Err(e.into())))
+            })
+            .expect("spawn the selection thread")
+    };
+
+    annotate(
+        &config,
+        &teacher,
+        &spool,
+        &dataset,
+        &metrics,
+        &shutdown,
+        &wake,
+        &selection_done,
+    )
+    .await?;
+    selection
+        .join()
+        .map_err(|_| anyhow::anyhow!("the selection thread panicked"))??;
+
+    let totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+    let spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = dataset.lock().unwrap_or_else(|e| e.into_inner());
+    let selected = metrics.frames("selected");
+    Ok(CaptureSummary {
+        frames_decoded: metrics.frames("decoded"),
+        frames_examined: metrics.frames("examined"),
+        frames_selected: selected,
+        drift_samples: metrics.frames("drift"),
+        frames_dropped: metrics.frames("dropped"),
+        frames_corrupt: metrics.frames("corrupt"),
+        reconnects: metrics.reconnects.get(),
+        annotated: metrics.annotated.get(),
+        mean_crop_area_fraction: totals.crop_area_fraction / selected.max(1) as f64,
+        mean_crops_per_frame: totals.crops as f64 / selected.max(1) as f64,
+        crop_bytes: metrics.upload_bytes.with_label_values(&["crops"]).get(),
+        full_frame_bytes: metrics.upload_bytes.with_label_values(&["full_frames"]).get(),
+        train_images: dataset.len(Split::Train),
+        eval_images: dataset.len(Split::Eval),
+        drift_images: dataset.len(Split::Drift),
+        spool_left: spool.len(),
+        spool_dropped: spool.stats().dropped + spool.stats().corrupt,
+    })
+}
+
+const SPLITS: [Split; 3] = [Split::Train, Split::Eval, Split::Drift];
+
+fn annotation_key(split: Split) -> String {
+    format!("{}/annotations.json", split.dir())
+}
+
+async fn restore_from_store(remote: &Location, dir: &Path) -> anyhow::Result<()> {
+    for split in SPLITS {
+        let key = annotation_key(split);
+        let local = dir.join(&key);
+        std::fs::create_dir_all(dir.join(split.dir())).context("create the dataset's working copy")?;
+        let _ = std::fs::remove_file(&local);
+        if remote
+            .get_file(&key, &local)
+            .await
+            .context("read the dataset from object storage")?
+        {
+            tracing::info!(key, "continuing the dataset in object storage");
+        }
+    }
+    Ok(())
+}
+
+/// Puts the images of `stored` and then the annotation files of their splits (the order that
+/// never lets an annotation name a missing image); local images are then removed.
+async fn upload(remote: &Location, dir: &Path, stored: &[(Split, String)]) -> anyhow::Result<()> {
+    for (split, id) in stored {
+        let key = format!("{}/images/{id}.jpg", split.dir());
+        let path = dir.join(&key);
+        if path.exists() {
+            remote.put_file(&key, &path).await?;
+        }
+    }
+    for split in SPLITS {
+        if stored.iter().any(|(s, _)| *s == split) {
+            let key = annotation_key(split);
+            remote.put_file(&key, &dir.join(&key)).await?;
+        }
+    }
+    for (split, id) in stored {
+        let _ = std::fs::remove_file(dir.join(format!("{}/images/{id}.jpg", split.dir())));
+    }
+    Ok(())
+}
+
+/// Copies the decoder thread's counters into the metrics.
+fn sync_source_metrics(source: &Source, metrics: &Metrics) {
+    let stats = source.stats();
+    let set = |outcome: &str, value: u64| {
+        let c = metrics.frames.with_label_values(&[outcome]);
+        c.inc_by(value.saturating_sub(c.get()));
+    };
+    set("decoded", stats.decoded.load(Ordering::Relaxed));
+    set("dropped", stats.dropped.load(Ordering::Relaxed));
+    set("corrupt", stats.corrupt.load(Ordering::Relaxed));
+    let reconnects = stats.reconnects.load(Ordering::Relaxed);
+    metrics
+        .reconnects
+        .inc_by(reconnects.saturating_sub(metrics.reconnects.get()));
+}
+
+/// The sample id of a frame: stable across restarts for a file (its index), unique for a live
+/// stream (its decoding time).
+fn sample_id(frame: &Frame) -> String {
+    if frame.live {
+        format!("t{:013}", frame.decoded_at_ms)
+    } else {
+        format!("f{:08}", frame.index)
+    }
+}
+
+/// Time used for splits and the budget: stream time for a file, wall-clock time for a live stream.
+fn frame_time_ms(frame: &Frame) -> i64 {
+    if frame.live {
+        frame.decoded_at_ms as i64
+    } else {
+        frame.pts_ms.unwrap_or(frame.index as i64 * 40)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn select_frames(
+    config: &CaptureConfig,
+    source: &Source,
+    spool: &Mutex<Spool>,
+    dataset: &Mutex<Dataset>,
+    metrics: &Metrics,
+    shutdown: &AtomicBool,
+    wake: &Notify,
+    totals: &Mutex<SelectionTotals>,
+) -> anyhow::Result<()> {
+    let mut detector: Option<MotionDetector> = None;
+    let mut selector = Selector::new(config.sampling.clone());
+    let mut scratch = Vec::new();
+    let examined = metrics.frames.with_label_values(&["examined"]);
+    let mut seen = 0u64;
+    while !shutdown.load(Ordering::Relaxed) {
+        let frame = match source.next_frame_timeout(Duration::from_millis(200)) {
+            Next::Frame(frame) => frame,
+            Next::Ended => break,
+            Next::TimedOut => {
+                sync_source_metrics(source, metrics);
+                continue;
+            }
+        };
+        seen += 1;
+        if seen.is_multiple_of(64) {
+            sync_source_metrics(source, metrics);
+        }
+        if config.max_frames.is_some_and(|m| frame.index >= m) {
+            source.recycle(frame);
+            source.stop();
+            break;
+        }
+        if !selector.examines(frame.index) {
+            source.recycle(frame);
+            continue;
+        }
+        let (width, height) = (frame.width, frame.height);
+        if detector
+            .as_ref()
+            .is_none_or(|d| d.processing_size() != (width, height) && d.config().processing_width.is_none())
+        {
+            detector =
+                Some(MotionDetector::new(width, height, config.motion.clone()).context("motion settings")?);
+        }
+        let motion = detector.as_mut().expect("detector");
+        let report = match GrayImage::new(&frame.y, width, height).map(|image| motion.process(image)) {
+            Ok(Ok(report)) => report,
+            _ => {
+                metrics.frames.with_label_values(&["corrupt"]).inc();
+                source.recycle(frame);
+                continue;
+            }
+        };
+        examined.inc();
+        let purpose = match selector.decide(report, frame_time_ms(&frame)) {
+            Ok(p) => p,
+            Err(skipped) => {
+                let outcome = match skipped {
+                    Skipped::NoMotion => "no_motion",
+                    Skipped::Budget => "budget",
+                };
+                metrics.frames.with_label_values(&[outcome]).inc();
+                source.recycle(frame);
+                continue;
+            }
+        };
+        let crops = selector.crops(report, width as u32, height as u32);
+        if crops.is_empty() {
+            source.recycle(frame);
+            continue;
+        }
+        metrics.frames.with_label_values(&["selected"]).inc();
+        if purpose == Purpose::Drift {
+            metrics.frames.with_label_values(&["drift"]).inc();
+        }
+        let crop_area: u64 = crops.iter().map(|c| c.area()).sum();
+        {
+            let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
+            t.crop_area_fraction += crop_area as f64 / (width * height) as f64;
+            t.crops += crops.len() as u64;
+        }
+        let id = sample_id(&frame);
+        let crop_jpegs: Vec<Vec<u8>> = crops
+            .iter()
+            .map(|c| picture::jpeg(&frame, *c, config.jpeg_quality, &mut scratch))
+            .collect();
+        let frame_jpeg = picture::frame_jpeg(&frame, config.jpeg_quality, &mut scratch);
+        metrics
+            .upload_bytes
+            .with_label_values(&["crops"])
+            .inc_by(crop_jpegs.iter().map(|c| c.len() as u64).sum());
+        metrics
+            .upload_bytes
+            .with_label_values(&["full_frames"])
+            .inc_by(frame_jpeg.len() as u64);
+        // A restart re-selects the frames of a file: those already labelled are not sent again.
+        if dataset.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+            source.recycle(frame);
+            continue;
+        }
+        let entry = Entry {
+            meta: EntryMeta {
+                id,
+                drift: purpose == Purpose::Drift,
+                time_ms: frame_time_ms(&frame),
+                frame_index: frame.index,
+                width: width as u32,
+                height: height as u32,
+                crops: crops.iter().map(|c| [c.x, c.y, c.width, c.height]).collect(),
+            },
+            crops: crop_jpegs,
+            frame: frame_jpeg,
+        };
+        source.recycle(frame);
+        {
+            let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+            spool.push(&entry).context("write to the spool")?;
+            metrics.spool_entries.set(spool.len() as i64);
+            let dropped = spool.stats().dropped + spool.stats().corrupt;
+            metrics
+                .spool_dropped
+                .inc_by(dropped.saturating_sub(metrics.spool_dropped.get()));
+        }
+        wake.notify_one();
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn annotate(
+    config: &CaptureConfig,
+    teacher: &Teacher,
+    spool: &Mutex<Spool>,
+    dataset: &Mutex<Dataset>,
+    metrics: &Metrics,
+    shutdown: &AtomicBool,
+    wake: &Notify,
+    selection_done: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut batch_size = config.batch_frames.max(1);
+    let mut backoff = Duration::from_millis(500);
+    // Stored locally but not yet in object storage (an upload failed): retried first.
+    let mut unsent: Vec<(Split, String)> = Vec::new();
+    let mut unsent_ids: Vec<String> = Vec::new();
+    loop {
+        if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
+            match upload(remote, &config.dataset_dir, &unsent).await {
+                Ok(()) => {
+                    let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+                    for id in unsent_ids.drain(..) {
+                        spool.remove(&id).context("update the spool")?;
+                    }
+                    metrics.spool_entries.set(spool.len() as i64);
+                    unsent.clear();
+                }
+                Err(e) => {
+                    metrics.annotate_errors.with_label_values(&["store"]).inc();
+                    if shutdown.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "object storage unavailable: samples stay spooled");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+        }
+        // SIGTERM: the batch in hand is stored; the rest stays spooled for the next start.
+        if shutdown.load(Ordering::Relaxed) && selection_done.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let batch = spool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .oldest(batch_size)
+            .context("read the spool")?;
+        if batch.is_empty() {
+            if selection_done.load(Ordering::SeqCst) || shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
+            continue;
+        }
+        let frames: Vec<Vec<Crop>> = batch
+            .iter()
+            .map(|e| {
+                e.crops
+                    .iter()
+                    .zip(e.meta.crop_rects())
+                    .map(|(jpeg, rect)| Crop {
+                        image: jpeg.clone(),
+                        content_type: "image/jpeg",
+                        offset: [rect.x, rect.y],
+                    })
+                    .collect()
+            })
+            .collect();
+        let key = format!(
+            "{}..{}",
+            batch.first().map_or("", |e| e.meta.id.as_str()),
+            batch.last().map_or("", |e| e.meta.id.as_str())
+        );
+        match teacher.label(&frames, &key).await {
+            Ok(labels) => {
+                backoff = Duration::from_millis(500);
+                batch_size = config.batch_frames.max(1);
+                let mut dataset = dataset.lock().unwrap_or_else(|e| e.into_inner());
+                let mut stored = Vec::new();
+                for (entry, labels) in batch.iter().zip(&labels) {
+                    let rects = entry.meta.crop_rects();
+                    let unlabelled = select::outside(&rects, entry.meta.width, entry.meta.height);
+                    let sample = Sample {
+                        id: &entry.meta.id,
+                        time_ms: entry.meta.time_ms,
+                        width: entry.meta.width,
+                        height: entry.meta.height,
+                        jpeg: &entry.frame,
+                        labels,
+                        unlabelled: &unlabelled,
+                    };
+                    match dataset.add(&sample, entry.meta.drift).context("store a sample")? {
+                        Added::Stored(split) => stored.push((split, entry.meta.id.clone())),
+                        Added::Duplicate => {}
+                        Added::Full(split) => tracing::debug!(?split, "split full: sample not stored"),
+                    }
+                }
+                // Annotations first, then forget the spool entries: a crash in between replays
+                // them, and the dataset ignores the replay.
+                dataset.flush().context("write the dataset")?;
+                for split in [Split::Train, Split::Eval, Split::Drift] {
+                    metrics
+                        .dataset_images
+                        .with_label_values(&[split.dir()])
+                        .set(dataset.len(split) as i64);
+                }
+                drop(dataset);
+                metrics.annotated.inc_by(batch.len() as u64);
+                if config.remote.is_some() {
+                    // The spool entries go once the store has the samples (next turn).
+                    unsent.extend(stored);
+                    unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
+                    if unsent.is_empty() {
+                        let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+                        for id in unsent_ids.drain(..) {
+                            spool.remove(&id).context("update the spool")?;
+                        }
+                    }
+                    continue;
+                }
+                let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+                for entry in &batch {
+                    spool.remove(&entry.meta.id).context("update the spool")?;
+                }
+                metrics.spool_entries.set(spool.len() as i64);
+            }
+            Err(TeacherError::Refused(message)) if batch.len() > 1 => {
+                // Find the culprit: one frame per request until one passes.
+                tracing::warn!(
+                    error = message,
+                    "the teacher refused a batch: sending frames one by one"
+                );
+                metrics.annotate_errors.with_label_values(&["refused"]).inc();
+                batch_size = 1;
+            }
+            Err(TeacherError::Refused(message)) => {
+                tracing::warn!(
+                    id = batch[0].meta.id,
+                    error = message,
+                    "the teacher refused a frame: dropped"
+                );
+                metrics.annotate_errors.with_label_values(&["refused"]).inc();
+                metrics.spool_dropped.inc();
+                spool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&batch[0].meta.id)
+                    .context("update the spool")?;
+            }
+            Err(TeacherError::Unavailable(message)) => {
+                metrics.annotate_errors.with_label_values(&["unavailable"]).inc();
+                if shutdown.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                tracing::warn!(error = message, retry_in = ?backoff, "the teacher is unavailable: frames stay spooled");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

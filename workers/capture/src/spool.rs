@@ -1,0 +1,315 @@
+//! The durable queue of selected frames waiting for the teacher. An entry is written (to a
+//! temporary name, synced, renamed) before anything is sent, and removed only once its labels
+//! are in the dataset, so an annotator outage, a network cut or a restart loses nothing. Entries
+//! are named by their sample id: selecting the same frame again after a restart rewrites the same
+//! entry instead of adding one. When the bound is reached the oldest entries go, counted.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use autotuner_vision::Rect;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a selected frame is, besides its pictures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryMeta {
+    /// Stable across restarts: the same frame always gets the same id.
+    pub id: String,
+    pub drift: bool,
+    /// Stream time (files) or wall-clock time (live), milliseconds.
+    pub time_ms: i64,
+    pub frame_index: u64,
+    pub width: u32,
+    pub height: u32,
+    /// `[x, y, width, height]` of each crop, in frame pixels.
+    pub crops: Vec<[u32; 4]>,
+}
+
+impl EntryMeta {
+    pub fn crop_rects(&self) -> Vec<Rect> {
+        self.crops
+            .iter()
+            .map(|c| Rect::new(c[0], c[1], c[2], c[3]))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub meta: EntryMeta,
+    /// One JPEG per crop, what the teacher sees.
+    pub crops: Vec<Vec<u8>>,
+    /// The whole frame as JPEG, what the dataset keeps.
+    pub frame: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: EntryMeta,
+    crop_bytes: Vec<usize>,
+    frame_bytes: usize,
+}
+
+const MAGIC: &[u8; 8] = b"ATSPOOL1";
+const SUFFIX: &str = ".entry";
+
+/// Counters of what the bound and damage cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub dropped: u64,
+    pub corrupt: u64,
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_entries: usize,
+    max_bytes: u64,
+    /// id -> file size, in id order (ids sort by time).
+    entries: BTreeMap<String, u64>,
+    bytes: u64,
+    stats: SpoolStats,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, finding what an earlier run left.
+    pub fn open(dir: &Path, max_entries: usize, max_bytes: u64) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir.join("tmp")).map_err(io(dir))?;
+        let mut entries = BTreeMap::new();
+        let mut bytes = 0;
+        for item in std::fs::read_dir(dir).map_err(io(dir))? {
+            let item = item.map_err(io(dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(SUFFIX) {
+                let size = item.metadata().map_err(io(&item.path()))?.len();
+                entries.insert(id.to_string(), size);
+                bytes += size;
+            }
+        }
+        // Half-written entries of a crash: their frames will be selected again or are lost with
+        // the crash itself (they were never acknowledged to anyone).
+        for item in std::fs::read_dir(dir.join("tmp")).map_err(io(dir))?.flatten() {
+            let _ = std::fs::remove_file(item.path());
+        }
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            max_entries: max_entries.max(1),
+            max_bytes,
+            entries,
+            bytes,
+            stats: SpoolStats::default(),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{SUFFIX}"))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.stats
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Stores an entry durably; drops the oldest entries while over the bound.
+    pub fn push(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        let header = Header {
+            meta: entry.meta.clone(),
+            crop_bytes: entry.crops.iter().map(Vec::len).collect(),
+            frame_bytes: entry.frame.len(),
+        };
+        let header = serde_json::to_vec(&header).expect("header serialises");
+        let tmp = self.dir.join("tmp").join(&entry.meta.id);
+        {
+            let mut file = File::create(&tmp).map_err(io(&tmp))?;
+            file.write_all(MAGIC).map_err(io(&tmp))?;
+            file.write_all(&(header.len() as u32).to_le_bytes())
+                .map_err(io(&tmp))?;
+            file.write_all(&header).map_err(io(&tmp))?;
+            for crop in &entry.crops {
+                file.write_all(crop).map_err(io(&tmp))?;
+            }
+            file.write_all(&entry.frame).map_err(io(&tmp))?;
+            file.sync_all().map_err(io(&tmp))?;
+        }
+        let path = self.path(&entry.meta.id);
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&self.dir);
+        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+        if let Some(old) = self.entries.insert(entry.meta.id.clone(), size) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.entries.len() > self.max_entries || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            let (oldest, _) = self.entries.first_key_value().expect("not empty");
+            let oldest = oldest.clone();
+            tracing::warn!(id = oldest, "spool full: dropping its oldest entry");
+            self.remove(&oldest)?;
+            self.stats.dropped += 1;
+        }
+        Ok(())
+    }
+
+    /// Up to `n` of the oldest entries; unreadable ones are set aside and counted.
+    pub fn oldest(&mut self, n: usize) -> Result<Vec<Entry>, SpoolError> {
+        let ids: Vec<String> = self.entries.keys().take(n).cloned().collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let path = self.path(&id);
+            match read_entry(&path) {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "unreadable spool entry: set aside in spool/corrupt");
+                    let aside = self.dir.join("corrupt");
+                    std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+                    let _ = std::fs::rename(&path, aside.join(format!("{id}{SUFFIX}")));
+                    if let Some(size) = self.entries.remove(&id) {
+                        self.bytes -= size;
+                    }
+                    self.stats.corrupt += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets an entry whose labels are stored.
+    pub fn remove(&mut self, id: &str) -> Result<(), SpoolError> {
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+        if let Some(size) = self.entries.remove(id) {
+            self.bytes -= size;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn read_entry(path: &Path) -> std::io::Result<Entry> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err(bad("not a spool entry"));
+    }
+    let header_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    let header: Header =
+        serde_json::from_slice(bytes.get(12..12 + header_len).ok_or_else(|| bad("truncated"))?)
+            .map_err(|e| bad(&e.to_string()))?;
+    let mut at = 12 + header_len;
+    let mut take = |n: usize| -> std::io::Result<Vec<u8>> {
+        let part = bytes.get(at..at + n).ok_or_else(|| bad("truncated"))?.to_vec();
+        at += n;
+        Ok(part)
+    };
+    let crops = header
+        .crop_bytes
+        .iter()
+        .map(|&n| take(n))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let frame = take(header.frame_bytes)?;
+    Ok(Entry {
+        meta: header.meta,
+        crops,
+        frame,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, size: usize) -> Entry {
+        Entry {
+            meta: EntryMeta {
+                id: id.into(),
+                drift: false,
+                time_ms: 0,
+                frame_index: 0,
+                width: 8,
+                height: 8,
+                crops: vec![[0, 0, 4, 4]],
+            },
+            crops: vec![vec![1; size]],
+            frame: vec![2; size],
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_in_order_and_a_rewrite_does_not_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 10, 1 << 20).unwrap();
+        spool.push(&entry("f00000002", 10)).unwrap();
+        spool.push(&entry("f00000001", 10)).unwrap();
+        spool.push(&entry("f00000002", 10)).unwrap();
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 10, 1 << 20).unwrap();
+        let got = spool.oldest(5).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], entry("f00000001", 10));
+        spool.remove("f00000001").unwrap();
+        assert_eq!(spool.oldest(5).unwrap()[0].meta.id, "f00000002");
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_and_counts_and_damage_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 3, 1 << 20).unwrap();
+        for i in 0..5 {
+            spool.push(&entry(&format!("f{i:08}"), 10)).unwrap();
+        }
+        assert_eq!(spool.len(), 3);
+        assert_eq!(spool.stats().dropped, 2);
+        assert_eq!(spool.oldest(1).unwrap()[0].meta.id, "f00000002");
+        std::fs::write(dir.path().join("f00000002.entry"), b"ATSPOOL1garbage").unwrap();
+        let got = spool.oldest(3).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(spool.stats().corrupt, 1);
+        assert!(dir.path().join("corrupt/f00000002.entry").exists());
+    }
+}

@@ -1,0 +1,107 @@
+//! The spool's promise: an annotator that goes away mid-run, and a capture process killed mid-run
+//! and started again, lose nothing and duplicate nothing. The capture worker is the real binary;
+//! the annotator is the real HTTP service (the annotator crate's router around the real teacher,
+//! YOLOv12n on ONNX Runtime), started, stopped and restarted in this process.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{Annotator, assets, free_port};
+
+fn capture(dataset: &Path, port: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_capture"));
+    c.arg("--url")
+        .arg(assets().join("vtest.avi"))
+        .args(["--max-frames", "48", "--metrics-listen", "127.0.0.1:0"])
+        .arg("--annotator-url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("--dataset")
+        .arg(dataset)
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn sample_ids(dataset: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for split in ["train", "eval"] {
+        let Ok(bytes) = std::fs::read(dataset.join(split).join("annotations.json")) else {
+            continue;
+        };
+        let coco: Value = serde_json::from_slice(&bytes).unwrap();
+        for image in coco["images"].as_array().unwrap() {
+            ids.push(image["sample"].as_str().unwrap().to_string());
+            assert!(
+                dataset
+                    .join(split)
+                    .join(image["file_name"].as_str().unwrap())
+                    .exists()
+            );
+        }
+    }
+    ids
+}
+
+fn spooled(dataset: &Path) -> usize {
+    std::fs::read_dir(dataset.join("spool"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".entry"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("dataset");
+    let port = free_port();
+    let annotator = Annotator::start(port);
+
+    let mut first = capture(&dataset, port).stdout(Stdio::null()).spawn().unwrap();
+    wait_until("some frames are labelled", Duration::from_secs(120), || {
+        sample_ids(&dataset).len() >= 4
+    });
+    // The annotator goes away: selection goes on into the spool.
+    drop(annotator);
+    let labelled_before_outage = sample_ids(&dataset).len();
+    wait_until("frames pile up in the spool", Duration::from_secs(60), || {
+        spooled(&dataset) >= 8
+    });
+    // And the capture process dies without warning.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(spooled(&dataset) >= 8);
+    assert!(
+        sample_ids(&dataset).len() < labelled_before_outage + 2,
+        "nothing labelled while it was away"
+    );
+
+    let _annotator = Annotator::start(port);
+    let out = capture(&dataset, port).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let ids = sample_ids(&dataset);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a sample stored twice");
+    // The second run examined the file from its start: every frame it selected is stored, once.
+    let selected = summary["framesSelected"].as_u64().unwrap() as usize;
+    assert!(selected >= 40, "{summary}");
+    assert_eq!(ids.len(), selected, "{summary}");
+    assert_eq!(spooled(&dataset), 0, "the spool is drained");
+    assert_eq!(summary["spoolDropped"], 0);
+}

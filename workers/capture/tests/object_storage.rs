@@ -1,0 +1,79 @@
+//! The dataset in object storage: the capture worker writes it to a real S3 server (gofakes3),
+//! and a restarted pod on a fresh disk continues it without duplicating a sample.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+mod common;
+use autotuner_tests::workers::S3Server;
+use common::{Annotator, assets, free_port};
+
+fn capture(uri: &str, s3: &S3Server, port: u16, work: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .arg("--url")
+        .arg(assets().join("vtest.avi"))
+        .args([
+            "--max-frames",
+            "24",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--dataset",
+            uri,
+        ])
+        .arg("--annotator-url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("AUTOTUNER_S3_ENDPOINT", &s3.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AUTOTUNER_WORK_DIR", work)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_dataset_goes_to_s3_and_a_pod_on_a_fresh_disk_continues_it() {
+    let s3 = S3Server::start("datasets");
+    let port = free_port();
+    let _annotator = Annotator::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let uri = "s3://datasets/site/hall";
+
+    let first = capture(uri, &s3, port, &dir.path().join("pod-1"));
+    let selected = first["framesSelected"].as_u64().unwrap();
+    assert!(selected >= 20, "{first}");
+    let (code, body) = s3.get("/datasets/site/hall/train/annotations.json");
+    assert_eq!(code, 200);
+    let coco: Value = serde_json::from_slice(&body).unwrap();
+    let images = coco["images"].as_array().unwrap();
+    assert_eq!(
+        images.len() as u64,
+        selected,
+        "every selected frame is in the store"
+    );
+    for image in images {
+        let name = image["file_name"].as_str().unwrap();
+        let (code, jpeg) = s3.get(&format!("/datasets/site/hall/train/{name}"));
+        assert_eq!(code, 200, "{name}");
+        assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "{name} is a JPEG");
+    }
+    assert!(
+        !dir.path()
+            .join("pod-1/dataset/train/images")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "stored images leave the working copy"
+    );
+
+    // A new pod, a new disk: it learns what the store has and adds nothing twice.
+    let second = capture(uri, &s3, port, &dir.path().join("pod-2"));
+    assert_eq!(second["trainImages"].as_u64().unwrap(), selected, "{second}");
+    let (_, body) = s3.get("/datasets/site/hall/train/annotations.json");
+    let again: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(again["images"], coco["images"]);
+}

@@ -1,0 +1,442 @@
+//! `autotuner`: the standalone mode. `autotuner tune` runs the whole loop on one machine, with
+//! no cluster: the capture pipeline over the first part of a video with the teacher in this
+//! process (or at a URL), the dataset, the fine-tune, and the evaluation of the off-the-shelf and
+//! the tuned student on the held-out rest of the video; then a report (JSON and HTML).
+
+mod heldout;
+mod html;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use autotuner_capture::dataset::DatasetConfig;
+use autotuner_capture::metrics::Metrics;
+use autotuner_capture::select::Sampling;
+use autotuner_capture::source::{Source, SourceConfig};
+use autotuner_capture::teacher::Teacher;
+use autotuner_capture::{CaptureConfig, CaptureSummary};
+use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, Runtime};
+use autotuner_trainer::dataset::LoadOptions;
+use autotuner_trainer::model::Trainable;
+use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
+use autotuner_vision::MotionConfig;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "autotuner", about = "Edge AutoTuner on one machine, no cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tune the student on the first part of a video and evaluate it on the rest.
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TuneArgs {
+    /// The video (any FFmpeg input: a path, file://, rtsp://, http(s)://). Default: vtest.avi
+    /// (PETS09-S2L1) from the assets step.
+    #[arg(long)]
+    video: Option<String>,
+    /// MOTChallenge gt.txt of the video: the held-out part is then also scored against it.
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
+    /// Where the dataset, the training run and the report go.
+    #[arg(long, default_value = "autotuner-tune")]
+    output: PathBuf,
+    /// The part of the video to tune on (the rest is held out for evaluation).
+    #[arg(long, default_value_t = 0.5)]
+    tune_fraction: f64,
+    /// Or: the number of frames to tune on.
+    #[arg(long)]
+    tune_frames: Option<u64>,
+    /// Use only the first this many frames of the video (short runs).
+    #[arg(long)]
+    max_frames: Option<u64>,
+    /// Target classes (COCO names).
+    #[arg(long, default_value = "person", value_delimiter = ',')]
+    classes: Vec<String>,
+    /// The teacher's confidence threshold for a label.
+    #[arg(long, default_value_t = 0.5)]
+    min_score: f32,
+    /// Label through an annotator at this URL instead of running the teacher here.
+    #[arg(long)]
+    teacher_url: Option<String>,
+    /// The teacher (YOLO family ONNX). Default: YOLOv12n from the assets step.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// The student (SSD-MobileNetV2 raw-head ONNX). Default: from the assets step.
+    #[arg(long)]
+    student: Option<PathBuf>,
+    #[arg(long, default_value = "boxRegression")]
+    trainable_layers: Trainable,
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    learning_rate: f64,
+    /// Default: cosine for `unfrozen`, constant otherwise.
+    #[arg(long)]
+    lr_schedule: Option<Schedule>,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Every how many frames the motion detector looks at (1: all).
+    #[arg(long, default_value_t = 1)]
+    frame_step: u32,
+    /// Share of the tuning part's time kept for the trainer's own evaluation split.
+    #[arg(long, default_value_t = 0.2)]
+    eval_share: f64,
+    /// Evaluate every this many held-out frames (1: all).
+    #[arg(long, default_value_t = 1)]
+    eval_step: u64,
+    /// ONNX Runtime's library. Default: from the assets step.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Tune(args) = Cli::parse().command;
+    match tune(&args) {
+        Ok(report) => {
+            println!("{}", report.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("autotuner tune: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Counts a video's frames by decoding it (container frame counts are often missing or wrong).
+fn count_frames(video: &str, limit: Option<u64>) -> anyhow::Result<u64> {
+    let source = Source::start(SourceConfig::new(video)).context("open the video")?;
+    let mut n = 0;
+    while let Some(frame) = source.next_frame() {
+        n += 1;
+        source.recycle(frame);
+        if limit.is_some_and(|l| n >= l) {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+fn stage(text: &str) {
+    eprintln!("autotuner tune: {text}");
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Motion {
+    #[serde(flatten)]
+    capture: CaptureSummary,
+    /// Full-frame JPEG bytes of the selected frames over the crops' bytes.
+    upload_reduction_selected_frames: f64,
+    /// Full-frame JPEG bytes had every decoded frame gone to the teacher (estimated from the
+    /// selected frames' mean) over the crops' bytes.
+    upload_reduction_all_frames: f64,
+    /// Ground-truth boxes of the selected frames with at least half their area inside a crop.
+    ground_truth_coverage: Option<f64>,
+    seconds: f64,
+}
+
+fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    let assets = autotuner_detect::assets::dir();
+    let video = args
+        .video
+        .clone()
+        .unwrap_or_else(|| assets.join("vtest.avi").display().to_string());
+    let onnxruntime = args
+        .onnxruntime
+        .clone()
+        .unwrap_or_else(|| assets.join("libonnxruntime.so"));
+    let teacher_model = args
+        .teacher
+        .clone()
+        .unwrap_or_else(|| assets.join("models/yolov12n.onnx"));
+    let student_model = args
+        .student
+        .clone()
+        .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"));
+    let class_ids = autotuner_detect::labels::ids(&args.classes).map_err(anyhow::Error::msg)?;
+    let ground_truth = args
+        .ground_truth
+        .as_deref()
+        .map(heldout::read_mot)
+        .transpose()
+        .context("read the ground truth")?;
+    std::fs::create_dir_all(&args.output).with_context(|| format!("create {}", args.output.display()))?;
+    let output = args.output.canonicalize()?;
+    let dataset_dir = output.join("dataset");
+    // A fresh dataset per run: the split point and the teacher may differ from the last run's.
+    let _ = std::fs::remove_dir_all(&dataset_dir);
+
+    stage(&format!(
+        "counting the frames of {}",
+        autotuner_capture::source::redact(&video)
+    ));
+    let total = count_frames(&video, args.max_frames)?;
+    let split = args
+        .tune_frames
+        .unwrap_or((total as f64 * args.tune_fraction).round() as u64)
+        .min(total);
+    anyhow::ensure!(
+        split >= 10 && total > split,
+        "{total} frames: need at least 10 to tune on and one to evaluate on (see --tune-fraction)"
+    );
+
+    let runtime = Runtime::load(&onnxruntime).context("load ONNX Runtime")?;
+    let teacher_detector = Arc::new(Mutex::new(
+        Detector::load(&runtime, &teacher_model, Family::Yolo, DevicePreference::Auto)
+            .with_context(|| format!("load the teacher {}", teacher_model.display()))?,
+    ));
+    let teacher = match &args.teacher_url {
+        Some(url) => Teacher::Http {
+            client: autotuner_annotator::client::Client::new(
+                url,
+                None,
+                Duration::from_secs(60),
+                Default::default(),
+            )?,
+            classes: args.classes.clone(),
+            min_score: args.min_score,
+        },
+        None => Teacher::InProcess {
+            detector: teacher_detector.clone(),
+            options: DetectOptions {
+                min_score: args.min_score,
+                classes: Some(class_ids.clone()),
+                ..DetectOptions::default()
+            },
+        },
+    };
+
+    // 1. Capture over the tuning part: motion, crops, teacher, dataset.
+    stage(&format!(
+        "capture: frames 1-{split} of {total} (motion, crops, teacher labels)"
+    ));
+    let capture_started = Instant::now();
+    let mut source = SourceConfig::new(video.clone());
+    source.queue = 8;
+    // The trainer's own eval split: whole time blocks, about a tenth of the tuning part each.
+    let tune_ms = (split as i64 * 100).max(1);
+    let config = CaptureConfig {
+        source,
+        motion: MotionConfig::default(),
+        sampling: Sampling {
+            frame_step: args.frame_step,
+            ..Sampling::default()
+        },
+        dataset: DatasetConfig {
+            train_size: usize::MAX / 2,
+            eval_size: ((usize::MAX / 2) as f64 * args.eval_share / (1.0 - args.eval_share)) as usize,
+            block_ms: tune_ms / 10,
+        },
+        dataset_dir: dataset_dir.clone(),
+        spool_dir: output.join("spool"),
+        spool_max_entries: 100_000,
+        spool_max_bytes: 8 << 30,
+        classes: args.classes.clone(),
+        jpeg_quality: 90,
+        batch_frames: 4,
+        max_frames: Some(split),
+        remote: None,
+    };
+    let metrics = Metrics::new();
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let capture = {
+        let progress = metrics.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut bar = Progress::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    bar.update(
+                        "capture",
+                        progress.frames("decoded").min(split) as usize,
+                        split as usize,
+                        &format!(
+                            "selected {}, labelled {}",
+                            progress.frames("selected"),
+                            progress.annotated.get()
+                        ),
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        };
+        let result = tokio.block_on(autotuner_capture::run(
+            config.clone(),
+            teacher,
+            metrics.clone(),
+            Arc::new(AtomicBool::new(false)),
+        ));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticker.join();
+        eprintln!();
+        result?
+    };
+    let coverage = ground_truth
+        .as_ref()
+        .map(|gt| heldout::coverage(&dataset_dir, gt))
+        .transpose()?
+        .flatten();
+    let selected_bytes = capture.full_frame_bytes as f64;
+    let motion = Motion {
+        upload_reduction_selected_frames: selected_bytes / capture.crop_bytes.max(1) as f64,
+        upload_reduction_all_frames: selected_bytes / capture.frames_selected.max(1) as f64 * split as f64
+            / capture.crop_bytes.max(1) as f64,
+        ground_truth_coverage: coverage,
+        seconds: capture_started.elapsed().as_secs_f64(),
+        capture,
+    };
+    anyhow::ensure!(
+        motion.capture.train_images > 0 && motion.capture.eval_images > 0,
+        "capture selected {} training and {} evaluation frames: too little motion to tune on (a longer video, or a lower --min-score)",
+        motion.capture.train_images,
+        motion.capture.eval_images
+    );
+
+    // 2. Fine-tune.
+    stage(&format!(
+        "fine-tune ({}, {} epochs) on {} frames, {} for epoch selection",
+        args.trainable_layers.as_str(),
+        args.epochs,
+        motion.capture.train_images,
+        motion.capture.eval_images
+    ));
+    let training_dir = output.join("training");
+    let _ = std::fs::remove_dir_all(&training_dir);
+    let train_config = TrainConfig {
+        train: dataset_dir.join("train/annotations.json"),
+        eval: dataset_dir.join("eval/annotations.json"),
+        model: student_model.clone(),
+        output: training_dir.clone(),
+        trainable: args.trainable_layers,
+        epochs: args.epochs,
+        batch_size: args.batch_size.max(1),
+        learning_rate: args.learning_rate,
+        schedule: args
+            .lr_schedule
+            .unwrap_or(Schedule::default_for(args.trainable_layers)),
+        views: 2,
+        seed: 1,
+        eval_every: 1,
+        patience: 0,
+        max_steps: None,
+        max_train_images: None,
+        cache_budget_bytes: 2048 << 20,
+        onnxruntime: onnxruntime.clone(),
+        load: LoadOptions {
+            skip_unknown_classes: true,
+            ..LoadOptions::default()
+        },
+        device: burn::prelude::Device::flex(),
+        backend: "burn flex (CPU)".into(),
+        after_checkpoint: None,
+    };
+    let training = train::run(&train_config, &mut Progress::new()).context("fine-tune")?;
+    let tuned_model = PathBuf::from(&training.export.path);
+
+    // 3. The held-out part.
+    stage(&format!(
+        "evaluation on the held-out frames {}-{total}",
+        split + 1
+    ));
+    let held_out = heldout::evaluate(&heldout::HeldOut {
+        video: &video,
+        first: split,
+        last: total,
+        step: args.eval_step.max(1),
+        runtime: &runtime,
+        student: &student_model,
+        tuned: &tuned_model,
+        teacher: &teacher_detector,
+        classes: &class_ids,
+        teacher_min_score: args.min_score,
+        ground_truth: ground_truth.as_ref(),
+        pictures: &output,
+    })?;
+
+    let report = json!({
+        "video": autotuner_capture::source::redact(&video),
+        "groundTruth": args.ground_truth.as_ref().map(|p| p.display().to_string()),
+        "classes": args.classes,
+        "teacherMinScore": args.min_score,
+        "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
+        "motion": motion,
+        "training": training_summary(&training),
+        "heldOut": held_out,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let json_path = output.join("report.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+    let html_path = output.join("report.html");
+    std::fs::write(&html_path, html::render(&report))?;
+    print_summary(&report);
+    Ok(html_path)
+}
+
+fn training_summary(report: &autotuner_trainer::report::Report) -> Value {
+    let mut v = serde_json::to_value(report).expect("report serialises");
+    // The full report is in training/report.json; keep the figures a reader compares.
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "trainableLayers"
+                    | "epochsRequested"
+                    | "learningRate"
+                    | "schedule"
+                    | "train"
+                    | "eval"
+                    | "timing"
+                    | "epochs"
+                    | "selectedEpoch"
+                    | "before"
+                    | "after"
+                    | "export"
+            )
+        });
+    }
+    v
+}
+
+fn print_summary(report: &Value) {
+    let f = |v: &Value| v.as_f64().map_or("n/a".into(), |v| format!("{v:.3}"));
+    for (name, key) in [
+        ("ground truth", "againstGroundTruth"),
+        ("teacher labels", "againstTeacher"),
+    ] {
+        let r = &report["heldOut"][key];
+        if r.is_null() {
+            continue;
+        }
+        eprintln!(
+            "held-out frames vs {name}: AP {} -> {} ({}), AP@0.5 {} -> {}",
+            f(&r["offTheShelf"]["ap"]),
+            f(&r["tuned"]["ap"]),
+            r["apRelativeGain"]
+                .as_f64()
+                .map_or("n/a".into(), |g| format!("{:+.1}%", g * 100.0)),
+            f(&r["offTheShelf"]["ap50"]),
+            f(&r["tuned"]["ap50"]),
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! The standalone run on a short slice of vtest.avi (PETS09-S2L1) with its ground truth: the
+//! whole loop runs, and the report's figures are checked for sanity, not for values.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn assets() -> PathBuf {
+    autotuner_detect::assets::dir()
+}
+
+fn unit(v: &Value) -> f64 {
+    let x = v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    assert!((0.0..=1.0).contains(&x), "{x} outside [0, 1]");
+    x
+}
+
+#[test]
+fn tune_on_a_short_slice_writes_a_sane_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autotuner"))
+        .args([
+            "tune",
+            "--max-frames",
+            "120",
+            "--epochs",
+            "2",
+            "--eval-step",
+            "2",
+            "--output",
+        ])
+        .arg(dir.path())
+        .arg("--ground-truth")
+        .arg(assets().join("data/PETS09-S2L1/gt/gt.txt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        html.trim_end().ends_with("report.html"),
+        "prints where the report is: {html}"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+
+    assert_eq!(r["frames"]["total"], 120);
+    assert_eq!(r["frames"]["tuning"], serde_json::json!([1, 60]));
+    assert_eq!(r["frames"]["heldOut"], serde_json::json!([61, 120]));
+
+    let m = &r["motion"];
+    let selected = m["framesSelected"].as_u64().unwrap();
+    assert!(
+        selected > 30 && selected <= 60,
+        "people walk through every frame of PETS09: {m}"
+    );
+    assert_eq!(m["annotated"], selected);
+    assert_eq!(
+        m["trainImages"].as_u64().unwrap() + m["evalImages"].as_u64().unwrap(),
+        selected,
+        "every labelled frame is in one split"
+    );
+    assert!(m["evalImages"].as_u64().unwrap() > 0);
+    let area = unit(&m["meanCropAreaFraction"]);
+    assert!(area > 0.05 && area < 1.0);
+    assert!(m["cropBytes"].as_u64().unwrap() < m["fullFrameBytes"].as_u64().unwrap());
+    assert!(unit(&m["groundTruthCoverage"]) > 0.9, "the crops hold the people");
+
+    let t = &r["training"];
+    assert_eq!(t["epochs"].as_array().unwrap().len(), 2);
+    let model = PathBuf::from(t["export"]["path"].as_str().unwrap());
+    assert!(model.exists(), "the tuned student is exported");
+
+    let gt = &r["heldOut"]["againstGroundTruth"];
+    for who in ["offTheShelf", "tuned", "teacher"] {
+        unit(&gt[who]["ap"]);
+        unit(&gt[who]["ap50"]);
+        assert_eq!(gt[who]["perClass"][0]["class"], "person");
+    }
+    assert!(
+        unit(&gt["teacher"]["ap50"]) > unit(&gt["offTheShelf"]["ap50"]),
+        "the teacher is the better detector: {gt}"
+    );
+    let gain = gt["apRelativeGain"].as_f64().unwrap();
+    let expected = gt["tuned"]["ap"].as_f64().unwrap() / gt["offTheShelf"]["ap"].as_f64().unwrap() - 1.0;
+    assert!((gain - expected).abs() < 1e-9);
+    let teacher_view = &r["heldOut"]["againstTeacher"];
+    unit(&teacher_view["tuned"]["ap"]);
+
+    let pictures = r["heldOut"]["pictures"].as_array().unwrap();
+    assert_eq!(pictures.len(), 3);
+    for p in pictures {
+        for side in ["before", "after"] {
+            let path = dir.path().join(p[side].as_str().unwrap());
+            let (w, h) = image::image_dimensions(&path).unwrap();
+            assert_eq!((w, h), (768, 576));
+        }
+    }
+    let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(page.contains("Tuning report") && page.contains("<svg") && page.contains("pictures/frame-"));
+}
+
+#[test]
+fn a_video_that_does_not_exist_fails_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autotuner"))
+        .args(["tune", "--video", "/no/such/video.mp4", "--output"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/video.mp4"));
+}
