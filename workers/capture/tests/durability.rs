@@ -13,11 +13,11 @@ use serde_json::Value;
 mod common;
 use common::{Annotator, assets, free_port};
 
-fn capture(dataset: &Path, port: u16) -> Command {
+fn capture(dataset: &Path, port: u16, max_frames: u32) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capture"));
     c.arg("--url")
         .arg(assets().join("vtest.avi"))
-        .args(["--max-frames", "48", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--max-frames", &max_frames.to_string()])
         .arg("--annotator-url")
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("--dataset")
@@ -71,7 +71,7 @@ fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing()
     let port = free_port();
     let annotator = Annotator::start(port);
 
-    let mut first = capture(&dataset, port).stdout(Stdio::null()).spawn().unwrap();
+    let mut first = capture(&dataset, port, 48).stdout(Stdio::null()).spawn().unwrap();
     wait_until("some frames are labelled", Duration::from_secs(120), || {
         sample_ids(&dataset).len() >= 4
     });
@@ -91,7 +91,7 @@ fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing()
     );
 
     let _annotator = Annotator::start(port);
-    let out = capture(&dataset, port).output().unwrap();
+    let out = capture(&dataset, port, 48).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
 
@@ -104,4 +104,37 @@ fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing()
     assert_eq!(ids.len(), selected, "{summary}");
     assert_eq!(spooled(&dataset), 0, "the spool is drained");
     assert_eq!(summary["spoolDropped"], 0);
+}
+
+#[test]
+fn sigterm_stores_the_batch_in_hand_and_exits_cleanly_leaving_the_rest_spooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("dataset");
+    let port = free_port();
+    let _annotator = Annotator::start(port);
+    let mut child = capture(&dataset, port, 400)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("some frames are labelled", Duration::from_secs(120), || {
+        sample_ids(&dataset).len() >= 2
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a clean exit on SIGTERM");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = sample_ids(&dataset).len() as u64;
+    // Nothing selected is lost: either stored or still spooled for the next start.
+    assert_eq!(
+        stored + spooled(&dataset) as u64,
+        summary["framesSelected"].as_u64().unwrap(),
+        "{summary}"
+    );
+    assert!(summary["framesDecoded"].as_u64().unwrap() < 400, "it stopped early: {summary}");
 }
