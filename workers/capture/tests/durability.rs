@@ -22,13 +22,18 @@ fn capture(dataset: &Path, port: u16, max_frames: u32) -> Command {
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("--dataset")
         .arg(dataset)
+        .args(["--drift-every", "5"])
         .env("RUST_LOG", "warn");
     c
 }
 
 fn sample_ids(dataset: &Path) -> Vec<String> {
+    split_ids(dataset, &["train", "eval", "drift"])
+}
+
+fn split_ids(dataset: &Path, splits: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
-    for split in ["train", "eval"] {
+    for split in splits {
         let Ok(bytes) = std::fs::read(dataset.join(split).join("annotations.json")) else {
             continue;
         };
@@ -103,6 +108,10 @@ fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing()
     assert!(selected >= 40, "{summary}");
     assert_eq!(ids.len(), selected, "{summary}");
     assert_eq!(spooled(&dataset), 0, "the spool is drained");
+    // Every 5th selected frame is a drift sample: labelled, kept apart from training.
+    let drift = split_ids(&dataset, &["drift"]).len();
+    assert_eq!(drift as u64, summary["driftSamples"].as_u64().unwrap(), "{summary}");
+    assert_eq!(drift, selected / 5, "{summary}");
     assert_eq!(summary["spoolDropped"], 0);
 }
 
