@@ -17,7 +17,12 @@ fn capture(dataset: &Path, port: u16, max_frames: u32) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capture"));
     c.arg("--url")
         .arg(assets().join("vtest.avi"))
-        .args(["--metrics-listen", "127.0.0.1:0", "--max-frames", &max_frames.to_string()])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--max-frames",
+            &max_frames.to_string(),
+        ])
         .arg("--annotator-url")
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("--dataset")
@@ -110,7 +115,11 @@ fn an_annotator_outage_and_a_killed_capture_lose_nothing_and_duplicate_nothing()
     assert_eq!(spooled(&dataset), 0, "the spool is drained");
     // Every 5th selected frame is a drift sample: labelled, kept apart from training.
     let drift = split_ids(&dataset, &["drift"]).len();
-    assert_eq!(drift as u64, summary["driftSamples"].as_u64().unwrap(), "{summary}");
+    assert_eq!(
+        drift as u64,
+        summary["driftSamples"].as_u64().unwrap(),
+        "{summary}"
+    );
     assert_eq!(drift, selected / 5, "{summary}");
     assert_eq!(summary["spoolDropped"], 0);
 }
@@ -136,7 +145,11 @@ fn sigterm_stores_the_batch_in_hand_and_exits_cleanly_leaving_the_rest_spooled()
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "a clean exit on SIGTERM");
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let stored = sample_ids(&dataset).len() as u64;
     // Nothing selected is lost: either stored or still spooled for the next start.
@@ -145,5 +158,8 @@ fn sigterm_stores_the_batch_in_hand_and_exits_cleanly_leaving_the_rest_spooled()
         summary["framesSelected"].as_u64().unwrap(),
         "{summary}"
     );
-    assert!(summary["framesDecoded"].as_u64().unwrap() < 400, "it stopped early: {summary}");
+    assert!(
+        summary["framesDecoded"].as_u64().unwrap() < 400,
+        "it stopped early: {summary}"
+    );
 }
