@@ -130,7 +130,7 @@ fn sigterm_stores_the_batch_in_hand_and_exits_cleanly_leaving_the_rest_spooled()
     let dataset = dir.path().join("dataset");
     let port = free_port();
     let _annotator = Annotator::start(port);
-    let mut child = capture(&dataset, port, 400)
+    let child = capture(&dataset, port, 400)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
