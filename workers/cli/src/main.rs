@@ -121,18 +121,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Counts a video's frames by decoding it (container frame counts are often missing or wrong).
-fn count_frames(video: &str, limit: Option<u64>) -> anyhow::Result<u64> {
+/// Counts a video's frames by decoding it (container frame counts are often missing or wrong),
+/// and finds the stream time of each frame, for splitting by time.
+fn count_frames(video: &str, limit: Option<u64>) -> anyhow::Result<(u64, Vec<i64>)> {
     let source = Source::start(SourceConfig::new(video)).context("open the video")?;
-    let mut n = 0;
+    let mut times = Vec::new();
     while let Some(frame) = source.next_frame() {
-        n += 1;
+        times.push(frame.pts_ms.unwrap_or(frame.index as i64 * 40));
         source.recycle(frame);
-        if limit.is_some_and(|l| n >= l) {
+        if limit.is_some_and(|l| times.len() as u64 >= l) {
             break;
         }
     }
-    Ok(n)
+    Ok((times.len() as u64, times))
 }
 
 fn stage(text: &str) {
@@ -173,6 +174,16 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         .student
         .clone()
         .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"));
+    anyhow::ensure!(
+        args.eval_share > 0.0 && args.eval_share <= 0.5,
+        "--eval-share must be in (0, 0.5], got {}",
+        args.eval_share
+    );
+    anyhow::ensure!(
+        args.tune_fraction > 0.0 && args.tune_fraction < 1.0,
+        "--tune-fraction must be between 0 and 1, got {}",
+        args.tune_fraction
+    );
     let class_ids = autotuner_detect::labels::ids(&args.classes).map_err(anyhow::Error::msg)?;
     let ground_truth = args
         .ground_truth
@@ -183,14 +194,16 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&args.output).with_context(|| format!("create {}", args.output.display()))?;
     let output = args.output.canonicalize()?;
     let dataset_dir = output.join("dataset");
-    // A fresh dataset per run: the split point and the teacher may differ from the last run's.
+    // A fresh dataset and spool per run: the split point and the teacher may differ from the
+    // last run's.
     let _ = std::fs::remove_dir_all(&dataset_dir);
+    let _ = std::fs::remove_dir_all(output.join("spool"));
 
     stage(&format!(
         "counting the frames of {}",
         autotuner_capture::source::redact(&video)
     ));
-    let total = count_frames(&video, args.max_frames)?;
+    let (total, times) = count_frames(&video, args.max_frames)?;
     let split = args
         .tune_frames
         .unwrap_or((total as f64 * args.tune_fraction).round() as u64)
@@ -234,7 +247,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     let mut source = SourceConfig::new(video.clone());
     source.queue = 8;
     // The trainer's own eval split: whole time blocks, about a tenth of the tuning part each.
-    let tune_ms = (split as i64 * 100).max(1);
+    let tune_ms = (times[split as usize - 1] - times[0]).max(10);
     let config = CaptureConfig {
         source,
         motion: MotionConfig::default(),
@@ -243,8 +256,12 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
             ..Sampling::default()
         },
         dataset: DatasetConfig {
-            train_size: usize::MAX / 2,
-            eval_size: ((usize::MAX / 2) as f64 * args.eval_share / (1.0 - args.eval_share)) as usize,
+            // Sizes in the proportion of the shares (the splits alternate by time block in that
+            // proportion); neither can be reached by the tuning part's frames.
+            train_size: split as usize,
+            eval_size: (split as f64 * args.eval_share / (1.0 - args.eval_share))
+                .round()
+                .max(1.0) as usize,
             block_ms: tune_ms / 10,
         },
         dataset_dir: dataset_dir.clone(),
