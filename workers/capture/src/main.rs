@@ -166,6 +166,12 @@ async fn main() -> ExitCode {
             endpoint: args.s3_endpoint.clone(),
             region: args.s3_region.clone(),
         };
+        if args.work_dir.is_none() && args.spool.is_none() {
+            tracing::warn!(
+                "dataset in object storage with the spool in the temporary folder: frames not yet labelled are lost \
+                 with the pod; set AUTOTUNER_WORK_DIR or --spool to a persistent volume"
+            );
+        }
         match Location::parse(&args.dataset, &options) {
             Ok(location) => (
                 args.work_dir

@@ -156,6 +156,8 @@ pub async fn run(
         std::thread::Builder::new()
             .name("select".into())
             .spawn(move || {
+                // Set even if selection panics: the annotation loop must not wait forever.
+                let _done = DoneOnDrop(done.clone(), wake.clone());
                 let result = select_frames(
                     &config, &source, &spool, &dataset, &metrics, &shutdown, &wake, &totals,
                 );
@@ -208,6 +210,15 @@ pub async fn run(
     })
 }
 
+struct DoneOnDrop(Arc<AtomicBool>, Arc<Notify>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        self.1.notify_one();
+    }
+}
+
 const SPLITS: [Split; 3] = [Split::Train, Split::Eval, Split::Drift];
 
 fn annotation_key(split: Split) -> String {
@@ -253,6 +264,31 @@ async fn upload(remote: &Location, dir: &Path, stored: &[(Split, String)]) -> an
     Ok(())
 }
 
+/// The same crops give the same key (a retry is recognised), other crops another one, even from
+/// another camera with the same frame numbers: the ids and a hash of every crop and offset.
+fn idempotency_key(batch: &[Entry]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for e in batch {
+        feed(e.meta.id.as_bytes());
+        for (crop, rect) in e.crops.iter().zip(&e.meta.crops) {
+            feed(crop);
+            for v in rect {
+                feed(&v.to_le_bytes());
+            }
+        }
+    }
+    format!(
+        "{}-{}-{h:016x}",
+        batch.first().map_or("", |e| e.meta.id.as_str()),
+        batch.len()
+    )
+}
+
 /// Copies the decoder thread's counters into the metrics.
 fn sync_source_metrics(source: &Source, metrics: &Metrics) {
     let stats = source.stats();
@@ -273,7 +309,7 @@ fn sync_source_metrics(source: &Source, metrics: &Metrics) {
 /// stream (its decoding time).
 fn sample_id(frame: &Frame) -> String {
     if frame.live {
-        format!("t{:013}", frame.decoded_at_ms)
+        format!("t{:013}-{:08}", frame.decoded_at_ms, frame.index)
     } else {
         format!("f{:08}", frame.index)
     }
@@ -300,6 +336,7 @@ fn select_frames(
     totals: &Mutex<SelectionTotals>,
 ) -> anyhow::Result<()> {
     let mut detector: Option<MotionDetector> = None;
+    let mut detector_size: Option<(usize, usize)> = None;
     let mut selector = Selector::new(config.sampling.clone());
     let mut scratch = Vec::new();
     let examined = metrics.frames.with_label_values(&["examined"]);
@@ -327,18 +364,17 @@ fn select_frames(
             continue;
         }
         let (width, height) = (frame.width, frame.height);
-        if detector
-            .as_ref()
-            .is_none_or(|d| d.processing_size() != (width, height) && d.config().processing_width.is_none())
-        {
+        // A new stream size (a camera reconnecting with other settings) needs a new background.
+        if detector_size != Some((width, height)) {
             detector =
                 Some(MotionDetector::new(width, height, config.motion.clone()).context("motion settings")?);
+            detector_size = Some((width, height));
         }
         let motion = detector.as_mut().expect("detector");
         let report = match GrayImage::new(&frame.y, width, height).map(|image| motion.process(image)) {
             Ok(Ok(report)) => report,
             _ => {
-                metrics.frames.with_label_values(&["corrupt"]).inc();
+                metrics.frames.with_label_values(&["invalid"]).inc();
                 source.recycle(frame);
                 continue;
             }
@@ -487,11 +523,7 @@ async fn annotate(
                     .collect()
             })
             .collect();
-        let key = format!(
-            "{}..{}",
-            batch.first().map_or("", |e| e.meta.id.as_str()),
-            batch.last().map_or("", |e| e.meta.id.as_str())
-        );
+        let key = idempotency_key(&batch);
         match teacher.label(&frames, &key).await {
             Ok(labels) => {
                 backoff = Duration::from_millis(500);
@@ -561,12 +593,12 @@ async fn annotate(
                     "the teacher refused a frame: dropped"
                 );
                 metrics.annotate_errors.with_label_values(&["refused"]).inc();
-                metrics.spool_dropped.inc();
-                spool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&batch[0].meta.id)
-                    .context("update the spool")?;
+                let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+                spool.discard(&batch[0].meta.id).context("update the spool")?;
+                let dropped = spool.stats().dropped + spool.stats().corrupt;
+                metrics
+                    .spool_dropped
+                    .inc_by(dropped.saturating_sub(metrics.spool_dropped.get()));
             }
             Err(TeacherError::Unavailable(message)) => {
                 metrics.annotate_errors.with_label_values(&["unavailable"]).inc();

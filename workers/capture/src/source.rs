@@ -121,13 +121,16 @@ fn scheme(url: &str) -> Result<Scheme, SourceError> {
     }
 }
 
-/// The URL without user information, for logs.
+/// The URL without user information and without query or fragment (cameras and signed URLs
+/// carry passwords and tokens there), for logs and reports.
 pub fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
             let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}{path}")
+            let path = path.split(['?', '#']).next().unwrap_or("");
+            let hidden = if rest.contains(['?', '#']) { "?…" } else { "" };
+            format!("{scheme}://{host}{path}{hidden}")
         }
         None => url.to_string(),
     }
@@ -147,7 +150,10 @@ fn connection_url(config: &SourceConfig) -> String {
     let url = config.url.strip_prefix("file://").unwrap_or(&config.url);
     match (&config.credentials, url.split_once("://")) {
         (Some(c), Some((scheme, rest))) => {
-            let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+            // User information can only be in the authority, before the path or query.
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let host_start = rest[..end].rfind('@').map_or(0, |at| at + 1);
+            let host = &rest[host_start..];
             format!(
                 "{scheme}://{}:{}@{host}",
                 percent_encode(&c.username),
@@ -252,6 +258,14 @@ impl FrameQueue {
     }
 }
 
+struct CloseOnDrop(Arc<FrameQueue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(None);
+    }
+}
+
 /// What [`Source::next_frame_timeout`] found.
 #[derive(Debug)]
 pub enum Next {
@@ -302,6 +316,8 @@ impl Source {
             std::thread::Builder::new()
                 .name("decode".into())
                 .spawn(move || {
+                    // Closed even if decoding panics: a reader must never wait forever.
+                    let _close = CloseOnDrop(queue.clone());
                     let first = if scheme == Scheme::File {
                         match Decoder::open(&config, scheme) {
                             Ok(d) => {
@@ -598,6 +614,10 @@ fn decode(
         loop {
             match d.decoder.receive_frame(&mut frame) {
                 Ok(()) => {
+                    // Every picture the decoder gives counts, skipped or not, so that indices
+                    // stay the video's frame numbers.
+                    let this = *index;
+                    *index += 1;
                     if frame.is_corrupt() {
                         stats.corrupt.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -608,7 +628,7 @@ fn decode(
                         stats.corrupt.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    out.index = *index;
+                    out.index = this;
                     out.live = d.live;
                     out.pts_ms = frame.timestamp().or(frame.pts()).map(|pts| {
                         (pts as f64 * f64::from(d.time_base.numerator()) * 1000.0
@@ -617,7 +637,6 @@ fn decode(
                     out.decoded_at_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |t| t.as_millis() as u64);
-                    *index += 1;
                     stats.decoded.fetch_add(1, Ordering::Relaxed);
                     if !queue.push(out, d.live, stats) {
                         return Ended::Stopped;
@@ -667,6 +686,7 @@ fn copy_planes(d: &mut Decoder, frame: &ffmpeg::frame::Video, out: &mut Frame) -
                     ffmpeg::software::scaling::Flags::BILINEAR,
                 )?;
                 d.scaler = Some((format, width, height, context));
+                d.converted = ffmpeg::frame::Video::empty();
             }
             let (_, _, _, scaler) = d.scaler.as_mut().expect("scaler");
             scaler.run(frame, &mut d.converted)?;
@@ -708,6 +728,14 @@ mod tests {
         assert_eq!(redact(&config.url), "rtsp://cam.local:554/stream1");
         assert!(!format!("{config:?}").contains("p@ss"));
         assert_eq!(connection_url(&SourceConfig::new("file:///v/a.avi")), "/v/a.avi");
+        // Secrets in the query are not logged, and an `@` there is not user information.
+        assert_eq!(
+            redact("http://cam/videostream.cgi?user=admin&pwd=hunter2"),
+            "http://cam/videostream.cgi?…"
+        );
+        let mut tricky = SourceConfig::new("http://cam.local/s?owner=a@evil.example");
+        tricky.credentials = config.credentials.clone();
+        assert!(connection_url(&tricky).starts_with("http://op:p%40ss%2Fw%3Ard@cam.local/s?owner=a@evil"));
     }
 
     #[test]

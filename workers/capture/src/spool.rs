@@ -209,6 +209,13 @@ impl Spool {
         Ok(out)
     }
 
+    /// Drops an entry that can never be labelled (counted as dropped).
+    pub fn discard(&mut self, id: &str) -> Result<(), SpoolError> {
+        self.remove(id)?;
+        self.stats.dropped += 1;
+        Ok(())
+    }
+
     /// Forgets an entry whose labels are stored.
     pub fn remove(&mut self, id: &str) -> Result<(), SpoolError> {
         let path = self.path(id);

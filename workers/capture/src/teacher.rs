@@ -47,9 +47,13 @@ impl Teacher {
                     .annotate(&crops, classes, Some(*min_score), key)
                     .await
                     .map_err(|e| match e {
-                        ClientError::Refused { status, .. } if status != 200 => {
-                            TeacherError::Refused(e.to_string())
-                        }
+                        // Only answers about the crops themselves condemn them; an auth,
+                        // routing or conflict answer (401, 403, 404, 409, ...) is the
+                        // service's state, and the crops wait in the spool for it to change.
+                        ClientError::Refused {
+                            status: 400 | 413 | 415 | 422,
+                            ..
+                        } => TeacherError::Refused(e.to_string()),
                         other => TeacherError::Unavailable(other.to_string()),
                     })?;
                 if answer.images.len() != crops.len() {

@@ -163,3 +163,34 @@ fn sigterm_stores_the_batch_in_hand_and_exits_cleanly_leaving_the_rest_spooled()
         "it stopped early: {summary}"
     );
 }
+
+#[test]
+fn an_annotator_that_refuses_the_credentials_keeps_the_frames_spooled_instead_of_dropping_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("dataset");
+    let port = free_port();
+    // The annotator wants a token this worker does not have (a rotated Secret): 401.
+    let _annotator = Annotator::start_with_token(port, Some("rotated"));
+    let child = capture(&dataset, port, 20)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the selected frames are spooled", Duration::from_secs(60), || {
+        spooled(&dataset) >= 15
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["spoolDropped"], 0, "{summary}");
+    assert_eq!(sample_ids(&dataset).len(), 0);
+    assert_eq!(
+        spooled(&dataset) as u64,
+        summary["framesSelected"].as_u64().unwrap(),
+        "{summary}"
+    );
+}

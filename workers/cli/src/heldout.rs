@@ -202,6 +202,9 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
         progress.update("held-out evaluation", done, evaluated as usize, "");
     }
     eprintln!();
+    if let Some(e) = source.take_error() {
+        return Err(e).context("read the held-out frames");
+    }
     anyhow::ensure!(!images.is_empty(), "no held-out frame was decoded");
     let teacher_view =
         |detections: &[ImageDetection]| eval::evaluate(&images, h.classes, &pseudo, detections);

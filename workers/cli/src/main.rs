@@ -133,6 +133,9 @@ fn count_frames(video: &str, limit: Option<u64>) -> anyhow::Result<(u64, Vec<i64
             break;
         }
     }
+    if let Some(e) = source.take_error() {
+        return Err(e).context("read the video");
+    }
     Ok((times.len() as u64, times))
 }
 

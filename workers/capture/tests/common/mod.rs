@@ -19,6 +19,11 @@ pub struct Annotator(Option<tokio::runtime::Runtime>);
 
 impl Annotator {
     pub fn start(port: u16) -> Annotator {
+        Self::start_with_token(port, None)
+    }
+
+    /// With a bearer token required (requests without it get 401).
+    pub fn start_with_token(port: u16, token: Option<&str>) -> Annotator {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -39,7 +44,11 @@ impl Annotator {
             version: "test".into(),
             device: "cpu".into(),
         };
-        let app = router(ServerConfig::new(model), batcher, metrics);
+        let config = ServerConfig {
+            token: token.map(String::from),
+            ..ServerConfig::new(model)
+        };
+        let app = router(config, batcher, metrics);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
