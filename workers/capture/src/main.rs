@@ -220,8 +220,8 @@ async fn main() -> ExitCode {
         spool_max_bytes: args.spool_max_mib << 20,
         classes: args.classes.clone(),
         jpeg_quality: args.jpeg_quality,
-        batch_frames: 4,
         max_frames: args.max_frames,
+        ..CaptureConfig::new(&args.url, PathBuf::new())
     };
     let mut min_score = args.min_score;
     let metrics = Metrics::new();

@@ -289,6 +289,16 @@ fn idempotency_key(batch: &[Entry]) -> String {
     )
 }
 
+/// Removes the entries whose samples are stored.
+fn forget(spool: &Mutex<Spool>, ids: impl Iterator<Item = String>, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+    for id in ids {
+        spool.remove(&id).context("update the spool")?;
+    }
+    metrics.spool_entries.set(spool.len() as i64);
+    Ok(())
+}
+
 /// Copies the decoder thread's counters into the metrics.
 fn sync_source_metrics(source: &Source, metrics: &Metrics) {
     let stats = source.stats();
@@ -408,6 +418,12 @@ fn select_frames(
             t.crops += crops.len() as u64;
         }
         let id = sample_id(&frame);
+        // A restart re-selects the frames of a file: those already labelled are neither encoded
+        // nor sent again.
+        if dataset.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
+            source.recycle(frame);
+            continue;
+        }
         let crop_jpegs: Vec<Vec<u8>> = crops
             .iter()
             .map(|c| picture::jpeg(&frame, *c, config.jpeg_quality, &mut scratch))
@@ -421,11 +437,6 @@ fn select_frames(
             .upload_bytes
             .with_label_values(&["full_frames"])
             .inc_by(frame_jpeg.len() as u64);
-        // A restart re-selects the frames of a file: those already labelled are not sent again.
-        if dataset.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
-            source.recycle(frame);
-            continue;
-        }
         let entry = Entry {
             meta: EntryMeta {
                 id,
@@ -474,11 +485,7 @@ async fn annotate(
         if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
             match upload(remote, &config.dataset_dir, &unsent).await {
                 Ok(()) => {
-                    let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
-                    for id in unsent_ids.drain(..) {
-                        spool.remove(&id).context("update the spool")?;
-                    }
-                    metrics.spool_entries.set(spool.len() as i64);
+                    forget(spool, unsent_ids.drain(..), metrics)?;
                     unsent.clear();
                 }
                 Err(e) => {
@@ -559,23 +566,15 @@ async fn annotate(
                 }
                 drop(dataset);
                 metrics.annotated.inc_by(batch.len() as u64);
+                unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
                 if config.remote.is_some() {
-                    // The spool entries go once the store has the samples (next turn).
+                    // With object storage the entries go once the store has the samples (the
+                    // upload at the top of the loop).
                     unsent.extend(stored);
-                    unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
-                    if unsent.is_empty() {
-                        let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
-                        for id in unsent_ids.drain(..) {
-                            spool.remove(&id).context("update the spool")?;
-                        }
-                    }
-                    continue;
                 }
-                let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
-                for entry in &batch {
-                    spool.remove(&entry.meta.id).context("update the spool")?;
+                if unsent.is_empty() {
+                    forget(spool, unsent_ids.drain(..), metrics)?;
                 }
-                metrics.spool_entries.set(spool.len() as i64);
             }
             Err(TeacherError::Refused(message)) if batch.len() > 1 => {
                 // Find the culprit: one frame per request until one passes.

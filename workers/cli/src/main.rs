@@ -23,7 +23,6 @@ use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, Runtim
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
-use autotuner_vision::MotionConfig;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -253,7 +252,6 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     let tune_ms = (times[split as usize - 1] - times[0]).max(10);
     let config = CaptureConfig {
         source,
-        motion: MotionConfig::default(),
         sampling: Sampling {
             frame_step: args.frame_step,
             ..Sampling::default()
@@ -267,15 +265,12 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
                 .max(1.0) as usize,
             block_ms: tune_ms / 10,
         },
-        dataset_dir: dataset_dir.clone(),
         spool_dir: output.join("spool"),
         spool_max_entries: 100_000,
         spool_max_bytes: 8 << 30,
         classes: args.classes.clone(),
-        jpeg_quality: 90,
-        batch_frames: 4,
         max_frames: Some(split),
-        remote: None,
+        ..CaptureConfig::new(&video, dataset_dir.clone())
     };
     let metrics = Metrics::new();
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
