@@ -142,6 +142,14 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
+    // Settings the annotator or the encoder would refuse frame after frame: refused here, once.
+    if !(0.0..=1.0).contains(&args.min_score) || !(1..=100).contains(&args.jpeg_quality) {
+        eprintln!(
+            "capture: --min-score must be in [0, 1] and --jpeg-quality in 1..=100 (got {} and {})",
+            args.min_score, args.jpeg_quality
+        );
+        return ExitCode::from(2);
+    }
     let credentials = match credentials(&args) {
         Ok(c) => c,
         Err(e) => {

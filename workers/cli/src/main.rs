@@ -177,6 +177,11 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         .clone()
         .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"));
     anyhow::ensure!(
+        (0.0..=1.0).contains(&args.min_score),
+        "--min-score must be in [0, 1], got {}",
+        args.min_score
+    );
+    anyhow::ensure!(
         args.eval_share > 0.0 && args.eval_share <= 0.5,
         "--eval-share must be in (0, 0.5], got {}",
         args.eval_share

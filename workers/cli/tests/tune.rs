@@ -110,3 +110,25 @@ fn a_video_that_does_not_exist_fails_with_its_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/video.mp4"));
 }
+
+#[test]
+fn settings_out_of_range_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        ["--min-score", "1.5"],
+        ["--tune-fraction", "1"],
+        ["--eval-share", "0.9"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_autotuner"))
+            .arg("tune")
+            .args(args)
+            .arg("--output")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(args[0]), "{args:?}: {err}");
+    }
+    assert!(!dir.path().join("dataset").exists(), "nothing written");
+}
