@@ -107,6 +107,8 @@ pub async fn run(
     metrics: Metrics,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<CaptureSummary> {
+    // The stream first: a wrong URL or a missing file fails before anything is created.
+    let source = Source::start(config.source.clone()).context("open the video source")?;
     let spool = Spool::open(
         &config.spool_dir,
         config.spool_max_entries,
@@ -137,7 +139,6 @@ pub async fn run(
     }
     let spool = Arc::new(Mutex::new(spool));
     let dataset = Arc::new(Mutex::new(dataset));
-    let source = Source::start(config.source.clone()).context("open the video source")?;
     let wake = Arc::new(Notify::new());
     let selection_done = Arc::new(AtomicBool::new(false));
     let totals = Arc::new(Mutex::new(SelectionTotals::default()));
