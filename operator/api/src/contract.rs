@@ -13,8 +13,14 @@ pub const ENV_ANNOTATOR_TOKEN: &str = "AUTOTUNER_ANNOTATOR_TOKEN";
 /// The stream's user name and password, from the Secret the spec names.
 pub const ENV_CAMERA_USERNAME: &str = "AUTOTUNER_CAMERA_USERNAME";
 pub const ENV_CAMERA_PASSWORD: &str = "AUTOTUNER_CAMERA_PASSWORD";
-/// The student the edge runs (capture) or starts from (trainer).
+/// The student a training Job starts from. (The capture worker reads the model it serves from
+/// its CameraTuning, so that a new one is swapped in without restarting the pod.)
 pub const ENV_MODEL_URI: &str = "AUTOTUNER_MODEL_URI";
+/// The MQTT broker's user name and password, from the Secret `spec.inference.mqtt` names.
+pub const ENV_MQTT_USERNAME: &str = "AUTOTUNER_MQTT_USERNAME";
+pub const ENV_MQTT_PASSWORD: &str = "AUTOTUNER_MQTT_PASSWORD";
+/// ONNX Runtime's shared library in worker images (the variable the `ort` crate reads).
+pub const ENV_ONNXRUNTIME: &str = "ORT_DYLIB_PATH";
 /// The teacher model the annotator serves, and its detector family.
 pub const ENV_TEACHER_URI: &str = "AUTOTUNER_TEACHER_URI";
 pub const ENV_TEACHER_FAMILY: &str = "AUTOTUNER_TEACHER_FAMILY";
@@ -51,6 +57,9 @@ pub const CAPTURE_FIELD_MANAGER: &str = "autotuner-capture";
 pub const TRAINER_FIELD_MANAGER: &str = "autotuner-trainer";
 /// Field manager of the operator: owns everything else in the status.
 pub const OPERATOR_FIELD_MANAGER: &str = "autotuner-operator";
+
+/// Port of the capture worker's HTTP server: `/metrics`, the detections, health.
+pub const CAPTURE_PORT: u16 = 9090;
 
 /// Port of the annotator's HTTP API.
 pub const ANNOTATOR_PORT: u16 = 8080;

@@ -118,6 +118,10 @@ pub struct CameraTuningSpec {
     /// When a newly tuned student replaces the deployed one.
     #[serde(default)]
     pub rollout: RolloutSpec,
+
+    /// The deployed student on the camera's node: how often it runs and where its detections go.
+    #[serde(default)]
+    pub inference: InferenceSpec,
 }
 
 /// The camera's stream and placement of the capture workload.
@@ -804,4 +808,97 @@ impl Default for RolloutSpec {
             min_improvement: default_min_improvement(),
         }
     }
+}
+
+/// Where inference runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum InferenceDevice {
+    /// CUDA when the node's ONNX Runtime and a GPU allow it, else the CPU.
+    #[default]
+    Auto,
+    /// Always the CPU.
+    Cpu,
+}
+
+/// The student on the camera's node. The capture pod runs the deployed model (the tuned one, or
+/// `training.student` before the first tuning) on the frames it decodes anyway, and publishes
+/// every inferred frame's detections: Prometheus metrics and HTTP (`/v1/detections/latest`, and
+/// Server-Sent Events on `/v1/detections/stream`) on port 9090, and MQTT when configured. A newly
+/// promoted model is loaded, checked and swapped in between two frames, without a restart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceSpec {
+    /// Run the student and publish its detections.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// At most this many frames per second are inferred. Unset: every frame the CPU allows; when
+    /// inference falls behind, the oldest waiting frame is dropped (counted in
+    /// `autotuner_edge_frames_total{outcome="dropped"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 240.0))]
+    pub max_frames_per_second: Option<f64>,
+
+    /// Detections below this score are not published; strictly between 0 and 1.
+    #[serde(default = "default_inference_min_score")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self < 1.0")
+        .message("inference.minScore must be strictly between 0 and 1, such as 0.5")
+        .reason(Reason::FieldValueInvalid))]
+    pub min_score: f64,
+
+    /// Where the student runs.
+    #[serde(default)]
+    pub device: InferenceDevice,
+
+    /// Publish every inferred frame's detections to an MQTT broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSpec>,
+}
+
+fn default_inference_min_score() -> f64 {
+    0.5
+}
+
+impl Default for InferenceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_frames_per_second: None,
+            min_score: default_inference_min_score(),
+            device: InferenceDevice::default(),
+            mqtt: None,
+        }
+    }
+}
+
+/// An MQTT broker for the detections (MQTT 3.1.1).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MqttSpec {
+    /// The broker: `mqtt://host:port` (port 1883 when left out). Credentials never go into the
+    /// URL: use `credentialsSecretRef`.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^mqtt://[^/@:]+(:[0-9]{1,5})?/?$')")
+        .message("inference.mqtt.url must be mqtt://host or mqtt://host:port, without credentials (use credentialsSecretRef)")
+        .reason(Reason::FieldValueInvalid))]
+    pub url: String,
+
+    /// Detections are published to `<topicPrefix>/detections`; unset:
+    /// `autotuner/<namespace>/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("!self.contains('#') && !self.contains('+')")
+        .message("inference.mqtt.topicPrefix must not contain the MQTT wildcards # or +")
+        .reason(Reason::FieldValueInvalid))]
+    pub topic_prefix: Option<String>,
+
+    /// A Secret in this namespace with the broker's user name and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+
+    /// MQTT quality of service: 0 (at most once) or 1 (at least once).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
+    pub qos: u8,
 }

@@ -70,6 +70,10 @@ pub struct CameraTuningStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate_model: Option<ModelStatus>,
 
+    /// What the camera's node serves (written by the capture worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceStatus>,
+
     /// Finished training iterations (the first tuning is iteration 1; each retraining adds one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -137,4 +141,45 @@ pub struct DriftCheckStatus {
     /// Frames compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_size: Option<u32>,
+}
+
+/// The student on the camera's node, as the capture worker reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceStatus {
+    /// The model serving detections now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ServedModel>,
+    /// The last model the node refused (it could not be fetched or loaded, or it failed its
+    /// check on a frame); the previous model kept serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_model: Option<RefusedModel>,
+}
+
+/// A model the camera's node serves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedModel {
+    /// The iteration that produced it (0: the off-the-shelf student).
+    pub version: u32,
+    /// Where it came from.
+    #[schemars(length(max = 2048))]
+    pub uri: String,
+    /// When it started serving.
+    pub since: Time,
+}
+
+/// A model the camera's node refused.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedModel {
+    /// The iteration that produced it.
+    pub version: u32,
+    #[schemars(length(max = 2048))]
+    pub uri: String,
+    /// Why, and what to check.
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    /// When it was refused.
+    pub time: Time,
 }

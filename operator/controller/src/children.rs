@@ -119,7 +119,7 @@ pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> C
         role: worker_role(&name, &owner),
         role_binding: worker_role_binding(&name, &owner),
         dataset_claim: dataset_claim(tuning, &owner),
-        capture: capture(tuning, &owner, &dataset, rollout.deployed_model_uri, config),
+        capture: capture(tuning, &owner, &dataset, config),
         annotator: tuning
             .spec
             .annotation
@@ -265,13 +265,14 @@ fn worker_service_account(name: &str, owner: &OwnerReference) -> ServiceAccount 
     }))
 }
 
-/// A worker may read its own CameraTuning and write its own status fields, nothing else.
+/// A worker may read its own CameraTuning and write its own status fields, nothing else. (`list`
+/// with a resource name allows only a list by `metadata.name`: what a watch starts with.)
 fn worker_role(name: &str, owner: &OwnerReference) -> Role {
     typed(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
         "rules": [
-            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings"], "resourceNames": [name], "verbs": ["get", "watch"] },
+            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings"], "resourceNames": [name], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["autotuner.io"], "resources": ["cameratunings/status"], "resourceNames": [name], "verbs": ["get", "patch"] }
         ]
     }))
@@ -340,11 +341,10 @@ fn annotator_url(tuning: &CameraTuning) -> String {
     }
 }
 
-fn worker_env(tuning: &CameraTuning, dataset: &Dataset, model_uri: &str) -> Vec<Value> {
+fn worker_env(tuning: &CameraTuning, dataset: &Dataset) -> Vec<Value> {
     let mut vars = vec![
         env(contract::ENV_NAME, tuning.name_any()),
         json!({ "name": contract::ENV_NAMESPACE, "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }),
-        env(contract::ENV_MODEL_URI, model_uri),
         env(contract::ENV_DATASET_URI, dataset.uri.clone()),
     ];
     vars.extend(dataset.env.iter().cloned());
@@ -376,16 +376,13 @@ fn worker_pod(
     })
 }
 
-fn capture(
-    tuning: &CameraTuning,
-    owner: &OwnerReference,
-    dataset: &Dataset,
-    model_uri: &str,
-    config: &Config,
-) -> Deployment {
+/// The capture Deployment. It names no model: the worker reads the deployed one from its
+/// CameraTuning and swaps a newly promoted one in without a restart, so a promotion changes
+/// nothing here.
+fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, config: &Config) -> Deployment {
     let name = tuning.name_any();
     let spec = &tuning.spec;
-    let mut vars = worker_env(tuning, dataset, model_uri);
+    let mut vars = worker_env(tuning, dataset);
     vars.push(env(contract::ENV_ANNOTATOR_URL, annotator_url(tuning)));
     if let Some(token) = spec
         .annotation
@@ -407,6 +404,23 @@ fn capture(
             &credentials.password_key,
         ));
     }
+    if let Some(credentials) = spec
+        .inference
+        .mqtt
+        .as_ref()
+        .and_then(|m| m.credentials_secret_ref.as_ref())
+    {
+        vars.push(secret_env(
+            contract::ENV_MQTT_USERNAME,
+            &credentials.name,
+            &credentials.username_key,
+        ));
+        vars.push(secret_env(
+            contract::ENV_MQTT_PASSWORD,
+            &credentials.name,
+            &credentials.password_key,
+        ));
+    }
     let selector = json!({ labels::INSTANCE: name, labels::COMPONENT: "capture" });
     let mut pod_spec = worker_pod(
         tuning,
@@ -416,7 +430,8 @@ fn capture(
         dataset,
         config,
     );
-    pod_spec["containers"][0]["ports"] = json!([{ "name": "metrics", "containerPort": 9090 }]);
+    // Metrics, the detections (JSON and Server-Sent Events) and health, on one port.
+    pod_spec["containers"][0]["ports"] = json!([{ "name": "http", "containerPort": contract::CAPTURE_PORT }]);
     merge(&mut pod_spec, camera_placement(tuning));
     typed(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -514,7 +529,8 @@ fn training_job(
 ) -> Job {
     let name = tuning.name_any();
     let spec = &tuning.spec;
-    let mut vars = worker_env(tuning, dataset, base_model_uri);
+    let mut vars = worker_env(tuning, dataset);
+    vars.push(env(contract::ENV_MODEL_URI, base_model_uri));
     vars.push(env(contract::ENV_ITERATION, iteration.to_string()));
     vars.push(env(
         contract::ENV_DATASET_CAP,

@@ -20,9 +20,6 @@ pub struct Observed {
     pub jobs: BTreeMap<u32, JobState>,
     /// Iterations whose Job is being deleted: nothing with that name can be made until it is gone.
     pub jobs_terminating: Vec<u32>,
-
-    /// The model URI the capture Deployment's pods run once its rollout finished, if it finished.
-    pub capture_rolled_out_model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -224,9 +221,7 @@ pub fn plan(
                 Phase::Retraining
             } else if current_model.is_none() {
                 Phase::Capturing
-            } else if observed.capture_rolled_out_model.as_deref()
-                == current_model.as_ref().map(|m| m.uri.as_str())
-            {
+            } else if serves(&old, current_model.as_ref()) {
                 if spec.drift.enabled {
                     Phase::Monitoring
                 } else {
@@ -289,6 +284,7 @@ pub fn plan(
         current_model,
         last_drift_check: None,
         candidate_model: None,
+        inference: None,
         iteration: Some(finished_iteration),
     };
     Ok(Plan {
@@ -298,6 +294,13 @@ pub fn plan(
         delete_jobs,
         requeue_after,
     })
+}
+
+/// Whether the camera's node reports serving `model` (the capture worker swaps models in
+/// without a restart and says which one serves in `status.inference.model`).
+fn serves(status: &CameraTuningStatus, model: Option<&autotuner_api::ModelStatus>) -> bool {
+    let served = status.inference.as_ref().and_then(|i| i.model.as_ref());
+    matches!((served, model), (Some(s), Some(m)) if s.version == m.version && s.uri == m.uri)
 }
 
 fn note(warning: bool, reason: &'static str, message: String) -> Note {
@@ -655,11 +658,14 @@ mod tests {
         t
     }
 
-    fn rolled_out() -> Observed {
-        Observed {
-            capture_rolled_out_model: Some("file:///data/models/1.onnx".into()),
-            ..capturing()
-        }
+    /// The capture worker reports serving the deployed model.
+    fn serving(mut t: CameraTuning) -> CameraTuning {
+        t.status.as_mut().unwrap().inference = Some(
+            serde_json::from_value(json!({ "model": {
+                "version": 1, "uri": "file:///data/models/1.onnx", "since": "2026-11-26T10:05:00Z" } }))
+            .unwrap(),
+        );
+        t
     }
 
     fn check(time: &str, relative_accuracy: f64) -> Option<DriftCheckStatus> {
@@ -671,26 +677,32 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_out_model_is_monitored() {
+    fn a_model_the_camera_serves_is_monitored() {
         assert_eq!(
             run(&deployed(None), &capturing()).status.phase,
             Some(Phase::Deployed)
         );
         assert_eq!(
-            run(&deployed(None), &rolled_out()).status.phase,
+            run(&serving(deployed(None)), &capturing()).status.phase,
             Some(Phase::Monitoring)
         );
         assert_eq!(
-            run(&deployed(check("2026-11-26T11:00:00Z", 0.95)), &rolled_out())
-                .status
-                .phase,
+            run(
+                &serving(deployed(check("2026-11-26T11:00:00Z", 0.95))),
+                &capturing()
+            )
+            .status
+            .phase,
             Some(Phase::Monitoring)
         );
     }
 
     #[test]
     fn drift_below_the_threshold_starts_the_next_iteration() {
-        let plan = run(&deployed(check("2026-11-26T11:00:00Z", 0.6)), &rolled_out());
+        let plan = run(
+            &serving(deployed(check("2026-11-26T11:00:00Z", 0.6))),
+            &capturing(),
+        );
         assert_eq!(plan.status.phase, Some(Phase::Retraining));
         assert_eq!(reasons(&plan), ["DriftDetected"]);
         assert_eq!(condition(&plan, "DriftDetected").status, "True");
@@ -700,12 +712,15 @@ mod tests {
         assert!(env.contains(r#""AUTOTUNER_DATASET_CAP","value":"5000""#), "{env}");
 
         // A check older than the deployed model says nothing about it.
-        let plan = run(&deployed(check("2026-11-26T09:00:00Z", 0.6)), &rolled_out());
+        let plan = run(
+            &serving(deployed(check("2026-11-26T09:00:00Z", 0.6))),
+            &capturing(),
+        );
         assert_eq!(plan.status.phase, Some(Phase::Monitoring));
         // Nor does one when drift monitoring is off.
-        let mut off = deployed(check("2026-11-26T11:00:00Z", 0.6));
+        let mut off = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
         off.spec.drift.enabled = false;
-        assert_eq!(run(&off, &rolled_out()).status.phase, Some(Phase::Deployed));
+        assert_eq!(run(&off, &capturing()).status.phase, Some(Phase::Deployed));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use autotuner_api::contract::{self, OPERATOR_FIELD_MANAGER};
+use autotuner_api::contract::OPERATOR_FIELD_MANAGER;
 use autotuner_api::{CameraTuning, CameraTuningStatus, Phase};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -283,25 +283,6 @@ fn observe(tuning: &CameraTuning, stores: &Stores) -> Observed {
             continue;
         }
         observed.jobs.insert(iteration, job_state(&job));
-    }
-    let capture = stores
-        .deployments
-        .get(&ObjectRef::new(&names::capture(&name)).within(&namespace));
-    if let Some(capture) = capture {
-        let status = capture.status.clone().unwrap_or_default();
-        let current = status.observed_generation >= capture.metadata.generation
-            && status.updated_replicas.unwrap_or(0) >= 1;
-        if current {
-            observed.capture_rolled_out_model = capture
-                .spec
-                .template
-                .spec
-                .as_ref()
-                .and_then(|p| p.containers.first())
-                .and_then(|c| c.env.as_ref())
-                .and_then(|env| env.iter().find(|e| e.name == contract::ENV_MODEL_URI))
-                .and_then(|e| e.value.clone());
-        }
     }
     observed
 }

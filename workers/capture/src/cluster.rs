@@ -2,15 +2,26 @@
 //! its Role may read), its progress reported by server-side applying `status.dataset` under its
 //! own field manager (which its Role may write, and nothing else).
 
+use std::sync::Arc;
+
 use autotuner_api::contract;
-use autotuner_api::{BackgroundModel, CameraTuning, CameraTuningSpec};
+use autotuner_api::{
+    BackgroundModel, CameraTuning, CameraTuningSpec, InferenceDevice, InferenceStatus, RefusedModel,
+    ServedModel,
+};
+use autotuner_detect::DevicePreference;
 use autotuner_vision::{Background, MotionConfig};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::dataset::Split;
+use crate::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
 use crate::metrics::Metrics;
+use crate::mqtt::MqttConfig;
 use crate::pipeline::CaptureConfig;
 
 /// Which CameraTuning this worker serves, from the operator's environment.
@@ -31,16 +42,21 @@ impl ClusterContext {
         Ok(Some(Self { name, namespace }))
     }
 
-    pub async fn spec(&self, client: &Client) -> Result<CameraTuningSpec, kube::Error> {
+    pub async fn tuning(&self, client: &Client) -> Result<CameraTuning, kube::Error> {
         let api: Api<CameraTuning> = Api::namespaced(client.clone(), &self.namespace);
-        Ok(api.get(&self.name).await?.spec)
+        api.get(&self.name).await
     }
 
-    /// Server-side applies the dataset counts.
-    pub async fn report(&self, client: &Client, metrics: &Metrics) -> Result<(), kube::Error> {
+    /// Server-side applies the dataset counts and what the edge serves.
+    pub async fn report(
+        &self,
+        client: &Client,
+        metrics: &Metrics,
+        edge: Option<&Edge>,
+    ) -> Result<(), kube::Error> {
         let api: Api<CameraTuning> = Api::namespaced(client.clone(), &self.namespace);
         let images = |split: Split| metrics.dataset_images.with_label_values(&[split.dir()]).get();
-        let body = json!({
+        let mut body = json!({
             "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
             "status": { "dataset": {
                 "framesSeen": metrics.frames("decoded"),
@@ -50,6 +66,10 @@ impl ClusterContext {
                 "eval": images(Split::Eval),
             }},
         });
+        if let Some(edge) = edge {
+            body["status"]["inference"] =
+                serde_json::to_value(inference_status(edge)).expect("status serialises");
+        }
         api.patch_status(
             &self.name,
             &PatchParams::apply(contract::CAPTURE_FIELD_MANAGER).force(),
@@ -58,6 +78,121 @@ impl ClusterContext {
         .await
         .map(|_| ())
     }
+}
+
+/// The `status.inference` the edge's state amounts to.
+pub fn inference_status(edge: &Edge) -> InferenceStatus {
+    let time = |t: std::time::SystemTime| Time(k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or_default());
+    InferenceStatus {
+        model: edge.serving().map(|(id, since)| ServedModel {
+            version: id.version,
+            uri: id.uri,
+            since: time(since),
+        }),
+        refused_model: edge.refused().map(|r| RefusedModel {
+            version: r.id.version,
+            uri: r.id.uri,
+            reason: r.reason.chars().take(1000).collect(),
+            time: time(r.at),
+        }),
+    }
+}
+
+/// The model the camera's node should serve: the deployed one, or the off-the-shelf student
+/// before the first promotion.
+pub fn desired_model(tuning: &CameraTuning) -> ModelId {
+    match tuning.status.as_ref().and_then(|s| s.current_model.as_ref()) {
+        Some(model) => ModelId {
+            version: model.version,
+            uri: model.uri.clone(),
+        },
+        None => ModelId {
+            version: 0,
+            uri: tuning.spec.training.student.uri.clone(),
+        },
+    }
+}
+
+/// Watches the CameraTuning and has `loader` fetch, check and stage every model it should serve
+/// (each once: a refused model is not retried until the status names another). Runs until the
+/// process ends; the watch reconnects by itself.
+pub async fn follow_models(context: ClusterContext, client: Client, loader: ModelLoader) {
+    let api: Api<CameraTuning> = Api::namespaced(client, &context.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", context.name));
+    let mut tunings = watcher(api, config).default_backoff().applied_objects().boxed();
+    let mut requested: Option<ModelId> = None;
+    while let Some(event) = tunings.next().await {
+        match event {
+            Ok(tuning) => {
+                let wanted = desired_model(&tuning);
+                if requested.as_ref() != Some(&wanted) {
+                    tracing::info!(version = wanted.version, "loading the model to serve");
+                    requested = Some(wanted.clone());
+                    loader.load(wanted).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching the CameraTuning; retrying"),
+        }
+    }
+}
+
+/// The edge's settings from the spec.
+pub fn edge_settings(spec: &CameraTuningSpec, base: &EdgeSettings) -> Result<EdgeSettings, String> {
+    Ok(EdgeSettings {
+        classes: autotuner_detect::labels::ids(&spec.classes)
+            .map_err(|name| format!("class {name:?} is not a COCO class name the student knows"))?,
+        min_score: spec.inference.min_score as f32,
+        max_fps: spec.inference.max_frames_per_second,
+        device: match spec.inference.device {
+            InferenceDevice::Auto => DevicePreference::Auto,
+            InferenceDevice::Cpu => DevicePreference::Cpu,
+        },
+        ..base.clone()
+    })
+}
+
+/// The MQTT publisher's settings from the spec (credentials from the contract's variables).
+pub fn mqtt_config(spec: &CameraTuningSpec, context: &ClusterContext) -> Option<MqttConfig> {
+    let mqtt = spec.inference.mqtt.as_ref()?;
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    Some(MqttConfig {
+        url: mqtt.url.clone(),
+        topic_prefix: mqtt
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| format!("autotuner/{}/{}", context.namespace, context.name)),
+        username: var(contract::ENV_MQTT_USERNAME),
+        password: var(contract::ENV_MQTT_PASSWORD),
+        qos: mqtt.qos,
+        client_id: format!("autotuner-{}-{}", context.namespace, context.name),
+    })
+}
+
+/// Keeps `status.dataset` and `status.inference` current: every 10 s, and at once when the
+/// served or refused model changes.
+pub fn spawn_reporter(
+    context: ClusterContext,
+    client: Client,
+    metrics: Metrics,
+    edge: Option<Arc<Edge>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let changed = async {
+                match &edge {
+                    Some(edge) => edge.state_changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                _ = changed => {}
+            }
+            if let Err(e) = context.report(&client, &metrics, edge.as_deref()).await {
+                tracing::warn!(error = %e, "could not report the status");
+            }
+        }
+    })
 }
 
 /// The spec's settings onto the worker's (pure; the stream URL, classes, motion, sampling,

@@ -9,13 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use autotuner_annotator::client::{Client, RetryPolicy};
+use autotuner_api::contract;
 use autotuner_capture::cluster::{self, ClusterContext};
 use autotuner_capture::dataset::DatasetConfig;
+use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
+use autotuner_capture::mqtt::{self, MqttConfig};
 use autotuner_capture::select::Sampling;
 use autotuner_capture::source::{Credentials, RtspTransport, SourceConfig};
 use autotuner_capture::teacher::Teacher;
-use autotuner_capture::{CaptureConfig, run};
+use autotuner_capture::{CaptureConfig, run, serve};
+use autotuner_detect::{DevicePreference, Family};
 use autotuner_store::{Location, S3Options};
 use autotuner_vision::MotionConfig;
 use clap::Parser;
@@ -101,11 +105,101 @@ struct Args {
     /// Stop after this many frames (smoke runs).
     #[arg(long)]
     max_frames: Option<u64>,
-    /// Where /metrics is served.
-    #[arg(long, env = "AUTOTUNER_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Where the HTTP server listens: /metrics, the detections (/v1/detections/latest, and
+    /// /v1/detections/stream as Server-Sent Events), /v1/model, /healthz, /readyz.
+    #[arg(
+        long,
+        alias = "listen",
+        env = "AUTOTUNER_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     metrics_listen: SocketAddr,
+    /// The student to serve on the frames (file://, http(s):// or s3://). In a cluster the
+    /// CameraTuning names it (the deployed model, swapped in as it changes) and this is unused.
+    #[arg(long)]
+    model: Option<String>,
+    /// How to read the model's outputs: ssdRaw, yolo or tfObjectDetection.
+    #[arg(long, default_value = "ssdRaw", value_parser = parse_family)]
+    model_family: Family,
+    /// ONNX Runtime's shared library (libonnxruntime.so.<version>), for the student.
+    #[arg(long, env = contract::ENV_ONNXRUNTIME)]
+    onnxruntime: Option<PathBuf>,
+    /// The student's detections below this score are not published.
+    #[arg(long, default_value_t = 0.5)]
+    inference_min_score: f32,
+    /// Infer at most this many frames per second (default: every frame the CPU allows).
+    #[arg(long)]
+    inference_max_fps: Option<f64>,
+    /// ONNX Runtime threads for the student (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    inference_threads: usize,
+    /// Run the student on the CPU even where CUDA is available.
+    #[arg(long)]
+    cpu: bool,
+    /// Publish the detections to this MQTT broker (mqtt://host[:port]).
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    #[arg(long, default_value = "autotuner")]
+    mqtt_topic_prefix: String,
+    #[arg(long, env = contract::ENV_MQTT_USERNAME, hide_env_values = true)]
+    mqtt_username: Option<String>,
+    #[arg(long, env = contract::ENV_MQTT_PASSWORD, hide_env_values = true)]
+    mqtt_password: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    mqtt_qos: u8,
     #[arg(long, env = "AUTOTUNER_LOG_JSON")]
     log_json: bool,
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    match s {
+        "ssdRaw" => Ok(Family::SsdRaw),
+        "yolo" => Ok(Family::Yolo),
+        "tfObjectDetection" => Ok(Family::SsdPostprocessed),
+        other => Err(format!(
+            "unknown model family {other:?} (ssdRaw, yolo, tfObjectDetection)"
+        )),
+    }
+}
+
+/// The edge's settings from the flags (a cluster's spec overrides them).
+fn edge_settings(args: &Args) -> Result<EdgeSettings, String> {
+    if !(0.0..=1.0).contains(&args.inference_min_score) {
+        return Err(format!(
+            "--inference-min-score must be in [0, 1] (got {})",
+            args.inference_min_score
+        ));
+    }
+    if args
+        .inference_max_fps
+        .is_some_and(|f| !(f > 0.0 && f.is_finite()))
+    {
+        return Err("--inference-max-fps must be a positive number".into());
+    }
+    Ok(EdgeSettings {
+        classes: autotuner_detect::labels::ids(&args.classes)
+            .map_err(|name| format!("--classes: {name:?} is not a COCO class name"))?,
+        min_score: args.inference_min_score,
+        max_fps: args.inference_max_fps,
+        device: if args.cpu {
+            DevicePreference::Cpu
+        } else {
+            DevicePreference::Auto
+        },
+        threads: args.inference_threads,
+        ..EdgeSettings::default()
+    })
+}
+
+fn mqtt_from_args(args: &Args) -> Option<MqttConfig> {
+    args.mqtt_url.as_ref().map(|url| MqttConfig {
+        url: url.clone(),
+        topic_prefix: args.mqtt_topic_prefix.clone(),
+        username: args.mqtt_username.clone(),
+        password: args.mqtt_password.clone(),
+        qos: args.mqtt_qos,
+        client_id: format!("autotuner-capture-{}", std::process::id()),
+    })
 }
 
 fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
@@ -124,6 +218,15 @@ fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
         username: username.clone(),
         password: args.camera_password.clone().unwrap_or_default(),
     }))
+}
+
+/// The student's family: the trainer fine-tunes (and so exports) the spec's student's family.
+fn family_of(spec: &autotuner_api::CameraTuningSpec) -> Family {
+    match spec.training.student.family {
+        autotuner_api::DetectorFamily::Yolo => Family::Yolo,
+        autotuner_api::DetectorFamily::SsdRaw => Family::SsdRaw,
+        autotuner_api::DetectorFamily::TfObjectDetection => Family::SsdPostprocessed,
+    }
 }
 
 #[tokio::main]
@@ -233,7 +336,24 @@ async fn main() -> ExitCode {
     };
     let mut min_score = args.min_score;
     let metrics = Metrics::new();
-    // In a cluster: the CameraTuning's spec, and a status report every few seconds.
+    let mut settings = match edge_settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("capture: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut mqtt = mqtt_from_args(&args);
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+    };
+    let model_dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("autotuner-capture"))
+        .join("models");
+    // In a cluster: the CameraTuning's spec, the model it deploys, and a status report.
     let cluster = match ClusterContext::from_env() {
         Ok(Some(context)) => {
             let client = match kube::Client::try_default().await {
@@ -243,8 +363,8 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match context.spec(&client).await {
-                Ok(spec) => cluster::apply_spec(&spec, &mut config, &mut min_score),
+            let tuning = match context.tuning(&client).await {
+                Ok(tuning) => tuning,
                 Err(e) => {
                     eprintln!(
                         "capture: read CameraTuning {}/{}: {e}",
@@ -252,25 +372,75 @@ async fn main() -> ExitCode {
                     );
                     return ExitCode::FAILURE;
                 }
-            }
-            let reporter = {
-                let (context, client, metrics) = (context.clone(), client.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(10)).await;
-                        if let Err(e) = context.report(&client, &metrics).await {
-                            tracing::warn!(error = %e, "could not report the dataset counts");
-                        }
-                    }
-                })
             };
-            Some((context, client, reporter))
+            let spec = &tuning.spec;
+            cluster::apply_spec(spec, &mut config, &mut min_score);
+            settings = match cluster::edge_settings(spec, &settings) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("capture: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            mqtt = cluster::mqtt_config(spec, &context);
+            let inference = spec.inference.enabled.then(|| family_of(spec));
+            Some((context, client, inference))
         }
         Ok(None) => None,
         Err(e) => {
             eprintln!("capture: {e}");
             return ExitCode::from(2);
         }
+    };
+    // The student on the node: in a cluster when the spec enables it, else with --model.
+    let family = match &cluster {
+        Some((_, _, inference)) => *inference,
+        None => args.model.as_ref().map(|_| args.model_family),
+    };
+    let edge = family.map(|family| {
+        let edge = Edge::new(settings.clone(), metrics.clone());
+        let loader = ModelLoader::new(
+            edge.clone(),
+            args.onnxruntime.as_deref(),
+            family,
+            s3.clone(),
+            model_dir.clone(),
+        );
+        (edge, loader)
+    });
+    let publisher = match (&edge, mqtt) {
+        (Some((edge, _)), Some(mqtt)) => match mqtt::start(mqtt, edge, metrics.clone()) {
+            Ok(publisher) => Some(publisher),
+            Err(e) => {
+                eprintln!("capture: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    config.edge = edge.as_ref().map(|(edge, _)| edge.clone());
+    let reporter = match (&cluster, &edge) {
+        (Some((context, client, _)), edge) => {
+            if let Some((_, loader)) = edge {
+                tokio::spawn(cluster::follow_models(
+                    context.clone(),
+                    client.clone(),
+                    loader.clone(),
+                ));
+            }
+            Some(cluster::spawn_reporter(
+                context.clone(),
+                client.clone(),
+                metrics.clone(),
+                config.edge.clone(),
+            ))
+        }
+        (None, Some((_, loader))) => {
+            let (loader, uri) = (loader.clone(), args.model.clone().unwrap_or_default());
+            tokio::spawn(async move { loader.load(ModelId { version: 0, uri }).await });
+            None
+        }
+        (None, None) => None,
     };
     if config.source.url.is_empty() {
         eprintln!("capture: --url (or AUTOTUNER_CAMERA_URL) is needed outside a cluster");
@@ -297,14 +467,7 @@ async fn main() -> ExitCode {
     }
     match tokio::net::TcpListener::bind(args.metrics_listen).await {
         Ok(listener) => {
-            let metrics = metrics.clone();
-            let app = axum::Router::new().route(
-                "/metrics",
-                axum::routing::get(move || {
-                    let metrics = metrics.clone();
-                    async move { metrics.render() }
-                }),
-            );
+            let app = serve::router(metrics.clone(), config.edge.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
         Err(e) => {
@@ -312,11 +475,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let edge_handle = config.edge.clone();
     let result = run(config, teacher, metrics.clone(), shutdown).await;
-    if let Some((context, client, reporter)) = cluster {
+    if let (Some(publisher), Some(edge)) = (publisher, &edge_handle) {
+        publisher.finish(edge, Duration::from_secs(5)).await;
+    }
+    if let (Some((context, client, _)), Some(reporter)) = (cluster, reporter) {
         reporter.abort();
-        if let Err(e) = context.report(&client, &metrics).await {
-            tracing::warn!(error = %e, "could not report the final dataset counts");
+        if let Err(e) = context.report(&client, &metrics, edge_handle.as_deref()).await {
+            tracing::warn!(error = %e, "could not report the final status");
         }
     }
     match result {

@@ -1,6 +1,8 @@
 //! The capture worker's Prometheus metrics (`autotuner_capture_*`).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -16,6 +18,21 @@ pub struct Metrics {
     pub spool_entries: IntGauge,
     pub spool_dropped: IntCounter,
     pub dataset_images: IntGaugeVec,
+    /// Edge inference: frames by outcome (inferred, dropped: inference was behind a live stream,
+    /// skipped: above the configured rate, no_model, error).
+    pub edge_frames: IntCounterVec,
+    /// Detections published, by class.
+    pub detections: IntCounterVec,
+    /// Objects in view at the last inferred frame, by class (the people-counting gauge).
+    pub objects: IntGaugeVec,
+    pub inference_seconds: Histogram,
+    /// 1 for the model serving now, labelled with its version and URI.
+    pub model_info: IntGaugeVec,
+    /// Model switches by outcome (loaded, refused).
+    pub model_loads: IntCounterVec,
+    /// MQTT messages by outcome (published, dropped: the broker was away or slow).
+    pub mqtt_messages: IntCounterVec,
+    pub mqtt_connected: IntGauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +93,69 @@ impl Metrics {
             &["split"],
         )
         .expect("metric");
+        let edge_frames = IntCounterVec::new(
+            Opts::new(
+                "autotuner_edge_frames_total",
+                "Frames offered to the student on the camera's node, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let detections = IntCounterVec::new(
+            Opts::new(
+                "autotuner_edge_detections_total",
+                "Objects the student detected, by class.",
+            ),
+            &["class"],
+        )
+        .expect("metric");
+        let objects = IntGaugeVec::new(
+            Opts::new(
+                "autotuner_edge_objects",
+                "Objects in view at the last inferred frame, by class.",
+            ),
+            &["class"],
+        )
+        .expect("metric");
+        let inference_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "autotuner_edge_inference_duration_seconds",
+                "Time to detect the objects of one frame (preprocessing, model, decoding, NMS).",
+            )
+            .buckets(vec![
+                0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+            ]),
+        )
+        .expect("metric");
+        let model_info = IntGaugeVec::new(
+            Opts::new(
+                "autotuner_edge_model_info",
+                "The student serving detections: 1, labelled with its version (iteration) and URI.",
+            ),
+            &["version", "uri"],
+        )
+        .expect("metric");
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "autotuner_edge_model_loads_total",
+                "Models the edge switched to (loaded) or refused.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let mqtt_messages = IntCounterVec::new(
+            Opts::new(
+                "autotuner_edge_mqtt_messages_total",
+                "Detection messages for the MQTT broker, by outcome (published, dropped).",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let mqtt_connected = IntGauge::new(
+            "autotuner_edge_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+        )
+        .expect("metric");
         for c in [
             Box::new(frames.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upload_bytes.clone()),
@@ -85,6 +165,14 @@ impl Metrics {
             Box::new(spool_entries.clone()),
             Box::new(spool_dropped.clone()),
             Box::new(dataset_images.clone()),
+            Box::new(edge_frames.clone()),
+            Box::new(detections.clone()),
+            Box::new(objects.clone()),
+            Box::new(inference_seconds.clone()),
+            Box::new(model_info.clone()),
+            Box::new(model_loads.clone()),
+            Box::new(mqtt_messages.clone()),
+            Box::new(mqtt_connected.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -98,7 +186,19 @@ impl Metrics {
             spool_entries,
             spool_dropped,
             dataset_images,
+            edge_frames,
+            detections,
+            objects,
+            inference_seconds,
+            model_info,
+            model_loads,
+            mqtt_messages,
+            mqtt_connected,
         }
+    }
+
+    pub fn edge_frames(&self, outcome: &str) -> u64 {
+        self.edge_frames.with_label_values(&[outcome]).get()
     }
 
     pub fn frames(&self, outcome: &str) -> u64 {

@@ -1,27 +1,11 @@
 //! Colour for the few pictures that leave the node: a region of a 4:2:0 frame as RGB, encoded as
 //! JPEG. Only selected frames pay for this.
 
+use autotuner_detect::yuv_to_rgb;
 use autotuner_vision::Rect;
 use image::codecs::jpeg::JpegEncoder;
 
 use crate::source::Frame;
-
-/// BT.601 (what SD cameras and most H.264 streams signal), in either range.
-fn rgb(y: u8, u: u8, v: u8, full_range: bool) -> [u8; 3] {
-    let (y, u, v) = (y as f32, u as f32 - 128.0, v as f32 - 128.0);
-    let (y, scale) = if full_range {
-        (y, 1.0)
-    } else {
-        ((y - 16.0) * (255.0 / 219.0), 255.0 / 224.0)
-    };
-    let (u, v) = (u * scale, v * scale);
-    let clamp = |x: f32| x.round().clamp(0.0, 255.0) as u8;
-    [
-        clamp(y + 1.402 * v),
-        clamp(y - 0.344_136 * u - 0.714_136 * v),
-        clamp(y + 1.772 * u),
-    ]
-}
 
 /// The pixels of `region` (clipped to the frame) as packed RGB into `out`; returns its size.
 pub fn region_rgb(frame: &Frame, region: Rect, out: &mut Vec<u8>) -> (u32, u32) {
@@ -37,7 +21,7 @@ pub fn region_rgb(frame: &Frame, region: Rect, out: &mut Vec<u8>) -> (u32, u32) 
         let u = &frame.u[(y / 2) * cw..(y / 2 + 1) * cw];
         let v = &frame.v[(y / 2) * cw..(y / 2 + 1) * cw];
         for x in x0..x1 {
-            out.extend_from_slice(&rgb(luma[x], u[x / 2], v[x / 2], frame.full_range));
+            out.extend_from_slice(&yuv_to_rgb(luma[x], u[x / 2], v[x / 2], frame.full_range));
         }
     }
     ((x1 - x0) as u32, (y1 - y0) as u32)
@@ -66,16 +50,6 @@ pub fn frame_jpeg(frame: &Frame, quality: u8, scratch: &mut Vec<u8>) -> Vec<u8> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limited_range_black_and_white_map_to_the_ends_and_grey_has_no_tint() {
-        assert_eq!(rgb(16, 128, 128, false), [0, 0, 0]);
-        assert_eq!(rgb(235, 128, 128, false), [255, 255, 255]);
-        assert_eq!(rgb(128, 128, 128, true), [128, 128, 128]);
-        // Strong red in BT.601 limited range.
-        let [r, g, b] = rgb(81, 90, 240, false);
-        assert!(r > 250 && g < 5 && b < 5, "{r} {g} {b}");
-    }
 
     #[test]
     fn a_region_is_cut_with_its_own_size_and_clipped_to_the_frame() {

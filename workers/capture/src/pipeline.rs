@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::dataset::{Added, Dataset, DatasetConfig, Sample, Split};
+use crate::edge::{Edge, frame_time_ms};
 use crate::metrics::Metrics;
 use crate::picture;
 use crate::select::{self, Purpose, Sampling, Selector, Skipped};
@@ -43,6 +44,8 @@ pub struct CaptureConfig {
     /// working copy, and a sample counts as stored (and leaves the spool) only once its image
     /// and the annotation file that names it are in the store.
     pub remote: Option<Location>,
+    /// The student on the camera's node, fed every decoded frame after motion detection.
+    pub edge: Option<Arc<Edge>>,
 }
 
 impl CaptureConfig {
@@ -63,6 +66,7 @@ impl CaptureConfig {
             batch_frames: 4,
             max_frames: None,
             remote: None,
+            edge: None,
         }
     }
 }
@@ -143,6 +147,7 @@ pub async fn run(
     let selection_done = Arc::new(AtomicBool::new(false));
     let totals = Arc::new(Mutex::new(SelectionTotals::default()));
 
+    let inference = config.edge.as_ref().map(|edge| edge.spawn());
     let selection = {
         let (config, spool, dataset, metrics, shutdown, wake, done, totals) = (
             config.clone(),
@@ -182,9 +187,16 @@ pub async fn run(
         &selection_done,
     )
     .await?;
-    selection
+    let selected = selection
         .join()
-        .map_err(|_| anyhow::anyhow!("the selection thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the selection thread panicked"));
+    if let (Some(edge), Some(inference)) = (&config.edge, inference) {
+        edge.close();
+        inference
+            .join()
+            .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    }
+    selected??;
 
     let totals = totals.lock().unwrap_or_else(|e| e.into_inner());
     let spool = spool.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,6 +221,43 @@ pub async fn run(
         spool_left: spool.len(),
         spool_dropped: spool.stats().dropped + spool.stats().corrupt,
     })
+}
+
+/// The student alone on a stream (the standalone `autotuner serve`): every decoded frame is
+/// offered to `edge`, with no motion detection and no teacher. Runs until the end of a file,
+/// `max_frames`, or `shutdown`; returns the frames decoded.
+pub fn infer_stream(
+    source: SourceConfig,
+    edge: &Arc<Edge>,
+    max_frames: Option<u64>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<u64> {
+    let source = Source::start(source).context("open the video source")?;
+    let inference = edge.spawn();
+    let mut decoded = 0;
+    while !shutdown.load(Ordering::Relaxed) {
+        let frame = match source.next_frame_timeout(Duration::from_millis(200)) {
+            Next::Frame(frame) => frame,
+            Next::Ended => break,
+            Next::TimedOut => continue,
+        };
+        if max_frames.is_some_and(|m| frame.index >= m) {
+            source.recycle(frame);
+            break;
+        }
+        decoded += 1;
+        let time = frame_time_ms(&frame);
+        edge.offer(frame, time, |f| source.recycle(f));
+    }
+    source.stop();
+    edge.close();
+    inference
+        .join()
+        .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
+    match source.take_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(decoded),
+    }
 }
 
 struct DoneOnDrop(Arc<AtomicBool>, Arc<Notify>);
@@ -326,15 +375,6 @@ fn sample_id(frame: &Frame) -> String {
     }
 }
 
-/// Time used for splits and the budget: stream time for a file, wall-clock time for a live stream.
-fn frame_time_ms(frame: &Frame) -> i64 {
-    if frame.live {
-        frame.decoded_at_ms as i64
-    } else {
-        frame.pts_ms.unwrap_or(frame.index as i64 * 40)
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn select_frames(
     config: &CaptureConfig,
@@ -351,6 +391,14 @@ fn select_frames(
     let mut selector = Selector::new(config.sampling.clone());
     let mut scratch = Vec::new();
     let examined = metrics.frames.with_label_values(&["examined"]);
+    // Done with a frame: to the student on the node when it runs, else back to the decoder.
+    let release = |frame: Frame| match &config.edge {
+        Some(edge) => {
+            let time = frame_time_ms(&frame);
+            edge.offer(frame, time, |f| source.recycle(f));
+        }
+        None => source.recycle(frame),
+    };
     let mut seen = 0u64;
     while !shutdown.load(Ordering::Relaxed) {
         let frame = match source.next_frame_timeout(Duration::from_millis(200)) {
@@ -371,7 +419,7 @@ fn select_frames(
             break;
         }
         if !selector.examines(frame.index) {
-            source.recycle(frame);
+            release(frame);
             continue;
         }
         let (width, height) = (frame.width, frame.height);
@@ -386,7 +434,7 @@ fn select_frames(
             Ok(Ok(report)) => report,
             _ => {
                 metrics.frames.with_label_values(&["invalid"]).inc();
-                source.recycle(frame);
+                release(frame);
                 continue;
             }
         };
@@ -399,13 +447,13 @@ fn select_frames(
                     Skipped::Budget => "budget",
                 };
                 metrics.frames.with_label_values(&[outcome]).inc();
-                source.recycle(frame);
+                release(frame);
                 continue;
             }
         };
         let crops = selector.crops(report, width as u32, height as u32);
         if crops.is_empty() {
-            source.recycle(frame);
+            release(frame);
             continue;
         }
         metrics.frames.with_label_values(&["selected"]).inc();
@@ -422,7 +470,7 @@ fn select_frames(
         // A restart re-selects the frames of a file: those already labelled are neither encoded
         // nor sent again.
         if dataset.lock().unwrap_or_else(|e| e.into_inner()).contains(&id) {
-            source.recycle(frame);
+            release(frame);
             continue;
         }
         let crop_jpegs: Vec<Vec<u8>> = crops
@@ -451,7 +499,7 @@ fn select_frames(
             crops: crop_jpegs,
             frame: frame_jpeg,
         };
-        source.recycle(frame);
+        release(frame);
         {
             let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
             spool.push(&entry).context("write to the spool")?;

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::anchors::{self, Anchor, SsdAnchorConfig};
 use crate::geometry::{BBox, Detection, nms};
 use crate::labels;
-use crate::preprocess::{Fit, Layout, Placement, Preprocess, RgbImage};
+use crate::preprocess::{Fit, Layout, Pixels, Placement, Preprocess, Resampling, RgbImage};
 
 /// Detector output layouts (the API's `detectorFamily`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,43 @@ impl Device {
 
 /// One output tensor of a model: its shape and values.
 pub type RawOutput = (Vec<usize>, Vec<f32>);
+
+/// The CPU threads of one model's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// Threads within one operator (0: ONNX Runtime's default, one per core).
+    pub intra_op: usize,
+    /// Let idle threads spin before sleeping: lower latency for back-to-back calls, but a core
+    /// busy between them. A stream at a camera's frame rate has gaps between frames, so it is
+    /// cheaper without.
+    pub spinning: bool,
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        Self {
+            intra_op: 0,
+            spinning: true,
+        }
+    }
+}
+
+impl Threads {
+    fn apply(
+        &self,
+        builder: ort::session::builder::SessionBuilder,
+    ) -> ort::Result<ort::session::builder::SessionBuilder> {
+        let builder = builder
+            .with_intra_op_spinning(self.spinning)
+            .map_err(ort::Error::<()>::from)?;
+        if self.intra_op > 0 {
+            return builder
+                .with_intra_threads(self.intra_op)
+                .map_err(ort::Error::<()>::from);
+        }
+        Ok(builder)
+    }
+}
 
 /// Which devices a detector may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +190,10 @@ pub struct Detector {
     device: Device,
     cuda_unavailable: Option<String>,
     input: Vec<f32>,
+    /// Per-frame scratch of [`Detector::detect_frame`]: the taps of the last frame size, and
+    /// RGB for the family that takes whole images.
+    resampling: Resampling,
+    rgb: Vec<u8>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -177,6 +218,17 @@ impl Detector {
         family: Family,
         device: DevicePreference,
     ) -> Result<Self, DetectError> {
+        Self::load_with(runtime, model, family, device, Threads::default())
+    }
+
+    /// [`load`](Self::load) with the CPU threads ONNX Runtime may use.
+    pub fn load_with(
+        runtime: &Runtime,
+        model: &Path,
+        family: Family,
+        device: DevicePreference,
+        threads: Threads,
+    ) -> Result<Self, DetectError> {
         let model_error = |source| DetectError::Model {
             path: model.to_path_buf(),
             source,
@@ -190,7 +242,7 @@ impl Detector {
         let mut cuda_unavailable = None;
         let session = {
             let cuda = match device {
-                DevicePreference::Auto => try_cuda(runtime, model),
+                DevicePreference::Auto => try_cuda(runtime, model, threads),
                 DevicePreference::Cpu => Err("the CPU was asked for".to_string()),
             };
             match cuda {
@@ -200,7 +252,8 @@ impl Detector {
                 }
                 Err(reason) => {
                     cuda_unavailable = Some(reason);
-                    Session::builder(&runtime.environment)
+                    threads
+                        .apply(Session::builder(&runtime.environment).map_err(model_error)?)
                         .map_err(model_error)?
                         .commit_from_file(model)
                         .map_err(model_error)?
@@ -313,6 +366,8 @@ impl Detector {
             batch,
             device: chosen,
             cuda_unavailable,
+            resampling: Resampling::default(),
+            rgb: Vec::new(),
         })
     }
 
@@ -359,6 +414,155 @@ impl Detector {
             }
         }
         Ok(all)
+    }
+
+    /// Detections of one frame (RGB, or a decoder's 4:2:0 planes sampled where the input needs
+    /// them) into `out`, in its pixel coordinates, best first. For a stream of frames: buffers and
+    /// taps are reused, so after the first frame of a size only ONNX Runtime allocates.
+    pub fn detect_frame(
+        &mut self,
+        image: &impl Pixels,
+        options: &DetectOptions,
+        out: &mut Vec<Detection>,
+    ) -> Result<(), DetectError> {
+        out.clear();
+        let (width, height) = (image.width(), image.height());
+        if let Adapter::SsdPostprocessed = self.adapter {
+            let mut rgb = std::mem::take(&mut self.rgb);
+            rgb.clear();
+            for y in 0..height {
+                for x in 0..width {
+                    rgb.extend_from_slice(&image.rgb(x, y));
+                }
+            }
+            let found =
+                self.detect_postprocessed(&RgbImage::new(&rgb, width, height).expect("sized"), options);
+            self.rgb = rgb;
+            out.extend(found?);
+            return Ok(());
+        }
+        let placement = self.fill_input(image);
+        let shape = self.input_shape();
+        let Self {
+            session,
+            input_name,
+            output_names,
+            input,
+            adapter,
+            ..
+        } = self;
+        let tensor = TensorRef::from_array_view((shape, input.as_slice()))?;
+        let outputs = session.run(ort::inputs![input_name.as_str() => tensor])?;
+        let output = |i: usize| -> Result<(&[i64], &[f32]), DetectError> {
+            let name = output_names
+                .get(i)
+                .ok_or_else(|| DetectError::Output(format!("missing output {i}")))?;
+            let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
+            Ok((&shape[..], data))
+        };
+        match adapter {
+            Adapter::Yolo { classes } => {
+                let (shape, data) = output(0)?;
+                let anchors = shape.last().copied().unwrap_or(0).max(0) as usize;
+                let per = (4 + *classes) * anchors;
+                let data = data
+                    .get(..per)
+                    .ok_or_else(|| DetectError::Output(format!("{} values, expected {per}", data.len())))?;
+                decode_yolo_into(data, *classes, anchors, (width, height), &placement, options, out);
+            }
+            Adapter::SsdRaw { anchors, classes } => {
+                let n = anchors.len();
+                let (_, boxes) = output(0)?;
+                let (_, logits) = output(1)?;
+                let (nb, nl) = (n * 4, n * (*classes + 1));
+                if boxes.len() < nb || logits.len() < nl {
+                    return Err(DetectError::Output(format!(
+                        "box encodings of {} and logits of {} values, expected {nb} and {nl}",
+                        boxes.len(),
+                        logits.len(),
+                    )));
+                }
+                decode_ssd_raw_into(
+                    &boxes[..nb],
+                    &logits[..nl],
+                    anchors,
+                    *classes,
+                    (width, height),
+                    options,
+                    out,
+                );
+            }
+            Adapter::SsdPostprocessed => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    /// Runs the model once on `image` and checks what it gives: outputs of the sizes the family
+    /// needs, every value finite. A model that passes can serve frames of this size.
+    pub fn warm_up(&mut self, image: &impl Pixels) -> Result<(), DetectError> {
+        if let Adapter::SsdPostprocessed = self.adapter {
+            return self.detect_frame(image, &DetectOptions::default(), &mut Vec::new());
+        }
+        self.fill_input(image);
+        let expected: Vec<usize> = match &self.adapter {
+            Adapter::Yolo { .. } => vec![],
+            Adapter::SsdRaw { anchors, classes } => vec![anchors.len() * 4, anchors.len() * (classes + 1)],
+            Adapter::SsdPostprocessed => unreachable!("handled above"),
+        };
+        let shape = self.input_shape();
+        let batch = shape[0];
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])?;
+        for (i, name) in self.output_names.iter().enumerate() {
+            let (shape, data) = outputs[name.as_str()].try_extract_tensor::<f32>()?;
+            if let Some(&want) = expected.get(i)
+                && data.len() != want * batch
+            {
+                return Err(DetectError::Output(format!(
+                    "output {name} has shape {:?} ({} values), expected {want} per image",
+                    &shape[..],
+                    data.len(),
+                )));
+            }
+            if let Adapter::Yolo { classes } = &self.adapter
+                && i == 0
+                && (shape.len() != 3 || shape[1] != 4 + *classes as i64)
+            {
+                return Err(DetectError::Output(format!(
+                    "output {name} has shape {:?}, expected N x {} x anchors",
+                    &shape[..],
+                    4 + classes
+                )));
+            }
+            if let Some(bad) = data.iter().find(|v| !v.is_finite()) {
+                return Err(DetectError::Output(format!("output {name} holds {bad}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `image` into the input tensor (every image of a fixed batch: the same one).
+    fn fill_input(&mut self, image: &impl Pixels) -> Placement {
+        let pre = self.preprocess.expect("raw families have a preprocessing");
+        let per = pre.len();
+        let batch = self.batch.unwrap_or(1).max(1);
+        self.input.resize(per * batch, 0.0);
+        let placement = pre.apply_pixels(image, &mut self.input[..per], &mut self.resampling);
+        for k in 1..batch {
+            self.input.copy_within(..per, k * per);
+        }
+        placement
+    }
+
+    fn input_shape(&self) -> [usize; 4] {
+        let pre = self.preprocess.expect("raw families have a preprocessing");
+        let batch = self.input.len() / pre.len();
+        match pre.layout {
+            Layout::Nchw => [batch, 3, pre.height, pre.width],
+            Layout::Nhwc => [batch, pre.height, pre.width, 3],
+        }
     }
 
     /// Runs the model on an input tensor prepared by the caller (`shape` in the model's layout)
@@ -554,10 +758,12 @@ pub(crate) fn run_named(
         .collect()
 }
 
-fn try_cuda(runtime: &Runtime, model: &Path) -> Result<Session, String> {
+fn try_cuda(runtime: &Runtime, model: &Path, threads: Threads) -> Result<Session, String> {
     #[cfg(feature = "cuda")]
     {
-        let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
+        let builder = threads
+            .apply(Session::builder(&runtime.environment).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         let mut builder = builder
             .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
             .map_err(|e| e.to_string())?;
@@ -565,7 +771,7 @@ fn try_cuda(runtime: &Runtime, model: &Path) -> Result<Session, String> {
     }
     #[allow(unreachable_code)]
     {
-        let _ = (runtime, model);
+        let _ = (runtime, model, threads);
         Err("built without the `cuda` feature".into())
     }
 }
@@ -579,8 +785,29 @@ pub fn decode_yolo(
     placement: &Placement,
     options: &DetectOptions,
 ) -> Vec<Detection> {
-    let (w, h) = (image.width as f32, image.height as f32);
     let mut detections = Vec::new();
+    decode_yolo_into(
+        out,
+        classes,
+        anchors,
+        (image.width, image.height),
+        placement,
+        options,
+        &mut detections,
+    );
+    detections
+}
+
+fn decode_yolo_into(
+    out: &[f32],
+    classes: usize,
+    anchors: usize,
+    (width, height): (usize, usize),
+    placement: &Placement,
+    options: &DetectOptions,
+    detections: &mut Vec<Detection>,
+) {
+    let (w, h) = (width as f32, height as f32);
     for j in 0..anchors {
         let mut best = 0;
         let mut score = f32::MIN;
@@ -614,8 +841,7 @@ pub fn decode_yolo(
             score,
         });
     }
-    nms(&mut detections, options.iou_threshold, options.max_detections);
-    detections
+    nms(detections, options.iou_threshold, options.max_detections);
 }
 
 /// SSD raw head of one image: box encodings `anchors x 4` and logits `anchors x (1 + classes)`;
@@ -628,12 +854,39 @@ pub fn decode_ssd_raw(
     image: &RgbImage<'_>,
     options: &DetectOptions,
 ) -> Vec<Detection> {
-    let (w, h) = (image.width as f32, image.height as f32);
     let mut detections = Vec::new();
+    decode_ssd_raw_into(
+        boxes,
+        logits,
+        anchors,
+        classes,
+        (image.width, image.height),
+        options,
+        &mut detections,
+    );
+    detections
+}
+
+fn decode_ssd_raw_into(
+    boxes: &[f32],
+    logits: &[f32],
+    anchors: &[Anchor],
+    classes: usize,
+    (width, height): (usize, usize),
+    options: &DetectOptions,
+    detections: &mut Vec<Detection>,
+) {
+    let (w, h) = (width as f32, height as f32);
+    // The sigmoid is monotonic: a logit below the threshold's logit cannot pass, and most of the
+    // 1917 x 90 logits are far below it, so they are skipped without an exp.
+    let min_logit = logit(options.min_score);
     for (j, anchor) in anchors.iter().enumerate() {
         let row = &logits[j * (classes + 1)..(j + 1) * (classes + 1)];
         let mut decoded: Option<BBox> = None;
         for (c, &logit) in row.iter().enumerate().skip(1) {
+            if logit < min_logit {
+                continue;
+            }
             let score = 1.0 / (1.0 + (-logit).exp());
             if score < options.min_score || !wanted(c as u32, options) || labels::name(c as u32).is_none() {
                 continue;
@@ -655,6 +908,18 @@ pub fn decode_ssd_raw(
             });
         }
     }
-    nms(&mut detections, options.iou_threshold, options.max_detections);
-    detections
+    nms(detections, options.iou_threshold, options.max_detections);
+}
+
+/// The logit whose sigmoid is `p`, nudged down so that rounding never skips a score at `p`
+/// (the exact test on the score follows).
+fn logit(p: f32) -> f32 {
+    if p <= 0.0 {
+        return f32::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f32::INFINITY;
+    }
+    let l = (p / (1.0 - p)).ln();
+    l - 1e-3 * (1.0 + l.abs())
 }

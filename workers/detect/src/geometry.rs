@@ -72,19 +72,22 @@ pub struct Detection {
 /// sorted by descending score (ties keep their input order).
 pub fn nms(detections: &mut Vec<Detection>, iou_threshold: f32, max_detections: usize) {
     detections.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut kept: Vec<Detection> = Vec::with_capacity(detections.len().min(max_detections));
-    for d in detections.iter() {
-        if kept.len() == max_detections {
+    // In place: the kept ones move to the front (never past the one being looked at).
+    let mut kept = 0;
+    for i in 0..detections.len() {
+        if kept == max_detections {
             break;
         }
-        let suppressed = kept
+        let d = detections[i];
+        let suppressed = detections[..kept]
             .iter()
             .any(|k| k.class_id == d.class_id && k.bbox.iou(&d.bbox) > iou_threshold);
         if !suppressed {
-            kept.push(*d);
+            detections[kept] = d;
+            kept += 1;
         }
     }
-    *detections = kept;
+    detections.truncate(kept);
 }
 
 #[cfg(test)]

@@ -12,9 +12,12 @@ mod network;
 mod preprocess;
 
 pub use detector::{
-    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, RawOutput, Runtime,
+    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, RawOutput, Runtime, Threads,
     decode_ssd_raw, decode_yolo,
 };
 pub use geometry::{BBox, Detection, nms};
 pub use network::Network;
-pub use preprocess::{Fit, ImageSizeError, Layout, Placement, Preprocess, RgbImage};
+pub use preprocess::{
+    Fit, ImageSizeError, Layout, Pixels, Placement, PlaneSizeError, Preprocess, Resampling, RgbImage,
+    Yuv420Image, yuv_to_rgb,
+};

@@ -34,6 +34,136 @@ impl<'a> RgbImage<'a> {
     }
 }
 
+/// A frame as a video decoder gives it: 8-bit 4:2:0 planes, each tightly packed (chroma planes
+/// of `ceil(width / 2) x ceil(height / 2)`). Detectors read it without converting the whole frame
+/// to RGB: only the pixels the model's input samples are converted.
+#[derive(Debug, Clone, Copy)]
+pub struct Yuv420Image<'a> {
+    pub y: &'a [u8],
+    pub u: &'a [u8],
+    pub v: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    /// JPEG-style full range; otherwise Y is 16-235 (limited range, what cameras send).
+    pub full_range: bool,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("a 4:2:0 image of {width}x{height} needs planes of {luma} and 2 x {chroma} bytes, got {got:?}")]
+pub struct PlaneSizeError {
+    pub width: usize,
+    pub height: usize,
+    pub luma: usize,
+    pub chroma: usize,
+    pub got: [usize; 3],
+}
+
+impl<'a> Yuv420Image<'a> {
+    pub fn new(
+        y: &'a [u8],
+        u: &'a [u8],
+        v: &'a [u8],
+        width: usize,
+        height: usize,
+        full_range: bool,
+    ) -> Result<Self, PlaneSizeError> {
+        let luma = width * height;
+        let chroma = width.div_ceil(2) * height.div_ceil(2);
+        if luma == 0 || y.len() != luma || u.len() != chroma || v.len() != chroma {
+            return Err(PlaneSizeError {
+                width,
+                height,
+                luma,
+                chroma,
+                got: [y.len(), u.len(), v.len()],
+            });
+        }
+        Ok(Self {
+            y,
+            u,
+            v,
+            width,
+            height,
+            full_range,
+        })
+    }
+
+    /// The pixel at `(x, y)` as RGB.
+    #[inline]
+    pub fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
+        let c = (y / 2) * self.width.div_ceil(2) + x / 2;
+        yuv_to_rgb(self.y[y * self.width + x], self.u[c], self.v[c], self.full_range)
+    }
+
+    /// The whole frame as packed RGB (for consumers that need every pixel, such as a picture).
+    pub fn to_rgb(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(self.width * self.height * 3);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                out.extend_from_slice(&self.rgb(x, y));
+            }
+        }
+    }
+}
+
+/// BT.601 YCbCr to RGB (what SD cameras and most H.264 streams signal), in either range. The one
+/// conversion of the project: pictures, crops for the teacher and the student's input all use it.
+#[inline]
+pub fn yuv_to_rgb(y: u8, u: u8, v: u8, full_range: bool) -> [u8; 3] {
+    let (y, u, v) = (y as f32, u as f32 - 128.0, v as f32 - 128.0);
+    let (y, scale) = if full_range {
+        (y, 1.0)
+    } else {
+        ((y - 16.0) * (255.0 / 219.0), 255.0 / 224.0)
+    };
+    let (u, v) = (u * scale, v * scale);
+    let clamp = |x: f32| x.round().clamp(0.0, 255.0) as u8;
+    [
+        clamp(y + 1.402 * v),
+        clamp(y - 0.344_136 * u - 0.714_136 * v),
+        clamp(y + 1.772 * u),
+    ]
+}
+
+/// An image a detector can sample: its size and its pixels as RGB.
+pub trait Pixels {
+    fn width(&self) -> usize;
+    fn height(&self) -> usize;
+    fn rgb(&self, x: usize, y: usize) -> [u8; 3];
+}
+
+impl Pixels for RgbImage<'_> {
+    #[inline]
+    fn width(&self) -> usize {
+        self.width
+    }
+    #[inline]
+    fn height(&self) -> usize {
+        self.height
+    }
+    #[inline]
+    fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+impl Pixels for Yuv420Image<'_> {
+    #[inline]
+    fn width(&self) -> usize {
+        self.width
+    }
+    #[inline]
+    fn height(&self) -> usize {
+        self.height
+    }
+    #[inline]
+    fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
+        Yuv420Image::rgb(self, x, y)
+    }
+}
+
 /// How the image is fitted to the input size.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fit {
@@ -81,16 +211,56 @@ impl Placement {
 }
 
 /// Source sample positions of a bilinear resize along one axis.
-fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+fn taps_into(src: usize, dst: usize, out: &mut Vec<(usize, usize, f32)>) {
     let ratio = src as f32 / dst as f32;
-    (0..dst)
-        .map(|i| {
-            let s = ((i as f32 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f32);
-            let i0 = s.floor() as usize;
-            let i1 = (i0 + 1).min(src - 1);
-            (i0, i1, s - i0 as f32)
-        })
-        .collect()
+    out.clear();
+    out.extend((0..dst).map(|i| {
+        let s = ((i as f32 + 0.5) * ratio - 0.5).clamp(0.0, (src - 1) as f32);
+        let i0 = s.floor() as usize;
+        let i1 = (i0 + 1).min(src - 1);
+        (i0, i1, s - i0 as f32)
+    }));
+}
+
+/// Where an image of one size lands in the input, and the taps that sample it: computed once per
+/// image size, so that a stream of same-sized frames resamples without allocating.
+#[derive(Debug, Clone, Default)]
+pub struct Resampling {
+    source: (usize, usize),
+    placed: (usize, usize),
+    left: usize,
+    top: usize,
+    xs: Vec<(usize, usize, f32)>,
+    ys: Vec<(usize, usize, f32)>,
+}
+
+impl Resampling {
+    fn fit(&mut self, pre: &Preprocess, width: usize, height: usize) {
+        if self.source == (width, height) && !self.xs.is_empty() {
+            return;
+        }
+        let (placed_w, placed_h, left, top) = match pre.fit {
+            Fit::Stretch => (pre.width, pre.height, 0usize, 0usize),
+            Fit::Letterbox { .. } => {
+                let r = (pre.width as f32 / width as f32).min(pre.height as f32 / height as f32);
+                let w = ((width as f32 * r).round() as usize).clamp(1, pre.width);
+                let h = ((height as f32 * r).round() as usize).clamp(1, pre.height);
+                let left = ((pre.width - w) as f32 / 2.0 - 0.1).round().max(0.0) as usize;
+                let top = ((pre.height - h) as f32 / 2.0 - 0.1).round().max(0.0) as usize;
+                (w, h, left, top)
+            }
+        };
+        taps_into(width, placed_w, &mut self.xs);
+        taps_into(height, placed_h, &mut self.ys);
+        *self = Self {
+            source: (width, height),
+            placed: (placed_w, placed_h),
+            left,
+            top,
+            xs: std::mem::take(&mut self.xs),
+            ys: std::mem::take(&mut self.ys),
+        };
+    }
 }
 
 impl Preprocess {
@@ -105,21 +275,32 @@ impl Preprocess {
     /// Writes the input tensor of `image` into `out` (`self.len()` values) and says where the
     /// image landed.
     pub fn apply(&self, image: RgbImage<'_>, out: &mut [f32]) -> Placement {
+        self.apply_pixels(&image, out, &mut Resampling::default())
+    }
+
+    /// [`apply`](Self::apply) for any pixel source, with the taps kept in `resampling` for the
+    /// next image of the same size.
+    pub fn apply_pixels(
+        &self,
+        image: &impl Pixels,
+        out: &mut [f32],
+        resampling: &mut Resampling,
+    ) -> Placement {
         assert_eq!(out.len(), self.len());
-        let (iw, ih) = (image.width, image.height);
-        let (placed_w, placed_h, left, top, pad) = match self.fit {
-            Fit::Stretch => (self.width, self.height, 0usize, 0usize, 0.0),
-            Fit::Letterbox { pad } => {
-                let r = (self.width as f32 / iw as f32).min(self.height as f32 / ih as f32);
-                let w = ((iw as f32 * r).round() as usize).clamp(1, self.width);
-                let h = ((ih as f32 * r).round() as usize).clamp(1, self.height);
-                let left = ((self.width - w) as f32 / 2.0 - 0.1).round().max(0.0) as usize;
-                let top = ((self.height - h) as f32 / 2.0 - 0.1).round().max(0.0) as usize;
-                (w, h, left, top, pad)
-            }
+        let (iw, ih) = (image.width(), image.height());
+        resampling.fit(self, iw, ih);
+        let Resampling {
+            placed: (placed_w, placed_h),
+            left,
+            top,
+            ref xs,
+            ref ys,
+            ..
+        } = *resampling;
+        let pad = match self.fit {
+            Fit::Stretch => 0.0,
+            Fit::Letterbox { pad } => pad,
         };
-        let xs = taps(iw, placed_w);
-        let ys = taps(ih, placed_h);
         let padded = pad * self.scale + self.offset;
         let plane = self.width * self.height;
         let channel_of = |c: usize| if self.bgr { 2 - c } else { c };
@@ -131,10 +312,11 @@ impl Preprocess {
                 if inside {
                     let (y0, y1, fy) = ys[y - top];
                     let (x0, x1, fx) = xs[x - left];
-                    let p = |yy: usize, xx: usize, c: usize| image.data[(yy * iw + xx) * 3 + c] as f32;
+                    let (p00, p01) = (image.rgb(x0, y0), image.rgb(x1, y0));
+                    let (p10, p11) = (image.rgb(x0, y1), image.rgb(x1, y1));
                     for (c, v) in rgb.iter_mut().enumerate() {
-                        let upper = (1.0 - fx) * p(y0, x0, c) + fx * p(y0, x1, c);
-                        let lower = (1.0 - fx) * p(y1, x0, c) + fx * p(y1, x1, c);
+                        let upper = (1.0 - fx) * p00[c] as f32 + fx * p01[c] as f32;
+                        let lower = (1.0 - fx) * p10[c] as f32 + fx * p11[c] as f32;
                         *v = ((1.0 - fy) * upper + fy * lower) * self.scale + self.offset;
                     }
                 }
@@ -209,5 +391,48 @@ mod tests {
         p.apply(image, &mut out);
         assert_eq!(out, [-1.0, -1.0, 1.0, 1.0, -1.0, -1.0]);
         assert!(RgbImage::new(&data, 3, 1).is_err());
+    }
+
+    #[test]
+    fn a_420_frame_is_sampled_exactly_as_its_rgb_conversion() {
+        let (w, h) = (37usize, 23usize);
+        let y: Vec<u8> = (0..w * h).map(|i| (i * 7 % 251) as u8).collect();
+        let u: Vec<u8> = (0..19 * 12).map(|i| (i * 13 % 241) as u8).collect();
+        let v: Vec<u8> = (0..19 * 12).map(|i| (255 - i * 5 % 239) as u8).collect();
+        for full_range in [false, true] {
+            let frame = Yuv420Image::new(&y, &u, &v, w, h, full_range).unwrap();
+            let mut rgb = Vec::new();
+            frame.to_rgb(&mut rgb);
+            let image = RgbImage::new(&rgb, w, h).unwrap();
+            for fit in [Fit::Stretch, Fit::Letterbox { pad: 114.0 }] {
+                let p = Preprocess {
+                    width: 16,
+                    height: 16,
+                    fit,
+                    layout: Layout::Nhwc,
+                    bgr: false,
+                    scale: 2.0 / 255.0,
+                    offset: -1.0,
+                };
+                let (mut a, mut b) = (vec![0.0; p.len()], vec![0.0; p.len()]);
+                let mut resampling = Resampling::default();
+                assert_eq!(
+                    p.apply(image, &mut a),
+                    p.apply_pixels(&frame, &mut b, &mut resampling)
+                );
+                assert_eq!(a, b);
+            }
+        }
+        assert!(Yuv420Image::new(&y, &u, &v, w, h + 2, false).is_err());
+    }
+
+    #[test]
+    fn limited_range_black_and_white_map_to_the_ends_and_grey_has_no_tint() {
+        assert_eq!(yuv_to_rgb(16, 128, 128, false), [0, 0, 0]);
+        assert_eq!(yuv_to_rgb(235, 128, 128, false), [255, 255, 255]);
+        assert_eq!(yuv_to_rgb(128, 128, 128, true), [128, 128, 128]);
+        // Strong red in BT.601 limited range.
+        let [r, g, b] = yuv_to_rgb(81, 90, 240, false);
+        assert!(r > 250 && g < 5 && b < 5, "{r} {g} {b}");
     }
 }

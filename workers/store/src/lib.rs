@@ -16,6 +16,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, PutPayload};
 use serde::Deserialize;
+use sha2::Digest;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -34,6 +35,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{uri}: {message}")]
+    Download { uri: String, message: String },
+    #[error("{uri}: expected sha256 {expected}, the file has {actual}")]
+    Checksum {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{uri}: not a COCO annotation file: {source}")]
     Annotations {
         uri: String,
@@ -50,6 +59,111 @@ pub struct S3Options {
     /// services.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+}
+
+/// A URI for logs and errors: no user information, no query or fragment (presigned URLs and
+/// cameras carry credentials there).
+pub fn redact_uri(uri: &str) -> String {
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let path = path.split(['?', '#']).next().unwrap_or("");
+            let hidden = if rest.contains(['?', '#']) { "?…" } else { "" };
+            format!("{scheme}://{host}{path}{hidden}")
+        }
+        None => uri.to_string(),
+    }
+}
+
+/// The one way a worker gets a model file: `file://` or a plain path (used where it is),
+/// `http(s)://` (downloaded) or `s3://bucket/key` (fetched with the `AWS_*` credentials), each
+/// download written into `dir` whole or not at all. With `sha256`, a file whose digest differs
+/// is refused.
+pub async fn fetch_model(
+    uri: &str,
+    sha256: Option<&str>,
+    s3: &S3Options,
+    dir: &Path,
+) -> Result<PathBuf, StoreError> {
+    let shown = redact_uri(uri);
+    let bad = |reason: &str| StoreError::BadUri {
+        uri: shown.clone(),
+        reason: reason.to_string(),
+    };
+    let file_name = |key: &str| {
+        let name = key
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("model.onnx");
+        // One file per URI: two models named model.onnx at two places must not overwrite
+        // each other while one of them is in use.
+        let digest = format!("{:x}", sha2::Sha256::digest(uri.as_bytes()));
+        format!("{}-{name}", &digest[..16])
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, source }
+    };
+    let path = if let Some(rest) = uri.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("expected s3://bucket/key"))?;
+        if key.is_empty() {
+            return Err(bad("expected s3://bucket/key"));
+        }
+        let location = Location::parse(&format!("s3://{bucket}"), s3)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let target = dir.join(file_name(key));
+        if !location.get_file(key, &target).await? {
+            return Err(StoreError::Download {
+                uri: shown,
+                message: "no such object".into(),
+            });
+        }
+        target
+    } else if uri.starts_with("http://") || uri.starts_with("https://") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let failed = |e: reqwest::Error| StoreError::Download {
+            uri: shown.clone(),
+            // reqwest's errors name the URL, query and all: the redacted one is in `uri`.
+            message: e.without_url().to_string(),
+        };
+        let response = reqwest::get(uri)
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(failed)?;
+        let bytes = response.bytes().await.map_err(failed)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = uri.split(['?', '#']).next().unwrap_or(uri);
+        let target = dir.join(file_name(path));
+        write_atomically(&target, &bytes)?;
+        target
+    } else if uri.contains("://") && !uri.starts_with("file://") {
+        return Err(bad("a model URI must be file://, http://, https:// or s3://"));
+    } else {
+        let path = PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+        if !path.is_file() {
+            return Err(StoreError::Download {
+                uri: shown,
+                message: "no such file".into(),
+            });
+        }
+        path
+    };
+    if let Some(expected) = sha256 {
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let actual = format!("{:x}", sha2::Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(StoreError::Checksum {
+                uri: shown,
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(path)
 }
 
 /// A dataset or model location: a directory, or a bucket and prefix.
