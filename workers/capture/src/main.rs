@@ -465,11 +465,8 @@ async fn main() -> ExitCode {
             shutdown.store(true, Ordering::SeqCst);
         });
     }
-    match tokio::net::TcpListener::bind(args.metrics_listen).await {
-        Ok(listener) => {
-            let app = serve::router(metrics.clone(), config.edge.clone());
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
+    match serve::listen(args.metrics_listen, metrics.clone(), config.edge.clone()).await {
+        Ok(address) => tracing::info!(%address, "serving metrics and detections"),
         Err(e) => {
             eprintln!("capture: listen on {}: {e}", args.metrics_listen);
             return ExitCode::from(2);

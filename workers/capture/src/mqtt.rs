@@ -13,6 +13,20 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::edge::Edge;
 use crate::metrics::Metrics;
 
+/// The broker's user name from the contract's variable (set from a Secret in a cluster).
+pub fn env_username() -> Option<String> {
+    std::env::var(autotuner_api::contract::ENV_MQTT_USERNAME)
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// The broker's password from the contract's variable.
+pub fn env_password() -> Option<String> {
+    std::env::var(autotuner_api::contract::ENV_MQTT_PASSWORD)
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
 /// Where and how to publish.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MqttConfig {

@@ -31,6 +31,23 @@ struct Shared {
     edge: Option<Arc<Edge>>,
 }
 
+/// Binds `address` and serves [`router`] in the background; returns the bound address.
+pub async fn listen(
+    address: std::net::SocketAddr,
+    metrics: Metrics,
+    edge: Option<Arc<Edge>>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    let app = router(metrics, edge);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the HTTP server stopped");
+        }
+    });
+    Ok(bound)
+}
+
 pub fn router(metrics: Metrics, edge: Option<Arc<Edge>>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))

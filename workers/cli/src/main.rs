@@ -5,6 +5,7 @@
 
 mod heldout;
 mod html;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ struct Cli {
 enum Command {
     /// Tune the student on the first part of a video and evaluate it on the rest.
     Tune(TuneArgs),
+    /// Run a student on a video or stream and serve its detections like the camera's node
+    /// does: metrics, JSON, Server-Sent Events, MQTT.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,7 +111,22 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Command::Tune(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Tune(args) => args,
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+            return match runtime.block_on(serve::serve(args)) {
+                Ok(frames) => {
+                    eprintln!("autotuner serve: {frames} frames");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("autotuner serve: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     match tune(&args) {
         Ok(report) => {
             println!("{}", report.display());
