@@ -558,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn a_better_candidate_is_promoted_and_rolled_out() {
+    fn a_better_candidate_is_promoted_in_the_status_without_touching_the_capture_pod() {
         let t = tuning(json!({
             "phase": "Training", "iteration": 0,
             "candidateModel": { "version": 1, "uri": "file:///data/models/1.onnx", "map": 0.40, "baselineMap": 0.28, "trainedAt": "2026-11-26T11:59:00Z" }
@@ -569,8 +569,17 @@ mod tests {
         assert_eq!(plan.status.current_model.as_ref().unwrap().map, 0.40);
         assert_eq!(reasons(&plan), ["ModelPromoted"]);
         assert!(plan.children.training_job.is_none());
-        let env = serde_json::to_string(&plan.children.capture.spec.template).unwrap();
-        assert!(env.contains("file:///data/models/1.onnx"));
+        // The capture worker reads the deployed model from the status and swaps it in: its pod
+        // template names no model, so a promotion restarts nothing.
+        assert_eq!(
+            plan.status.current_model.as_ref().unwrap().uri,
+            "file:///data/models/1.onnx"
+        );
+        let template = serde_json::to_string(&plan.children.capture.spec.template).unwrap();
+        assert!(
+            !template.contains("onnx") && !template.contains("AUTOTUNER_MODEL_URI"),
+            "{template}"
+        );
         assert_eq!(condition(&plan, "Ready").status, "True");
     }
 
