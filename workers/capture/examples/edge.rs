@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use autotuner_capture::source::{Source, SourceConfig};
-use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, Runtime, Threads, Yuv420Image};
+use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, Runtime, Threads};
 
 const FRAMES: usize = 300;
 
@@ -40,15 +40,7 @@ fn rust_images_per_second(runtime: &Runtime, model: &Path, video: &str, threads:
         let (mut n, mut total) = (0, 0);
         while n < FRAMES {
             let Some(frame) = source.next_frame() else { break };
-            let image = Yuv420Image::new(
-                &frame.y,
-                &frame.u,
-                &frame.v,
-                frame.width,
-                frame.height,
-                frame.full_range,
-            )
-            .unwrap();
+            let image = frame.image().unwrap();
             detector.detect_frame(&image, &options, &mut found).unwrap();
             total += found.len();
             source.recycle(frame);

@@ -379,16 +379,10 @@ impl Edge {
                 continue;
             };
             let started = Instant::now();
-            let result = Yuv420Image::new(
-                &frame.y,
-                &frame.u,
-                &frame.v,
-                frame.width,
-                frame.height,
-                frame.full_range,
-            )
-            .map_err(|e| DetectError::Output(e.to_string()))
-            .and_then(|image| model.detector.detect_frame(&image, &options, &mut found));
+            let result = frame
+                .image()
+                .map_err(|e| DetectError::Output(e.to_string()))
+                .and_then(|image| model.detector.detect_frame(&image, &options, &mut found));
             let elapsed = started.elapsed();
             if let Err(e) = result {
                 failed.inc();

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use autotuner_detect::{PlaneSizeError, Yuv420Image};
 use ffmpeg::format::Pixel;
 use ffmpeg_next as ffmpeg;
 use thiserror::Error;
@@ -124,16 +125,7 @@ fn scheme(url: &str) -> Result<Scheme, SourceError> {
 /// The URL without user information and without query or fragment (cameras and signed URLs
 /// carry passwords and tokens there), for logs and reports.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-            let path = path.split(['?', '#']).next().unwrap_or("");
-            let hidden = if rest.contains(['?', '#']) { "?…" } else { "" };
-            format!("{scheme}://{host}{path}{hidden}")
-        }
-        None => url.to_string(),
-    }
+    autotuner_store::redact_uri(url)
 }
 
 fn percent_encode(s: &str) -> String {
@@ -187,6 +179,18 @@ pub struct Frame {
 impl Frame {
     pub fn chroma_size(&self) -> (usize, usize) {
         (self.width.div_ceil(2), self.height.div_ceil(2))
+    }
+
+    /// The planes as an image detectors sample.
+    pub fn image(&self) -> Result<Yuv420Image<'_>, PlaneSizeError> {
+        Yuv420Image::new(
+            &self.y,
+            &self.u,
+            &self.v,
+            self.width,
+            self.height,
+            self.full_range,
+        )
     }
 }
 

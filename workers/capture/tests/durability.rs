@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{Annotator, assets, free_port};
+use common::{Annotator, assets, free_port, wait_until};
 
 fn capture(dataset: &Path, port: u16, max_frames: u32) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_capture"));
@@ -64,14 +64,6 @@ fn spooled(dataset: &Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -6,14 +6,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autotuner_api::contract::{self, OPERATOR_FIELD_MANAGER};
 use autotuner_api::{CameraTuning, InferenceSpec, MqttSpec};
 use autotuner_capture::source::{Source, SourceConfig};
-use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime, Yuv420Image};
+use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
 use autotuner_tests::workers::{tuning_with_worker_identity, worker_kubeconfig};
 use autotuner_tests::{Options, install_crd, shared, test_namespace};
 use kube::api::{Patch, PatchParams};
@@ -21,32 +21,14 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Annotator, assets, free_port};
+use common::{Annotator, Process, assets, free_port, h264_clip, rtsp_server, wait_for_port, wait_until};
 
 fn student() -> PathBuf {
     assets().join("models/ssd_mobilenet_v2_coco_raw.onnx")
 }
 
-/// Kills the process on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Debian's Mosquitto on `port`, loopback only, nothing kept on disk.
-fn mosquitto(dir: &Path, port: u16) -> Killed {
+fn mosquitto(dir: &Path, port: u16) -> Process {
     let config = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(
         &config,
@@ -61,7 +43,7 @@ fn mosquitto(dir: &Path, port: u16) -> Killed {
         .spawn()
         .expect("mosquitto (scripts/setup installs Debian's)");
     wait_for_port(port);
-    Killed(child)
+    Process(child)
 }
 
 /// Every message on `topic`, as JSON, collected in the background (re-subscribing whenever the
@@ -144,14 +126,6 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn every_frame_of_a_file_is_published_with_the_detect_crates_own_detections() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,16 +195,7 @@ fn every_frame_of_a_file_is_published_with_the_detect_crates_own_detections() {
     let mut compared = 0;
     for message in &messages {
         let frame = source.next_frame().unwrap();
-        Yuv420Image::new(
-            &frame.y,
-            &frame.u,
-            &frame.v,
-            frame.width,
-            frame.height,
-            frame.full_range,
-        )
-        .unwrap()
-        .to_rgb(&mut rgb);
+        frame.image().unwrap().to_rgb(&mut rgb);
         let image = RgbImage::new(&rgb, frame.width, frame.height).unwrap();
         let expected = detector.detect(&[image], &options).unwrap().remove(0);
         let got = message["objects"].as_array().unwrap();
@@ -265,34 +230,6 @@ fn every_frame_of_a_file_is_published_with_the_detect_crates_own_detections() {
     assert!(compared > 100, "people in view: {compared} detections compared");
 }
 
-/// An H.264 (High profile) clip of vtest.avi, as cameras send.
-fn h264_clip(dir: &Path) -> PathBuf {
-    let out = dir.join("clip.mkv");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "ultrafast"])
-        .args(["-g", "25", "-pix_fmt", "yuv420p"])
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI");
-    assert!(status.success());
-    out
-}
-
-fn rtsp_server(clip: &Path, port: u16) -> Killed {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/video/rtsp_server.py");
-    let child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(clip)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the RTSP server");
-    wait_for_port(port);
-    Killed(child)
-}
-
 async fn set_current_model(tunings: &Api<CameraTuning>, version: u32, uri: &str) {
     let body = json!({
         "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
@@ -325,8 +262,8 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
     // The camera: GStreamer's RTSP server playing vtest.avi (32 s) as H.264.
     let (rtsp_port, broker_port, annotator_port, http_port) =
         (free_port(), free_port(), free_port(), free_port());
-    let clip = h264_clip(dir.path());
-    let _camera = rtsp_server(&clip, rtsp_port);
+    let clip = h264_clip(dir.path(), 795);
+    let _camera = rtsp_server(&clip, rtsp_port, None);
     let mut broker = Some(mosquitto(dir.path(), broker_port));
     let messages = subscribe(broker_port, &format!("autotuner/{ns}/gate/detections"));
     let _annotator = tokio::task::spawn_blocking(move || Annotator::start(annotator_port))
@@ -360,7 +297,7 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
     })
     .await;
     let kubeconfig = worker_kubeconfig(plane, &ns, &account, dir.path()).await;
-    let capture = Killed(
+    let capture = Process(
         Command::new(env!("CARGO_BIN_EXE_capture"))
             .args([
                 "--metrics-listen",

@@ -2,81 +2,14 @@
 //! file from Python's http.server, and live MJPEG from the ffmpeg CLI) and over RTSP from
 //! GStreamer's RTSP server (Debian's packages, `scripts/setup`), including a dropped stream.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use autotuner_capture::source::{Credentials, Next, RtspTransport, Source, SourceConfig};
 
-fn assets() -> PathBuf {
-    autotuner_detect::assets::dir()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// An H.264 (High profile, as cameras send) Matroska clip of vtest.avi's first `frames` frames.
-fn h264_clip(dir: &Path, frames: u32) -> PathBuf {
-    let out = dir.join("clip.mkv");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args([
-            "-frames:v",
-            &frames.to_string(),
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "high",
-            "-preset",
-            "ultrafast",
-        ])
-        .args(["-g", "10", "-pix_fmt", "yuv420p"])
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI (scripts/setup installs it)");
-    assert!(status.success());
-    out
-}
-
-fn rtsp_server(clip: &Path, port: u16, credentials: Option<(&str, &str)>) -> Server {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/video/rtsp_server.py");
-    // Debian's Python: GStreamer's bindings (python3-gi) live there.
-    let mut command = Command::new("/usr/bin/python3");
-    command.arg(script).arg(clip).arg(port.to_string());
-    if let Some((user, password)) = credentials {
-        command.args([user, password]);
-    }
-    let child = command
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the RTSP server");
-    wait_for_port(port);
-    Server(child)
-}
+mod common;
+use common::{Process, assets, free_port, h264_clip, rtsp_server, wait_for_port};
 
 fn frames_within(source: &Source, n: usize, timeout: Duration) -> Vec<autotuner_capture::source::Frame> {
     let deadline = Instant::now() + timeout;
@@ -143,7 +76,7 @@ fn a_progressive_file_over_http_decodes_like_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let clip = h264_clip(dir.path(), 40);
     let port = free_port();
-    let _server = Server(
+    let _server = Process(
         Command::new("/usr/bin/python3")
             .args([
                 "-m",
@@ -175,7 +108,7 @@ fn a_progressive_file_over_http_decodes_like_the_file() {
 #[test]
 fn live_mjpeg_over_http_is_decoded() {
     let port = free_port();
-    let _server = Server(
+    let _server = Process(
         Command::new("ffmpeg")
             .args(["-v", "error", "-re", "-i"])
             .arg(assets().join("vtest.avi"))

@@ -1,7 +1,9 @@
 //! What the capture tests share: the assets and a real annotator service.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use autotuner_annotator::api::ModelInfo;
 use autotuner_annotator::batcher::{BatchConfig, Batcher};
@@ -71,4 +73,70 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A child process (a server the test started), killed on drop.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An H.264 (High profile, as cameras send) Matroska clip of vtest.avi's first `frames` frames.
+pub fn h264_clip(dir: &Path, frames: u32) -> PathBuf {
+    let out = dir.join("clip.mkv");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(assets().join("vtest.avi"))
+        .args([
+            "-frames:v",
+            &frames.to_string(),
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "high",
+            "-preset",
+            "ultrafast",
+        ])
+        .args(["-g", "10", "-pix_fmt", "yuv420p"])
+        .arg(&out)
+        .status()
+        .expect("the ffmpeg CLI (scripts/setup installs it)");
+    assert!(status.success());
+    out
+}
+
+pub fn rtsp_server(clip: &Path, port: u16, credentials: Option<(&str, &str)>) -> Process {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/video/rtsp_server.py");
+    // Debian's Python: GStreamer's bindings (python3-gi) live there.
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(script).arg(clip).arg(port.to_string());
+    if let Some((user, password)) = credentials {
+        command.args([user, password]);
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the RTSP server");
+    wait_for_port(port);
+    Process(child)
 }
