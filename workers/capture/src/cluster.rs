@@ -256,5 +256,56 @@ mod tests {
         );
         assert_eq!(config.dataset.train_size, spec.dataset.train_size as usize);
         assert_eq!(min_score, spec.annotation.confidence_threshold as f32);
+
+        // spec.inference: what the student on the node publishes, and where.
+        let edge = edge_settings(spec, &EdgeSettings::default()).unwrap();
+        assert_eq!(edge.classes, [1, 3, 2], "person, car, bicycle");
+        assert_eq!(edge.min_score, 0.4);
+        assert_eq!(edge.max_fps, Some(12.5));
+        assert_eq!(edge.device, DevicePreference::Cpu);
+        let context = ClusterContext {
+            name: "parking-lot-east".into(),
+            namespace: "depot-3".into(),
+        };
+        let mqtt = mqtt_config(spec, &context).unwrap();
+        assert_eq!(mqtt.broker(), Ok(("mosquitto.iot.svc".into(), 1883)));
+        assert_eq!(mqtt.topic(), "depot-3/parking-lot-east/detections");
+        assert_eq!(mqtt.qos, 1);
+        let mut unnamed = spec.clone();
+        unnamed.inference.mqtt.as_mut().unwrap().topic_prefix = None;
+        assert_eq!(
+            mqtt_config(&unnamed, &context).unwrap().topic(),
+            "autotuner/depot-3/parking-lot-east/detections"
+        );
+    }
+
+    #[test]
+    fn the_node_serves_the_promoted_model_or_else_the_off_the_shelf_student() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../manifests/examples/minimal.yaml"
+        ))
+        .unwrap();
+        let mut tuning: CameraTuning = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(
+            desired_model(&tuning),
+            ModelId {
+                version: 0,
+                uri: tuning.spec.training.student.uri.clone()
+            }
+        );
+        tuning.status = Some(
+            serde_json::from_value(
+                json!({ "currentModel": { "version": 3, "uri": "s3://m/3.onnx", "map": 0.4 } }),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            desired_model(&tuning),
+            ModelId {
+                version: 3,
+                uri: "s3://m/3.onnx".into()
+            }
+        );
     }
 }

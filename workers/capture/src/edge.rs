@@ -18,7 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use autotuner_detect::{
-    DetectError, DetectOptions, Detection, Detector, DevicePreference, Family, Runtime, Threads, Yuv420Image,
+    DetectError, DetectOptions, Detection, Detector, DevicePreference, Family, LoadOptions, RgbImage,
+    Runtime, Threads,
 };
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -382,7 +383,7 @@ impl Edge {
             let result = frame
                 .image()
                 .map_err(|e| DetectError::Output(e.to_string()))
-                .and_then(|image| model.detector.detect_frame(&image, &options, &mut found));
+                .and_then(|image| model.detector.detect_yuv420(&image, &options, &mut found));
             let elapsed = started.elapsed();
             if let Err(e) = result {
                 failed.inc();
@@ -528,17 +529,21 @@ pub fn check_model(
     settings: &EdgeSettings,
     (width, height): (usize, usize),
 ) -> Result<Detector, String> {
-    let threads = Threads {
-        intra_op: settings.threads,
-        spinning: false,
+    let options = LoadOptions {
+        device: settings.device,
+        threads: Threads {
+            intra_op: settings.threads,
+            spinning: false,
+        },
+        // Only the classes the camera publishes are computed.
+        classes: Some(settings.classes.clone()),
     };
-    let mut detector = Detector::load_with(runtime, path, family, settings.device, threads)
+    let mut detector = Detector::load_for(runtime, path, family, &options)
         .map_err(|e| format!("the model does not load: {e}"))?;
-    let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));
-    let (y, uv) = (vec![128u8; width * height], vec![128u8; cw * ch]);
-    let frame = Yuv420Image::new(&y, &uv, &uv, width, height, false).map_err(|e| e.to_string())?;
+    let grey = vec![128u8; width * height * 3];
+    let frame = RgbImage::new(&grey, width, height).map_err(|e| e.to_string())?;
     detector
-        .warm_up(&frame)
+        .warm_up(frame)
         .map_err(|e| format!("the model failed its check on a frame: {e}"))?;
     Ok(detector)
 }

@@ -367,11 +367,14 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
     let swap = events.lock().unwrap().clone();
     let first_v1 = swap.iter().position(|e| e["modelVersion"] == 1).unwrap();
     assert!(first_v1 > 0, "version 0 served before");
-    // Around the swap no frame goes without a result beyond the configured rate (8 per s of a
-    // 25 fps stream: every 3rd or 4th frame; one dropped frame allowed on this busy machine).
+    // Around the swap no stretch of the stream goes without a result beyond the configured rate
+    // (8 per s: one every 125 ms of stream time; a frame more or less on this busy machine).
     for pair in swap[first_v1.saturating_sub(5)..(first_v1 + 5).min(swap.len())].windows(2) {
-        let gap = pair[1]["frame"].as_u64().unwrap() - pair[0]["frame"].as_u64().unwrap();
-        assert!(gap <= 8, "a gap of {gap} frames around the swap: {pair:?}");
+        let gap = pair[1]["timeMs"].as_i64().unwrap() - pair[0]["timeMs"].as_i64().unwrap();
+        assert!(
+            (0..=400).contains(&gap),
+            "{gap} ms without a result around the swap: {pair:?}"
+        );
     }
     assert!(
         swap[first_v1..].iter().all(|e| e["modelVersion"] == 1),

@@ -9,15 +9,16 @@ pub mod eval;
 mod geometry;
 pub mod labels;
 mod network;
+pub mod onnx;
 mod preprocess;
 
 pub use detector::{
-    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, RawOutput, Runtime, Threads,
-    decode_ssd_raw, decode_yolo,
+    DetectError, DetectOptions, Detector, Device, DevicePreference, Family, LoadOptions, RawOutput, Runtime,
+    Threads, decode_ssd_raw, decode_yolo,
 };
 pub use geometry::{BBox, Detection, nms};
 pub use network::Network;
 pub use preprocess::{
-    Fit, ImageSizeError, Layout, Pixels, Placement, PlaneSizeError, Preprocess, Resampling, RgbImage,
-    Yuv420Image, yuv_to_rgb,
+    Fit, ImageSizeError, Layout, Placement, PlaneSizeError, Preprocess, Resampling, RgbImage, Yuv420Image,
+    yuv_to_rgb,
 };

@@ -95,15 +95,72 @@ impl<'a> Yuv420Image<'a> {
         yuv_to_rgb(self.y[y * self.width + x], self.u[c], self.v[c], self.full_range)
     }
 
-    /// The whole frame as packed RGB (for consumers that need every pixel, such as a picture).
+    /// The whole frame as packed RGB into `out` (reused: no allocation once it has the size).
     pub fn to_rgb(&self, out: &mut Vec<u8>) {
-        out.clear();
-        out.reserve(self.width * self.height * 3);
-        for y in 0..self.height {
-            for x in 0..self.width {
-                out.extend_from_slice(&self.rgb(x, y));
+        let (w, cw) = (self.width, self.width.div_ceil(2));
+        out.resize(w * self.height * 3, 0);
+        let k = Coefficients::of(self.full_range);
+        for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
+            let luma = &self.y[y * w..(y + 1) * w];
+            let (u, v) = (&self.u[(y / 2) * cw..][..cw], &self.v[(y / 2) * cw..][..cw]);
+            // Two pixels share a chroma sample: a loop the compiler can keep branch-free.
+            for ((pair, rgb), (&u, &v)) in luma.chunks(2).zip(row.chunks_mut(6)).zip(u.iter().zip(v)) {
+                for (&y, px) in pair.iter().zip(rgb.chunks_exact_mut(3)) {
+                    px.copy_from_slice(&k.rgb(y, u, v));
+                }
             }
         }
+    }
+}
+
+/// BT.601 YCbCr to RGB in 16-bit fixed point, in either range: 16 -> 0 and 235 -> 255 in
+/// limited range, grey stays grey.
+#[derive(Debug, Clone, Copy)]
+struct Coefficients {
+    y_offset: i32,
+    y: i32,
+    r_v: i32,
+    g_u: i32,
+    g_v: i32,
+    b_u: i32,
+}
+
+const LIMITED_RANGE: Coefficients = Coefficients::new(false);
+const FULL_RANGE: Coefficients = Coefficients::new(true);
+
+impl Coefficients {
+    fn of(full_range: bool) -> &'static Self {
+        if full_range { &FULL_RANGE } else { &LIMITED_RANGE }
+    }
+
+    const fn new(full_range: bool) -> Self {
+        // (255 / 219) for luma and (255 / 224) for chroma expand limited range.
+        const ONE: f64 = 65536.0;
+        let (y, c) = if full_range {
+            (1.0, 1.0)
+        } else {
+            (255.0 / 219.0, 255.0 / 224.0)
+        };
+        Self {
+            y_offset: if full_range { 0 } else { 16 },
+            y: (y * ONE + 0.5) as i32,
+            r_v: (1.402 * c * ONE + 0.5) as i32,
+            g_u: (0.344_136 * c * ONE + 0.5) as i32,
+            g_v: (0.714_136 * c * ONE + 0.5) as i32,
+            b_u: (1.772 * c * ONE + 0.5) as i32,
+        }
+    }
+
+    #[inline(always)]
+    fn rgb(&self, y: u8, u: u8, v: u8) -> [u8; 3] {
+        let y = (y as i32 - self.y_offset) * self.y + (1 << 15);
+        let (u, v) = (u as i32 - 128, v as i32 - 128);
+        let clamp = |x: i32| (x >> 16).clamp(0, 255) as u8;
+        [
+            clamp(y + self.r_v * v),
+            clamp(y - self.g_u * u - self.g_v * v),
+            clamp(y + self.b_u * u),
+        ]
     }
 }
 
@@ -111,57 +168,7 @@ impl<'a> Yuv420Image<'a> {
 /// conversion of the project: pictures, crops for the teacher and the student's input all use it.
 #[inline]
 pub fn yuv_to_rgb(y: u8, u: u8, v: u8, full_range: bool) -> [u8; 3] {
-    let (y, u, v) = (y as f32, u as f32 - 128.0, v as f32 - 128.0);
-    let (y, scale) = if full_range {
-        (y, 1.0)
-    } else {
-        ((y - 16.0) * (255.0 / 219.0), 255.0 / 224.0)
-    };
-    let (u, v) = (u * scale, v * scale);
-    let clamp = |x: f32| x.round().clamp(0.0, 255.0) as u8;
-    [
-        clamp(y + 1.402 * v),
-        clamp(y - 0.344_136 * u - 0.714_136 * v),
-        clamp(y + 1.772 * u),
-    ]
-}
-
-/// An image a detector can sample: its size and its pixels as RGB.
-pub trait Pixels {
-    fn width(&self) -> usize;
-    fn height(&self) -> usize;
-    fn rgb(&self, x: usize, y: usize) -> [u8; 3];
-}
-
-impl Pixels for RgbImage<'_> {
-    #[inline]
-    fn width(&self) -> usize {
-        self.width
-    }
-    #[inline]
-    fn height(&self) -> usize {
-        self.height
-    }
-    #[inline]
-    fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = (y * self.width + x) * 3;
-        [self.data[i], self.data[i + 1], self.data[i + 2]]
-    }
-}
-
-impl Pixels for Yuv420Image<'_> {
-    #[inline]
-    fn width(&self) -> usize {
-        self.width
-    }
-    #[inline]
-    fn height(&self) -> usize {
-        self.height
-    }
-    #[inline]
-    fn rgb(&self, x: usize, y: usize) -> [u8; 3] {
-        Yuv420Image::rgb(self, x, y)
-    }
+    Coefficients::of(full_range).rgb(y, u, v)
 }
 
 /// How the image is fitted to the input size.
@@ -275,19 +282,14 @@ impl Preprocess {
     /// Writes the input tensor of `image` into `out` (`self.len()` values) and says where the
     /// image landed.
     pub fn apply(&self, image: RgbImage<'_>, out: &mut [f32]) -> Placement {
-        self.apply_pixels(&image, out, &mut Resampling::default())
+        self.apply_with(image, out, &mut Resampling::default())
     }
 
-    /// [`apply`](Self::apply) for any pixel source, with the taps kept in `resampling` for the
-    /// next image of the same size.
-    pub fn apply_pixels(
-        &self,
-        image: &impl Pixels,
-        out: &mut [f32],
-        resampling: &mut Resampling,
-    ) -> Placement {
+    /// [`apply`](Self::apply), with the taps kept in `resampling` for the next image of the same
+    /// size.
+    pub fn apply_with(&self, image: RgbImage<'_>, out: &mut [f32], resampling: &mut Resampling) -> Placement {
         assert_eq!(out.len(), self.len());
-        let (iw, ih) = (image.width(), image.height());
+        let (iw, ih) = (image.width, image.height);
         resampling.fit(self, iw, ih);
         let Resampling {
             placed: (placed_w, placed_h),
@@ -312,11 +314,10 @@ impl Preprocess {
                 if inside {
                     let (y0, y1, fy) = ys[y - top];
                     let (x0, x1, fx) = xs[x - left];
-                    let (p00, p01) = (image.rgb(x0, y0), image.rgb(x1, y0));
-                    let (p10, p11) = (image.rgb(x0, y1), image.rgb(x1, y1));
+                    let p = |yy: usize, xx: usize, c: usize| image.data[(yy * iw + xx) * 3 + c] as f32;
                     for (c, v) in rgb.iter_mut().enumerate() {
-                        let upper = (1.0 - fx) * p00[c] as f32 + fx * p01[c] as f32;
-                        let lower = (1.0 - fx) * p10[c] as f32 + fx * p11[c] as f32;
+                        let upper = (1.0 - fx) * p(y0, x0, c) + fx * p(y0, x1, c);
+                        let lower = (1.0 - fx) * p(y1, x0, c) + fx * p(y1, x1, c);
                         *v = ((1.0 - fy) * upper + fy * lower) * self.scale + self.offset;
                     }
                 }
@@ -394,33 +395,24 @@ mod tests {
     }
 
     #[test]
-    fn a_420_frame_is_sampled_exactly_as_its_rgb_conversion() {
+    fn a_420_frame_converts_pixel_for_pixel_with_shared_chroma() {
         let (w, h) = (37usize, 23usize);
         let y: Vec<u8> = (0..w * h).map(|i| (i * 7 % 251) as u8).collect();
         let u: Vec<u8> = (0..19 * 12).map(|i| (i * 13 % 241) as u8).collect();
         let v: Vec<u8> = (0..19 * 12).map(|i| (255 - i * 5 % 239) as u8).collect();
         for full_range in [false, true] {
             let frame = Yuv420Image::new(&y, &u, &v, w, h, full_range).unwrap();
-            let mut rgb = Vec::new();
+            let mut rgb = vec![7; 3];
             frame.to_rgb(&mut rgb);
-            let image = RgbImage::new(&rgb, w, h).unwrap();
-            for fit in [Fit::Stretch, Fit::Letterbox { pad: 114.0 }] {
-                let p = Preprocess {
-                    width: 16,
-                    height: 16,
-                    fit,
-                    layout: Layout::Nhwc,
-                    bgr: false,
-                    scale: 2.0 / 255.0,
-                    offset: -1.0,
-                };
-                let (mut a, mut b) = (vec![0.0; p.len()], vec![0.0; p.len()]);
-                let mut resampling = Resampling::default();
+            assert_eq!(rgb.len(), w * h * 3);
+            for (yy, xx) in [(0, 0), (0, 36), (22, 0), (22, 36), (11, 17)] {
+                let i = (yy * w + xx) * 3;
+                assert_eq!(rgb[i..i + 3], frame.rgb(xx, yy), "({xx}, {yy})");
+                let c = (yy / 2) * 19 + xx / 2;
                 assert_eq!(
-                    p.apply(image, &mut a),
-                    p.apply_pixels(&frame, &mut b, &mut resampling)
+                    frame.rgb(xx, yy),
+                    yuv_to_rgb(y[yy * w + xx], u[c], v[c], full_range)
                 );
-                assert_eq!(a, b);
             }
         }
         assert!(Yuv420Image::new(&y, &u, &v, w, h + 2, false).is_err());

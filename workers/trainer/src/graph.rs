@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use autotuner_detect::onnx::{floats_of, ints_of};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use onnx_ir::{Message, ModelProto, NodeProto, TensorProto};
+use onnx_ir::{Message, ModelProto, NodeProto};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -72,37 +73,6 @@ fn to4(dims: &[usize]) -> [usize; 4] {
     let mut d = [1usize; 4];
     d[..dims.len()].copy_from_slice(dims);
     d
-}
-
-fn floats_of(t: &TensorProto) -> Vec<f32> {
-    if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect()
-    }
-}
-
-fn ints_of(t: &TensorProto) -> Option<Vec<i64>> {
-    const INT32: i32 = 6;
-    const INT64: i32 = 7;
-    Some(match (t.data_type, t.raw_data.is_empty()) {
-        (INT64, false) => t
-            .raw_data
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        (INT32, false) => t
-            .raw_data
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-            .collect(),
-        (INT64, true) => t.int64_data.clone(),
-        (INT32, true) => t.int32_data.iter().map(|&v| v as i64).collect(),
-        _ => return None,
-    })
 }
 
 fn attr_ints(n: &NodeProto, name: &str) -> Vec<i64> {
