@@ -141,7 +141,10 @@ pub fn keep_ssd_classes(model: &[u8], classes: &[u32]) -> Result<(Vec<u8>, Vec<u
             return Err(format!("class {bad} is not among the model's {c} columns"));
         }
         let rows = graph.initializer[w].dims.first().copied().unwrap_or(0) as usize;
-        if rows == 0 || rows % c != 0 || graph.initializer[b].dims.first().copied() != Some(rows as i64) {
+        if rows == 0
+            || !rows.is_multiple_of(c)
+            || graph.initializer[b].dims.first().copied() != Some(rows as i64)
+        {
             return Err(format!(
                 "class predictor {} has {rows} outputs, not anchors x {c}",
                 conv.name
