@@ -1,9 +1,11 @@
 //! Support for testing the workers as the operator runs them: a CameraTuning with its worker
-//! identity exactly as the operator builds it, a kubeconfig for that identity, and a real S3
-//! server.
+//! identity exactly as the operator builds it, a kubeconfig for that identity, a real S3
+//! server and a real MQTT broker.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use autotuner_api::CameraTuning;
 use autotuner_operator::Config;
@@ -177,5 +179,79 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Debian's Mosquitto (an MQTT broker) on `127.0.0.1:port`, nothing kept on disk. Killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, port: u16) -> Self {
+        let config = dir.join(format!("mosquitto-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (scripts/setup installs Debian's)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Mosquitto does not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child)
+    }
+
+    /// Every message on `topic` of the broker on `port`, as JSON, collected in the background
+    /// (subscribing again whenever the broker comes back). Returns once subscribed.
+    pub fn subscribe(port: u16, topic: &str) -> Arc<Mutex<Vec<Value>>> {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (sink, topic) = (got.clone(), topic.to_string());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut options = rumqttc::MqttOptions::new(format!("test-{port}"), "127.0.0.1", port);
+            options.set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut connection) = rumqttc::Client::new(options, 64);
+            let mut told = false;
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        client
+                            .subscribe(topic.as_str(), rumqttc::QoS::AtLeastOnce)
+                            .unwrap();
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) if !told => {
+                        told = true;
+                        let _ = tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&p.payload).unwrap());
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("subscribed");
+        got
     }
 }

@@ -2,9 +2,10 @@
 //! (no second decode), on a thread of its own, and publishes every inferred frame's detections
 //! (metrics, the latest frame, a broadcast for Server-Sent Events and MQTT).
 //!
-//! Frames reach it through a one-frame hand-over: a live stream never waits for inference (a
-//! frame still waiting when the next one comes is dropped, and counted), a file waits, so that a
-//! file run infers every frame. A new model is loaded, checked on a frame and queued by
+//! Frames reach it through a short queue: a live stream never waits for inference (when the
+//! queue is full the oldest waiting frame is dropped, and counted), a file waits, so that a file
+//! run infers every frame. A few frames rather than one, because decoders hand frames over in
+//! bursts (B-frames come out in pairs and threes) that a steady inference rate absorbs. A new model is loaded, checked on a frame and queued by
 //! [`ModelLoader`] on another thread; the inference thread switches to it between two frames, so
 //! no frame goes without a model and the stream never stops.
 //!
@@ -42,6 +43,8 @@ pub struct EdgeSettings {
     pub threads: usize,
     /// Frames kept for slow subscribers (SSE, MQTT) before the oldest are dropped.
     pub broadcast_capacity: usize,
+    /// Frames waiting for inference before the oldest is dropped (live streams).
+    pub queue: usize,
 }
 
 impl Default for EdgeSettings {
@@ -53,6 +56,7 @@ impl Default for EdgeSettings {
             device: DevicePreference::Auto,
             threads: 0,
             broadcast_capacity: 256,
+            queue: 3,
         }
     }
 }
@@ -145,7 +149,7 @@ pub struct Edge {
 
 #[derive(Debug, Default)]
 struct Slot {
-    waiting: Option<Frame>,
+    waiting: std::collections::VecDeque<Frame>,
     /// Frames inference is done with, back to the decoder's pool.
     done: Vec<Frame>,
     closed: bool,
@@ -181,7 +185,8 @@ impl Edge {
     }
 
     /// Hands a frame to inference; `recycle` gets back the frames nobody needs any more. A live
-    /// frame replaces one still waiting (dropped, counted); a file's frame waits for its turn.
+    /// frame pushes out the oldest waiting one when the queue is full (dropped, counted); a file's
+    /// frame waits for room.
     /// Frames within `1 / max_fps` of the last one offered are skipped (counted).
     pub fn offer(&self, frame: Frame, time_ms: i64, mut recycle: impl FnMut(Frame)) {
         if let Some(fps) = self.settings.max_fps {
@@ -197,7 +202,8 @@ impl Edge {
         }
         let live = frame.live;
         let mut slot = lock(&self.slot);
-        while !live && slot.waiting.is_some() && !slot.closed {
+        let capacity = self.settings.queue.max(1);
+        while !live && slot.waiting.len() >= capacity && !slot.closed {
             slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
         for done in slot.done.drain(..) {
@@ -208,10 +214,13 @@ impl Edge {
             recycle(frame);
             return;
         }
-        if let Some(stale) = slot.waiting.replace(frame) {
+        if slot.waiting.len() >= capacity
+            && let Some(stale) = slot.waiting.pop_front()
+        {
             self.metrics.edge_frames.with_label_values(&["dropped"]).inc();
             recycle(stale);
         }
+        slot.waiting.push_back(frame);
         self.changed.notify_all();
     }
 
@@ -224,7 +233,7 @@ impl Edge {
     fn take(&self) -> Option<Frame> {
         let mut slot = lock(&self.slot);
         loop {
-            if let Some(frame) = slot.waiting.take() {
+            if let Some(frame) = slot.waiting.pop_front() {
                 self.changed.notify_all();
                 return Some(frame);
             }
@@ -237,7 +246,7 @@ impl Edge {
 
     fn give_back(&self, frame: Frame) {
         let mut slot = lock(&self.slot);
-        if slot.done.len() < 4 {
+        if slot.done.len() < self.settings.queue.max(1) + 2 {
             slot.done.push(frame);
         }
         self.changed.notify_all();

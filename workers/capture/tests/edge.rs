@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use autotuner_api::contract::{self, OPERATOR_FIELD_MANAGER};
 use autotuner_api::{CameraTuning, InferenceSpec, MqttSpec};
 use autotuner_capture::source::{Source, SourceConfig};
 use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
-use autotuner_tests::workers::{tuning_with_worker_identity, worker_kubeconfig};
+use autotuner_tests::workers::{Mosquitto, tuning_with_worker_identity, worker_kubeconfig};
 use autotuner_tests::{Options, install_crd, shared, test_namespace};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -25,61 +25,6 @@ use common::{Annotator, Process, assets, free_port, h264_clip, rtsp_server, wait
 
 fn student() -> PathBuf {
     assets().join("models/ssd_mobilenet_v2_coco_raw.onnx")
-}
-
-/// Debian's Mosquitto on `port`, loopback only, nothing kept on disk.
-fn mosquitto(dir: &Path, port: u16) -> Process {
-    let config = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &config,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto (scripts/setup installs Debian's)");
-    wait_for_port(port);
-    Process(child)
-}
-
-/// Every message on `topic`, as JSON, collected in the background (re-subscribing whenever the
-/// broker comes back).
-fn subscribe(port: u16, topic: &str) -> Arc<Mutex<Vec<Value>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let (sink, topic) = (got.clone(), topic.to_string());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut options = rumqttc::MqttOptions::new("edge-test", "127.0.0.1", port);
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut connection) = rumqttc::Client::new(options, 64);
-        let mut told = false;
-        for event in connection.iter() {
-            match event {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    client
-                        .subscribe(topic.as_str(), rumqttc::QoS::AtLeastOnce)
-                        .unwrap();
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) if !told => {
-                    told = true;
-                    let _ = tx.send(());
-                }
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    sink.lock()
-                        .unwrap()
-                        .push(serde_json::from_slice(&p.payload).unwrap());
-                }
-                Ok(_) => {}
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20)).expect("subscribed");
-    got
 }
 
 /// Server-Sent Events from `/v1/detections/stream`, collected in the background.
@@ -130,8 +75,8 @@ fn metric(text: &str, series: &str) -> f64 {
 fn every_frame_of_a_file_is_published_with_the_detect_crates_own_detections() {
     let dir = tempfile::tempdir().unwrap();
     let broker_port = free_port();
-    let _broker = mosquitto(dir.path(), broker_port);
-    let messages = subscribe(broker_port, "cams/hall/detections");
+    let _broker = Mosquitto::start(dir.path(), broker_port);
+    let messages = Mosquitto::subscribe(broker_port, "cams/hall/detections");
     // The teacher labels what motion selects (a file run ends once all of it is labelled).
     let annotator_port = free_port();
     let _annotator = Annotator::start(annotator_port);
@@ -264,8 +209,8 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
         (free_port(), free_port(), free_port(), free_port());
     let clip = h264_clip(dir.path(), 795);
     let _camera = rtsp_server(&clip, rtsp_port, None);
-    let mut broker = Some(mosquitto(dir.path(), broker_port));
-    let messages = subscribe(broker_port, &format!("autotuner/{ns}/gate/detections"));
+    let mut broker = Some(Mosquitto::start(dir.path(), broker_port));
+    let messages = Mosquitto::subscribe(broker_port, &format!("autotuner/{ns}/gate/detections"));
     let _annotator = tokio::task::spawn_blocking(move || Annotator::start(annotator_port))
         .await
         .unwrap();
@@ -421,7 +366,7 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
         || events.lock().unwrap().len() > served + 10,
     );
     let received = messages.lock().unwrap().len();
-    broker = Some(mosquitto(dir.path(), broker_port));
+    broker = Some(Mosquitto::start(dir.path(), broker_port));
     wait_until("MQTT messages again", Duration::from_secs(40), || {
         messages.lock().unwrap().len() > received + 5
     });
