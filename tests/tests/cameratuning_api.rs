@@ -433,6 +433,49 @@ fn invalid_specs() -> Vec<Invalid> {
             },
             message: "should be less than or equal to 1",
         },
+        Invalid {
+            what: "an inference score threshold of 1",
+            change: |o| set(o, "spec/inference/minScore", json!(1.0)),
+            message: "inference.minScore must be strictly between 0 and 1",
+        },
+        Invalid {
+            what: "no inference rate",
+            change: |o| set(o, "spec/inference/maxFramesPerSecond", json!(0.05)),
+            message: "should be greater than or equal to 0.1",
+        },
+        Invalid {
+            what: "an MQTT broker URL with credentials",
+            change: |o| {
+                set(
+                    o,
+                    "spec/inference/mqtt",
+                    json!({ "url": "mqtt://user:pw@broker:1883" }),
+                )
+            },
+            message: "inference.mqtt.url must be mqtt://host or mqtt://host:port, without credentials",
+        },
+        Invalid {
+            what: "an MQTT topic prefix with a wildcard",
+            change: |o| {
+                set(
+                    o,
+                    "spec/inference/mqtt",
+                    json!({ "url": "mqtt://broker", "topicPrefix": "cams/#" }),
+                )
+            },
+            message: "inference.mqtt.topicPrefix must not contain the MQTT wildcards",
+        },
+        Invalid {
+            what: "an MQTT quality of service of 2",
+            change: |o| {
+                set(
+                    o,
+                    "spec/inference/mqtt",
+                    json!({ "url": "mqtt://broker", "qos": 2 }),
+                )
+            },
+            message: "should be less than or equal to 1",
+        },
     ]
 }
 

@@ -668,6 +668,26 @@ mod tests {
         );
         assert!(password.get("value").is_none());
         assert_eq!(pod["spec"]["serviceAccountName"], "entrance-worker");
+        assert!(
+            !env.to_string().contains(contract::ENV_MODEL_URI),
+            "the worker reads its model from the CameraTuning"
+        );
+
+        // The MQTT broker's credentials come from their Secret too.
+        let with_mqtt = build_all(&tuning(json!({ "inference": { "mqtt": {
+            "url": "mqtt://broker:1883", "credentialsSecretRef": { "name": "mqtt-secret", "usernameKey": "u" } } } })));
+        let pod = serde_json::to_value(&with_mqtt.capture.spec.template).unwrap();
+        let env = pod["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        let var =
+            |name: &str| env.iter().find(|e| e["name"] == name).unwrap()["valueFrom"]["secretKeyRef"].clone();
+        assert_eq!(
+            var(contract::ENV_MQTT_USERNAME),
+            json!({ "name": "mqtt-secret", "key": "u" })
+        );
+        assert_eq!(
+            var(contract::ENV_MQTT_PASSWORD),
+            json!({ "name": "mqtt-secret", "key": "password" })
+        );
 
         let by_selector = build_all(&tuning(
             json!({ "camera": { "url": "rtsp://cam/s", "nodeSelector": { "site": "gate" } } }),

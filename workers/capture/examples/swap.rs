@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
+use autotuner_capture::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::source::{Source, SourceConfig};
 use autotuner_detect::{DevicePreference, Family};
@@ -45,7 +45,7 @@ fn main() {
         version: 0,
         uri: student.display().to_string(),
     };
-    assert!(runtime.block_on(loader.load(first)));
+    assert_eq!(runtime.block_on(loader.load(first)), Loaded::Staged);
     let mut results = edge.subscribe();
     let collector = runtime.spawn(async move {
         let mut got = Vec::new();

@@ -19,7 +19,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::dataset::Split;
-use crate::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
+use crate::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttConfig;
 use crate::pipeline::CaptureConfig;
@@ -113,31 +113,64 @@ pub fn desired_model(tuning: &CameraTuning) -> ModelId {
     }
 }
 
-/// Watches the CameraTuning and has `loader` fetch, check and stage every model it should serve
-/// (each once: a refused model is not retried until the status names another). Runs until the
-/// process ends; the watch reconnects by itself.
+/// Watches the CameraTuning and has `loader` fetch, check and stage every model it should serve.
+/// A model that does not load is not tried again until the status names another; one that could
+/// not be fetched is tried again every 30 s. Runs until the process ends; the watch reconnects
+/// by itself.
 pub async fn follow_models(context: ClusterContext, client: Client, loader: ModelLoader) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
     let api: Api<CameraTuning> = Api::namespaced(client, &context.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", context.name));
     let mut tunings = watcher(api, config).default_backoff().applied_objects().boxed();
     let mut requested: Option<ModelId> = None;
-    while let Some(event) = tunings.next().await {
-        match event {
-            Ok(tuning) => {
-                let wanted = desired_model(&tuning);
-                if requested.as_ref() != Some(&wanted) {
-                    tracing::info!(version = wanted.version, "loading the model to serve");
-                    requested = Some(wanted.clone());
-                    loader.load(wanted).await;
-                }
+    // A model that could not be fetched, and when to try it again (a deadline, not a sleep:
+    // the worker's own status reports wake the watch every few seconds).
+    let mut unreachable: Option<(ModelId, tokio::time::Instant)> = None;
+    loop {
+        let retry_at = unreachable.as_ref().map(|(_, at)| *at);
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            Err(e) => tracing::warn!(error = %e, "watching the CameraTuning; retrying"),
+        };
+        let wanted = tokio::select! {
+            event = tunings.next() => match event {
+                Some(Ok(tuning)) => desired_model(&tuning),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching the CameraTuning; retrying");
+                    continue;
+                }
+                None => return,
+            },
+            _ = retry => match unreachable.take() {
+                Some((id, _)) => {
+                    requested = None;
+                    id
+                }
+                None => continue,
+            },
+        };
+        if requested.as_ref() == Some(&wanted) {
+            continue;
         }
+        tracing::info!(version = wanted.version, "loading the model to serve");
+        requested = Some(wanted.clone());
+        unreachable = (loader.load(wanted.clone()).await == Loaded::Unreachable)
+            .then(|| (wanted, tokio::time::Instant::now() + RETRY));
     }
 }
 
 /// The edge's settings from the spec.
 pub fn edge_settings(spec: &CameraTuningSpec, base: &EdgeSettings) -> Result<EdgeSettings, String> {
+    // The schema's minimum (0.1) is the API server's check; an integer 0 has been seen to pass it.
+    if let Some(fps) = spec.inference.max_frames_per_second
+        && !(fps.is_finite() && fps > 0.0)
+    {
+        return Err(format!(
+            "inference.maxFramesPerSecond must be positive (got {fps}); leave it out to infer every frame"
+        ));
+    }
     Ok(EdgeSettings {
         classes: autotuner_detect::labels::ids(&spec.classes)
             .map_err(|name| format!("class {name:?} is not a COCO class name the student knows"))?,
@@ -263,6 +296,13 @@ mod tests {
         assert_eq!(edge.min_score, 0.4);
         assert_eq!(edge.max_fps, Some(12.5));
         assert_eq!(edge.device, DevicePreference::Cpu);
+        let mut stopped = spec.clone();
+        stopped.inference.max_frames_per_second = Some(0.0);
+        assert!(
+            edge_settings(&stopped, &EdgeSettings::default())
+                .unwrap_err()
+                .contains("must be positive")
+        );
         let context = ClusterContext {
             name: "parking-lot-east".into(),
             namespace: "depot-3".into(),

@@ -449,6 +449,17 @@ pub fn frame_time_ms(frame: &Frame) -> i64 {
     }
 }
 
+/// What became of a model [`ModelLoader::load`] was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// It passed its check and serves from the next frame.
+    Staged,
+    /// It could not be fetched (worth another try: a store or server may be back later).
+    Unreachable,
+    /// It does not load or fails its check (the same file never will).
+    Refused,
+}
+
 /// Fetches, loads and checks models, one at a time, off the frame path; what passes is staged on
 /// the [`Edge`], what fails is refused there.
 #[derive(Debug, Clone)]
@@ -487,20 +498,20 @@ impl ModelLoader {
     }
 
     /// Fetches, loads and checks `id`, then stages it; on failure the serving model stays and
-    /// the refusal is recorded. Returns whether it was staged.
-    pub async fn load(&self, id: ModelId) -> bool {
+    /// the refusal is recorded.
+    pub async fn load(&self, id: ModelId) -> Loaded {
         self.edge.loading.fetch_add(1, Ordering::SeqCst);
-        let staged = self.fetch_and_check(id).await;
+        let outcome = self.fetch_and_check(id).await;
         self.edge.loading.fetch_sub(1, Ordering::SeqCst);
-        staged
+        outcome
     }
 
-    async fn fetch_and_check(&self, id: ModelId) -> bool {
+    async fn fetch_and_check(&self, id: ModelId) -> Loaded {
         let path = match autotuner_store::fetch_model(&id.uri, None, &self.s3, &self.dir).await {
             Ok(path) => path,
             Err(e) => {
                 self.edge.refuse(id, format!("could not fetch the model: {e}"));
-                return false;
+                return Loaded::Unreachable;
             }
         };
         let (runtime, family, settings, size) = (
@@ -518,11 +529,11 @@ impl ModelLoader {
         match checked {
             Ok(detector) => {
                 self.edge.stage(LoadedModel { id, detector });
-                true
+                Loaded::Staged
             }
             Err(reason) => {
                 self.edge.refuse(id, reason);
-                false
+                Loaded::Refused
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
+use autotuner_capture::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::mqtt::{self, MqttConfig};
 use autotuner_capture::source::SourceConfig;
@@ -78,7 +78,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<u64> {
         version: 0,
         uri: args.model.clone(),
     };
-    if !loader.load(model).await {
+    if loader.load(model).await != Loaded::Staged {
         let reason = edge.refused().map(|r| r.reason).unwrap_or_default();
         anyhow::bail!("{}: {reason}", args.model);
     }
