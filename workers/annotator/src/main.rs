@@ -37,7 +37,7 @@ enum DeviceArg {
 struct Args {
     #[arg(long, env = "AUTOTUNER_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// The ONNX model: a path, `file://` path, or `http(s)://` URL (downloaded at start).
+    /// The ONNX model: a path, `file://` path, `http(s)://` or `s3://` URL (downloaded at start).
     #[arg(long, env = "AUTOTUNER_TEACHER_URI")]
     model: String,
     #[arg(long, env = "AUTOTUNER_TEACHER_FAMILY", value_enum, default_value = "yolo")]
@@ -47,6 +47,11 @@ struct Args {
     model_name: Option<String>,
     #[arg(long, env = "AUTOTUNER_MODEL_VERSION", default_value = "1")]
     model_version: String,
+    /// For an `s3://` model: the S3-compatible service (credentials from `AWS_*`).
+    #[arg(long, env = "AUTOTUNER_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "AUTOTUNER_S3_REGION")]
+    s3_region: Option<String>,
     /// ONNX Runtime's shared library (libonnxruntime.so.<version>).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     onnxruntime: PathBuf,
@@ -107,10 +112,24 @@ async fn main() -> anyhow::Result<()> {
         DeviceArg::Auto => DevicePreference::Auto,
         DeviceArg::Cpu => DevicePreference::Cpu,
     };
-    let model_path = fetch_model(&args.model).await?;
+    // file://, http(s):// or s3:// (credentials from the AWS_* variables), downloads to the
+    // pod's writable /tmp.
+    let s3 = autotuner_store::S3Options {
+        endpoint: args.s3_endpoint.clone(),
+        region: args.s3_region.clone(),
+    };
+    let model_path = autotuner_store::fetch_model(&args.model, None, &s3, &std::env::temp_dir()).await?;
     let detector = Detector::load(&runtime, &model_path, family, preference)?;
     let name = args.model_name.clone().unwrap_or_else(|| {
-        model_path
+        let file = args
+            .model
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
+        std::path::Path::new(file)
             .file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned())
     });
@@ -153,53 +172,6 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the inference thread panicked"))?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The model file for `uri`: a local path as is, an `http(s)://` URL downloaded to the temporary
-/// directory (the pod's writable /tmp).
-async fn fetch_model(uri: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(path));
-    }
-    if uri.starts_with("http://") || uri.starts_with("https://") {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let file_name = uri
-            .rsplit('/')
-            .next()
-            .filter(|n| !n.is_empty())
-            .unwrap_or("model.onnx");
-        let target = std::env::temp_dir().join(file_name);
-        // No query (presigned URLs carry credentials there) and no user:password in the log.
-        let shown = reqwest::Url::parse(uri).map_or_else(
-            |_| "<unparsable URL>".to_string(),
-            |mut u| {
-                u.set_query(None);
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-                u.to_string()
-            },
-        );
-        tracing::info!(uri = %shown, target = %target.display(), "downloading the model");
-        // reqwest's errors name the URL: drop it, the redacted one is in the context.
-        let response = reqwest::get(uri)
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| e.without_url())
-            .with_context(|| format!("downloading {shown}"))?;
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| e.without_url())
-            .with_context(|| format!("downloading {shown}"))?;
-        std::fs::write(&target, &bytes).with_context(|| format!("writing {}", target.display()))?;
-        return Ok(target);
-    }
-    if uri.contains("://") {
-        anyhow::bail!(
-            "model URI {uri}: this annotator reads file:// and http(s):// models (s3:// is not supported yet)"
-        );
-    }
-    Ok(PathBuf::from(uri))
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C: stop accepting, finish what is in flight.
