@@ -7,6 +7,7 @@
 //! `AUTOTUNER_CONTROLPLANE_BIN` to a directory holding them to skip the build step.
 
 mod controlplane;
+pub mod operator;
 mod pki;
 mod process;
 pub mod workers;

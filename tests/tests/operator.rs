@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use autotuner_api::contract::{CAPTURE_FIELD_MANAGER, TRAINER_FIELD_MANAGER};
 use autotuner_api::{CameraTuning, Phase};
-use autotuner_operator::{Config, Election, Ended, Metrics, http};
+use autotuner_operator::http;
+use autotuner_tests::operator::{self, OPERATOR_NAMESPACE, Operator};
 use autotuner_tests::{
-    ControlPlane, Options, expect_success, install_crd, ready_node, repo_root, service_account_client,
-    shared, test_namespace, wait_for,
+    ControlPlane, Options, install_crd, ready_node, service_account_client, shared, test_namespace, wait_for,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -28,9 +28,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
-const OPERATOR_NAMESPACE: &str = "autotuner-system";
 const WAIT: Duration = Duration::from_secs(90);
 
 struct Harness {
@@ -43,16 +41,7 @@ async fn setup(prefix: &str) -> Harness {
     let plane = shared(Options { controllers: true }).await;
     let admin = plane.client().await.unwrap();
     install_crd(&admin).await.unwrap();
-    // Once per test process: the tests run side by side and share it.
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let _ = plane.kubectl(["create", "namespace", OPERATOR_NAMESPACE]);
-            let rbac = repo_root().join("manifests/operator/rbac.yaml");
-            let args = ["apply", "--server-side", "-f", rbac.to_str().unwrap()];
-            expect_success(plane.kubectl(args).unwrap(), "applying the operator RBAC").unwrap();
-        })
-        .await;
+    operator::install_rbac(plane).await;
     let ns = test_namespace(&admin, prefix).await.unwrap();
     // Every pod the operator makes must pass the restricted Pod Security Standard: enforced.
     let label = json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
@@ -63,48 +52,9 @@ async fn setup(prefix: &str) -> Harness {
     Harness { plane, admin, ns }
 }
 
-/// An operator replica running in this test's runtime.
-struct Operator {
-    task: JoinHandle<anyhow::Result<Ended>>,
-    metrics: Metrics,
-    probes: http::Probes,
-}
-
 impl Harness {
     async fn operator(&self, identity: &str) -> Operator {
-        // The operator's logs, shown with a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("info,kube=warn")
-            .try_init();
-        let client = service_account_client(self.plane, OPERATOR_NAMESPACE, "autotuner-operator")
-            .await
-            .unwrap();
-        let config = Config {
-            worker_image: "registry.example.invalid/edge-autotuner/workers:test".into(),
-            namespace: Some(self.ns.clone()),
-            ..Config::default()
-        };
-        let election = Election {
-            lease_namespace: OPERATOR_NAMESPACE.into(),
-            lease_name: format!("operator-{}", self.ns),
-            identity: identity.into(),
-            lease_seconds: 3,
-        };
-        let metrics = Metrics::default();
-        let probes = http::Probes::new(metrics.clone());
-        let task = tokio::spawn(autotuner_operator::run_elected(
-            client,
-            config,
-            probes.clone(),
-            election,
-            std::future::pending(),
-        ));
-        Operator {
-            task,
-            metrics,
-            probes,
-        }
+        operator::start(self.plane, &self.ns, identity).await
     }
 
     fn tunings(&self) -> Api<CameraTuning> {
@@ -161,33 +111,7 @@ impl Harness {
 
     /// Plays the kubelet for a Job's pod: its container exits with `phase`.
     async fn finish_job_pod(&self, job: &str, phase: &str) {
-        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), &self.ns);
-        let pod = wait_for(WAIT, || async {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("job-name={job}")))
-                .await
-                .ok()?;
-            list.items
-                .into_iter()
-                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed"))
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no running pod of Job {job}"));
-        let exit_code = if phase == "Succeeded" { 0 } else { 1 };
-        let now = Timestamp::now().to_string();
-        let status = json!({ "status": {
-            "phase": phase,
-            "startTime": now,
-            "containerStatuses": [{
-                "name": "trainer", "image": "registry.example.invalid/edge-autotuner/workers:test", "imageID": "",
-                "ready": false, "restartCount": 0,
-                "state": { "terminated": { "exitCode": exit_code, "reason": if exit_code == 0 { "Completed" } else { "Error" },
-                                           "startedAt": now, "finishedAt": now } }
-            }]
-        }});
-        pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .unwrap();
+        operator::finish_job_pod(&self.admin, &self.ns, job, phase).await
     }
 
     async fn event_reasons(&self, tuning: &str) -> BTreeSet<String> {
@@ -328,6 +252,104 @@ async fn the_loop_follows_worker_reports_and_survives_restarts_in_every_phase() 
         assert!(reasons.contains(reason), "no {reason} event among {reasons:?}");
     }
     assert!(op.metrics.reconciliations.get() > 0);
+    op.task.abort();
+}
+
+/// A candidate trains, is reported and its Job's pod exits 0; the operator promotes it.
+async fn promote(h: &Harness, name: &str, version: u32, map: f64, baseline: f64) {
+    h.report(name, TRAINER_FIELD_MANAGER, json!({ "candidateModel": {
+        "version": version, "uri": format!("s3://datasets/models/{name}-{version}.onnx"), "map": map, "map50": map + 0.4,
+        "baselineMap": baseline, "baselineMap50": baseline + 0.4, "trainedAt": Timestamp::now().to_string() } }))
+        .await;
+    h.finish_job_pod(&format!("{name}-train-{version}"), "Succeeded")
+        .await;
+    let api = h.tunings();
+    wait_for(WAIT, || async {
+        let t = api.get(name).await.ok()?;
+        (t.status?.current_model?.version == version).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("iteration {version} never promoted"));
+}
+
+/// The capture worker's report: what it serves, what it refused, its last drift check.
+fn capture_report(serving: u32, refused: Option<u32>, check: Value) -> Value {
+    let model = |v: u32| format!("s3://datasets/models/roll-{v}.onnx");
+    let mut inference = json!({ "model": { "version": serving, "uri": model(serving), "since": Timestamp::now().to_string() } });
+    if let Some(v) = refused {
+        inference["refusedModel"] = json!({ "version": v, "uri": model(v),
+            "reason": "the model does not load: protobuf parsing failed", "time": Timestamp::now().to_string() });
+    }
+    json!({ "dataset": { "train": 10, "eval": 2 }, "inference": inference, "lastDriftCheck": check })
+}
+
+#[tokio::test]
+async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_the_old_one() {
+    let h = setup("rollback").await;
+    let op = h.operator("first").await;
+    h.apply("roll", spec(10)).await;
+    h.phase("roll", Phase::Capturing).await;
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 10, "eval": 2 } }),
+    )
+    .await;
+    h.phase("roll", Phase::Training).await;
+    promote(&h, "roll", 1, 0.40, 0.28).await;
+    let now = || Timestamp::now().to_string();
+    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None,
+        json!({ "time": now(), "relativeAccuracy": 0.95, "sampleSize": 50, "modelVersion": 1, "ap50": 0.76 }))).await;
+    h.phase("roll", Phase::Monitoring).await;
+
+    // Drift on iteration 1: iteration 2 trains, is promoted, and the node refuses it.
+    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None,
+        json!({ "time": now(), "relativeAccuracy": 0.5, "sampleSize": 50, "modelVersion": 1, "ap50": 0.4 }))).await;
+    h.phase("roll", Phase::Retraining).await;
+    promote(&h, "roll", 2, 0.45, 0.41).await;
+    let t = h.tunings().get("roll").await.unwrap();
+    assert_eq!(t.status.unwrap().previous_model.unwrap().version, 1);
+    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, Some(2),
+        json!({ "time": now(), "relativeAccuracy": 0.5, "sampleSize": 50, "modelVersion": 1, "ap50": 0.4 }))).await;
+    let api = h.tunings();
+    let rolled = wait_for(WAIT, || async {
+        let t = api.get("roll").await.ok()?;
+        (t.status.as_ref()?.rolled_back_model.as_ref()?.version == 2).then_some(t)
+    })
+    .await
+    .expect("iteration 2 rolled back");
+    let status = rolled.status.unwrap();
+    assert_eq!(status.current_model.unwrap().version, 1);
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ModelRolledBack")
+    );
+    assert!(degraded.message.contains("refused"), "{}", degraded.message);
+
+    // Iteration 1 still drifts: iteration 3 trains and is promoted; in its probation it scores
+    // far below iteration 1 on the same samples, and is rolled back too.
+    h.phase("roll", Phase::Retraining).await;
+    promote(&h, "roll", 3, 0.47, 0.41).await;
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        capture_report(
+            3,
+            None,
+            json!({ "time": now(), "relativeAccuracy": 0.6, "sampleSize": 50, "modelVersion": 3, "ap50": 0.52,
+                "previousModelAp50": 0.74 }),
+        ),
+    )
+    .await;
+    let rolled = wait_for(WAIT, || async {
+        let t = api.get("roll").await.ok()?;
+        (t.status.as_ref()?.rolled_back_model.as_ref()?.version == 3).then_some(t)
+    })
+    .await
+    .expect("iteration 3 rolled back");
+    assert_eq!(rolled.status.unwrap().current_model.unwrap().version, 1);
+    assert!(h.event_reasons("roll").await.contains("ModelRolledBack"));
     op.task.abort();
 }
 
@@ -669,9 +691,14 @@ async fn a_worker_can_report_only_on_its_own_cameratuning() {
     let api: Api<CameraTuning> = Api::namespaced(worker, &h.ns);
     let report = |train: u64| json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": { "dataset": { "train": train } } });
     let params = PatchParams::apply(CAPTURE_FIELD_MANAGER).force();
-    api.patch_status("mine", &params, &Patch::Apply(&report(7)))
-        .await
-        .expect("its own status");
+    // The API server's authorizer learns of a new RoleBinding a moment after it is stored.
+    wait_for(WAIT, || async {
+        api.patch_status("mine", &params, &Patch::Apply(&report(7)))
+            .await
+            .ok()
+    })
+    .await
+    .expect("its own status");
     assert!(api.get("mine").await.is_ok());
     for denied in [
         api.patch_status("other", &params, &Patch::Apply(&report(7))).await.map(|_| ()),

@@ -1,6 +1,12 @@
 //! The contract between the operator and the workers it starts: how a worker learns what to do
 //! (environment variables) and how it reports back (server-side apply of its own status fields,
 //! under its own field manager, with a Role that allows exactly that on its own CameraTuning).
+//!
+//! Every environment variable a worker reads is named here and nowhere else.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CameraTuningSpec, TrainableLayers};
 
 /// Name of the CameraTuning a worker serves.
 pub const ENV_NAME: &str = "AUTOTUNER_CAMERATUNING";
@@ -13,12 +19,35 @@ pub const ENV_ANNOTATOR_TOKEN: &str = "AUTOTUNER_ANNOTATOR_TOKEN";
 /// The stream's user name and password, from the Secret the spec names.
 pub const ENV_CAMERA_USERNAME: &str = "AUTOTUNER_CAMERA_USERNAME";
 pub const ENV_CAMERA_PASSWORD: &str = "AUTOTUNER_CAMERA_PASSWORD";
-/// The student a training Job starts from. (The capture worker reads the model it serves from
-/// its CameraTuning, so that a new one is swapped in without restarting the pod.)
-pub const ENV_MODEL_URI: &str = "AUTOTUNER_MODEL_URI";
+/// What a training Job is asked to do: a [`TrainingSettings`] as JSON. (The capture worker reads
+/// its settings and the model it serves from its CameraTuning, so that an edit or a new model
+/// takes effect without a second copy of the spec.)
+pub const ENV_TRAINING: &str = "AUTOTUNER_TRAINING";
 /// The MQTT broker's user name and password, from the Secret `spec.inference.mqtt` names.
 pub const ENV_MQTT_USERNAME: &str = "AUTOTUNER_MQTT_USERNAME";
 pub const ENV_MQTT_PASSWORD: &str = "AUTOTUNER_MQTT_PASSWORD";
+/// Object storage credentials: the standard AWS names, in the pod's environment and as the keys
+/// of the Secret `dataset.storage.s3.credentialsSecretRef` names.
+pub const ENV_AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const ENV_AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// The operator's own settings (the chart and `manifests/operator` set the image).
+pub const ENV_WORKER_IMAGE: &str = "AUTOTUNER_WORKER_IMAGE";
+pub const ENV_METRICS_ADDRESS: &str = "AUTOTUNER_METRICS_ADDRESS";
+pub const ENV_CONCURRENCY: &str = "AUTOTUNER_CONCURRENCY";
+pub const ENV_WATCH_NAMESPACE: &str = "AUTOTUNER_WATCH_NAMESPACE";
+
+/// Development knobs read by crates that know nothing of this contract (`detect`, `vision`) and
+/// by the test harness; never set in a pod. Listed so that the check that every other name lives
+/// here can tell them apart.
+pub const DEVELOPMENT_VARIABLES: &[&str] = &[
+    "AUTOTUNER_ASSETS",
+    "AUTOTUNER_CONTROLPLANE_BIN",
+    "AUTOTUNER_VISION_SIMD",
+];
+
+/// JSON log lines (for a cluster's log pipeline) instead of text.
+pub const ENV_LOG_JSON: &str = "AUTOTUNER_LOG_JSON";
 /// ONNX Runtime's shared library in worker images (the variable the `ort` crate reads).
 pub const ENV_ONNXRUNTIME: &str = "ORT_DYLIB_PATH";
 /// The teacher model the annotator serves, and its detector family.
@@ -29,9 +58,67 @@ pub const ENV_DATASET_URI: &str = "AUTOTUNER_DATASET_URI";
 /// S3 endpoint and region, when the dataset is in object storage.
 pub const ENV_S3_ENDPOINT: &str = "AUTOTUNER_S3_ENDPOINT";
 pub const ENV_S3_REGION: &str = "AUTOTUNER_S3_REGION";
-/// The training iteration a Job runs, and the cap on the training images it uses.
-pub const ENV_ITERATION: &str = "AUTOTUNER_ITERATION";
-pub const ENV_DATASET_CAP: &str = "AUTOTUNER_DATASET_CAP";
+/// Where a worker keeps what must survive a restart of its process but need not outlive the pod
+/// (the trainer's mirror of a remote dataset; the capture worker's spool when the operator mounts
+/// no volume for it).
+pub const ENV_WORK_DIR: &str = "AUTOTUNER_WORK_DIR";
+/// The capture worker's spool of selected frames awaiting the teacher. In S3 mode the operator
+/// mounts a claim here, so frames not yet labelled outlive the pod.
+pub const ENV_SPOOL_DIR: &str = "AUTOTUNER_SPOOL_DIR";
+/// Mount point of the spool volume in S3 mode.
+pub const SPOOL_MOUNT: &str = "/spool";
+
+/// The settings of one training Job, rendered by the operator from the spec into [`ENV_TRAINING`]
+/// (one typed value, so the two sides cannot disagree on a name or a unit).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingSettings {
+    /// The iteration this Job trains (1: the first tuning).
+    pub iteration: u32,
+    /// The student it starts from: the deployed model, or `training.student` the first time.
+    pub base_model_uri: String,
+    /// At most this many training images, the most recent (`drift.maxDatasetSize`).
+    pub dataset_cap: u32,
+    /// `training.epochs`, `training.batchSize`, `training.learningRate`,
+    /// `training.trainableLayers`.
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub trainable_layers: TrainableLayers,
+}
+
+impl TrainingSettings {
+    pub fn new(spec: &CameraTuningSpec, iteration: u32, base_model_uri: &str) -> Self {
+        Self {
+            iteration,
+            base_model_uri: base_model_uri.to_string(),
+            dataset_cap: spec.drift.max_dataset_size,
+            epochs: spec.training.epochs,
+            batch_size: spec.training.batch_size,
+            learning_rate: spec.training.learning_rate,
+            trainable_layers: spec.training.trainable_layers,
+        }
+    }
+
+    /// The value of [`ENV_TRAINING`].
+    pub fn to_env_value(&self) -> String {
+        serde_json::to_string(self).expect("settings serialise")
+    }
+
+    pub fn from_env_value(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("{ENV_TRAINING}: {e}"))
+    }
+}
+
+/// The defaults the CRD writes into a spec and the standalone run (`autotuner tune`) and the
+/// trainer's flags use: one source, chosen from the measurements in `bench-results/`
+/// (`tune-pets09.json`: boxRegression, 8 epochs, batch 16, learning rate 1e-4 closes a third of
+/// the AP@0.5 gap to the teacher in 3 minutes on two cores; every measured run used 1e-4).
+pub mod defaults {
+    pub const EPOCHS: u32 = 8;
+    pub const BATCH_SIZE: u32 = 16;
+    pub const LEARNING_RATE: f64 = 1e-4;
+}
 
 /// The dataset's layout under [`ENV_DATASET_URI`]: COCO JSON per split, the capture worker writes
 /// them and the trainer reads them (image paths are relative to each file).

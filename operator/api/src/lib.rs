@@ -5,6 +5,7 @@
 //! video, so both the operator and the workers that report progress can depend on it.
 
 pub mod contract;
+pub mod duration;
 mod spec;
 mod status;
 

@@ -675,7 +675,7 @@ pub struct TrainingSpec {
     /// Optimiser learning rate, in (0, 1].
     #[serde(default = "default_learning_rate")]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
-        .message("training.learningRate must be greater than 0 and at most 1, such as 0.001")
+        .message("training.learningRate must be greater than 0 and at most 1, such as 0.0001")
         .reason(Reason::FieldValueInvalid))]
     pub learning_rate: f64,
 
@@ -705,15 +705,15 @@ pub struct TrainingSpec {
 }
 
 fn default_epochs() -> u32 {
-    30
+    crate::contract::defaults::EPOCHS
 }
 
 fn default_batch_size() -> u32 {
-    16
+    crate::contract::defaults::BATCH_SIZE
 }
 
 fn default_learning_rate() -> f64 {
-    0.001
+    crate::contract::defaults::LEARNING_RATE
 }
 
 fn default_deadline() -> String {
@@ -732,24 +732,30 @@ fn default_max_retries() -> u32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftSpec {
-    /// Compare the student with the teacher.
+    /// Compare the student with the teacher: every `checkInterval` the capture worker scores the
+    /// served student against the teacher's labels on the latest `sampleSize` drift samples
+    /// (selected frames the teacher labelled that are never trained on) and reports
+    /// `status.lastDriftCheck`.
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// How often (a Go duration such as `1h`).
+    /// How often a drift check runs (a Go duration such as `1h`; at least `10s`: a check scores
+    /// `sampleSize` frames with the student on one core).
     #[serde(default = "default_check_interval")]
     #[schemars(length(min = 2, max = 32))]
-    #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}') && duration(self) >= duration('1m')"))
-        .message("drift.checkInterval must be a duration of at least 1m, such as 30m or 1h")
+    #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}') && duration(self) >= duration('10s')"))
+        .message("drift.checkInterval must be a duration of at least 10s, such as 30m or 1h")
         .reason(Reason::FieldValueInvalid))]
     pub check_interval: String,
 
-    /// Fresh frames compared per check.
+    /// Drift samples a check scores: the latest ones stored.
     #[serde(default = "default_sample_size")]
     #[schemars(range(min = 1, max = 10000))]
     pub sample_size: u32,
 
-    /// Retrain when the student's accuracy relative to the teacher falls below this, in (0, 1].
+    /// Retrain when the relative accuracy falls below this, in (0, 1]. Relative accuracy: the
+    /// served student's AP@0.5 against the teacher's labels on the drift samples, divided by the
+    /// AP@0.5 it reached on the eval split when it was promoted (1 = as good as when deployed).
     #[serde(default = "default_min_relative_accuracy")]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
         .message("drift.minRelativeAccuracy must be greater than 0 and at most 1, such as 0.8")
@@ -796,6 +802,27 @@ pub struct RolloutSpec {
     #[serde(default = "default_min_improvement")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_improvement: f64,
+
+    /// Roll a newly promoted student back to the previous one when, in one of its first
+    /// `probationChecks` drift checks, its AP@0.5 against the teacher on the drift samples falls
+    /// below the previous model's on the same samples by more than this (absolute, 0..1).
+    #[serde(default = "default_rollback_margin")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub rollback_margin: f64,
+
+    /// Drift checks during which a newly promoted student is compared with the previous one
+    /// (each such check also runs the previous model on the same samples).
+    #[serde(default = "default_probation_checks")]
+    #[schemars(range(min = 0, max = 100))]
+    pub probation_checks: u32,
+}
+
+fn default_rollback_margin() -> f64 {
+    0.05
+}
+
+fn default_probation_checks() -> u32 {
+    3
 }
 
 fn default_min_improvement() -> f64 {
@@ -806,6 +833,8 @@ impl Default for RolloutSpec {
     fn default() -> Self {
         Self {
             min_improvement: default_min_improvement(),
+            rollback_margin: default_rollback_margin(),
+            probation_checks: default_probation_checks(),
         }
     }
 }

@@ -61,6 +61,15 @@ pub struct CameraTuningStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_model: Option<ModelStatus>,
 
+    /// The model `currentModel` replaced: the operator rolls back to it when the edge refuses
+    /// the new one or the new one's first drift checks fall behind it (`spec.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_model: Option<ModelStatus>,
+
+    /// The last model the operator rolled back, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_model: Option<RefusedModel>,
+
     /// The last comparison of the deployed student with the teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drift_check: Option<DriftCheckStatus>,
@@ -120,27 +129,49 @@ pub struct ModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub map50: Option<f64>,
-    /// mAP@[.5:.95] of the off-the-shelf student on the same split.
+    /// mAP@[.5:.95] on the same split of the model the Job started from (the deployed student,
+    /// or the off-the-shelf one the first time): the bar a candidate must clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub baseline_map: Option<f64>,
+    /// mAP@0.5 on the same split of the model the Job started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub baseline_map50: Option<f64>,
     /// When training finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_at: Option<Time>,
 }
 
-/// One drift check.
+/// One drift check, written by the capture worker.
+///
+/// Over the last `spec.drift.sampleSize` drift samples (frames the teacher labelled that are never
+/// trained on), the served student's AP@0.5 against the teacher's labels (`ap50`), divided by the
+/// AP@0.5 the same model reached on the eval split when it was promoted (`currentModel.map50`):
+/// 1.0 means as good as when deployed; below `spec.drift.minRelativeAccuracy` the loop retrains.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftCheckStatus {
     /// When the check ran.
     pub time: Time,
-    /// Student accuracy relative to the teacher on the sampled frames (1 = agrees fully).
+    /// `ap50` divided by the model's AP@0.5 at promotion (1 = as good as when deployed).
     #[schemars(range(min = 0.0))]
     pub relative_accuracy: f64,
     /// Frames compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_size: Option<u32>,
+    /// The version of the model checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<u32>,
+    /// Its AP@0.5 against the teacher's labels on the samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ap50: Option<f64>,
+    /// During a new model's probation (`spec.rollout.probationChecks`): the previous model's
+    /// AP@0.5 on the same samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub previous_model_ap50: Option<f64>,
 }
 
 /// The student on the camera's node, as the capture worker reports it.

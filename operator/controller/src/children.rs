@@ -5,13 +5,19 @@
 //! pods only as Secret references; nothing secret is ever copied into an object the operator
 //! writes.
 
-use autotuner_api::contract::{self, ANNOTATOR_PORT, DATASET_MOUNT};
+use std::collections::BTreeMap;
+
+use autotuner_api::contract::{self, ANNOTATOR_PORT, DATASET_MOUNT, SPOOL_MOUNT, TrainingSettings};
 use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    ResourceRequirements, Service, ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -35,6 +41,12 @@ pub mod labels {
     pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=autotuner-operator";
 }
 
+/// Annotation keys the operator sets.
+pub mod annotations {
+    /// On the capture pod template: a hash of the spec the worker read, so an edit rolls the pod.
+    pub const CAPTURE_SETTINGS: &str = "autotuner.io/capture-settings";
+}
+
 /// Deterministic child names: a restarted operator finds what it made instead of duplicating it.
 pub mod names {
     pub fn capture(tuning: &str) -> String {
@@ -45,6 +57,9 @@ pub mod names {
     }
     pub fn dataset_claim(tuning: &str) -> String {
         format!("{tuning}-dataset")
+    }
+    pub fn spool_claim(tuning: &str) -> String {
+        format!("{tuning}-spool")
     }
     pub fn training_job(tuning: &str, iteration: u32) -> String {
         format!("{tuning}-train-{iteration}")
@@ -92,6 +107,8 @@ pub struct Children {
     pub role: Role,
     pub role_binding: RoleBinding,
     pub dataset_claim: Option<PersistentVolumeClaim>,
+    /// In S3 mode, the capture worker's spool: frames not yet labelled outlive the pod.
+    pub spool_claim: Option<PersistentVolumeClaim>,
     pub capture: Deployment,
     /// `None` when the spec names an existing endpoint.
     pub annotator: Option<Annotator>,
@@ -119,6 +136,7 @@ pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> C
         role: worker_role(&name, &owner),
         role_binding: worker_role_binding(&name, &owner),
         dataset_claim: dataset_claim(tuning, &owner),
+        spool_claim: dataset.claim.is_none().then(|| spool_claim(tuning, &owner)),
         capture: capture(tuning, &owner, &dataset, config),
         annotator: tuning
             .spec
@@ -207,14 +225,14 @@ impl Dataset {
                 .unwrap_or_else(|| format!("{}/{name}", tuning.namespace().unwrap_or_default()));
             let mut vars = vec![
                 secret_env(
-                    "AWS_ACCESS_KEY_ID",
+                    contract::ENV_AWS_ACCESS_KEY_ID,
                     &s3.credentials_secret_ref.name,
-                    "AWS_ACCESS_KEY_ID",
+                    contract::ENV_AWS_ACCESS_KEY_ID,
                 ),
                 secret_env(
-                    "AWS_SECRET_ACCESS_KEY",
+                    contract::ENV_AWS_SECRET_ACCESS_KEY,
                     &s3.credentials_secret_ref.name,
-                    "AWS_SECRET_ACCESS_KEY",
+                    contract::ENV_AWS_SECRET_ACCESS_KEY,
                 ),
             ];
             if let Some(endpoint) = &s3.endpoint {
@@ -309,6 +327,45 @@ fn dataset_claim(tuning: &CameraTuning, owner: &OwnerReference) -> Option<Persis
     })))
 }
 
+/// Size of the spool claim in S3 mode: the capture worker's spool bound (2 GiB by default) and
+/// room for the entry being written.
+const SPOOL_CLAIM_SIZE: &str = "3Gi";
+
+/// The capture worker's spool in S3 mode (a ReadWriteOnce claim: one capture pod at a time, and
+/// the Deployment recreates rather than rolls).
+fn spool_claim(tuning: &CameraTuning, owner: &OwnerReference) -> PersistentVolumeClaim {
+    let name = tuning.name_any();
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(names::spool_claim(&name)),
+            labels: Some(child_labels("spool", &name)),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(SPOOL_CLAIM_SIZE.into()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn child_labels(component: &str, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), labels::APP.to_string()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        (labels::INSTANCE.to_string(), instance.to_string()),
+    ])
+}
+
 /// Placement on the camera's node: by name through node affinity (so the scheduler still checks
 /// resources and taints, unlike `spec.nodeName`), or by the spec's node selector.
 fn camera_placement(tuning: &CameraTuning) -> Value {
@@ -321,6 +378,24 @@ fn camera_placement(tuning: &CameraTuning) -> Value {
         }
         (None, Some(selector)) => json!({ "nodeSelector": selector }),
         (None, None) => json!({}),
+    }
+}
+
+/// A hash of the spec the capture worker reads when it starts: everything but `training`, which
+/// only the training Jobs use.
+pub fn capture_settings_hash(tuning: &CameraTuning) -> String {
+    let mut spec = serde_json::to_value(&tuning.spec).expect("a spec serialises");
+    if let Some(spec) = spec.as_object_mut() {
+        spec.remove("training");
+    }
+    object_hash(&spec)
+}
+
+fn push(list: &mut Value, item: impl serde::Serialize) {
+    let item = serde_json::to_value(item).expect("a Kubernetes object serialises");
+    match list.as_array_mut() {
+        Some(items) => items.push(item),
+        None => *list = json!([item]),
     }
 }
 
@@ -432,6 +507,29 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
     );
     // Metrics, the detections (JSON and Server-Sent Events) and health, on one port.
     pod_spec["containers"][0]["ports"] = json!([{ "name": "http", "containerPort": contract::CAPTURE_PORT }]);
+    if dataset.claim.is_none() {
+        let spool = Volume {
+            name: "spool".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names::spool_claim(&name),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let mount = VolumeMount {
+            name: "spool".into(),
+            mount_path: SPOOL_MOUNT.into(),
+            ..VolumeMount::default()
+        };
+        let env = EnvVar {
+            name: contract::ENV_SPOOL_DIR.into(),
+            value: Some(SPOOL_MOUNT.into()),
+            ..EnvVar::default()
+        };
+        push(&mut pod_spec["volumes"], spool);
+        push(&mut pod_spec["containers"][0]["volumeMounts"], mount);
+        push(&mut pod_spec["containers"][0]["env"], env);
+    }
     merge(&mut pod_spec, camera_placement(tuning));
     typed(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -442,7 +540,11 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
             "strategy": { "type": "Recreate" },
             "selector": { "matchLabels": selector },
             "template": {
-                "metadata": { "labels": metadata(&names::capture(&name), "capture", Some(&name), None)["labels"] },
+                "metadata": {
+                    "labels": metadata(&names::capture(&name), "capture", Some(&name), None)["labels"],
+                    // The worker reads its settings from the spec when it starts: an edit rolls it.
+                    "annotations": { annotations::CAPTURE_SETTINGS: capture_settings_hash(tuning) },
+                },
                 "spec": pod_spec
             }
         }
@@ -530,11 +632,9 @@ fn training_job(
     let name = tuning.name_any();
     let spec = &tuning.spec;
     let mut vars = worker_env(tuning, dataset);
-    vars.push(env(contract::ENV_MODEL_URI, base_model_uri));
-    vars.push(env(contract::ENV_ITERATION, iteration.to_string()));
     vars.push(env(
-        contract::ENV_DATASET_CAP,
-        spec.drift.max_dataset_size.to_string(),
+        contract::ENV_TRAINING,
+        TrainingSettings::new(spec, iteration, base_model_uri).to_env_value(),
     ));
     let mut meta = metadata(
         &names::training_job(&name, iteration),
@@ -669,7 +769,7 @@ mod tests {
         assert!(password.get("value").is_none());
         assert_eq!(pod["spec"]["serviceAccountName"], "entrance-worker");
         assert!(
-            !env.to_string().contains(contract::ENV_MODEL_URI),
+            !env.to_string().contains(contract::ENV_TRAINING),
             "the worker reads its model from the CameraTuning"
         );
 
@@ -776,11 +876,59 @@ mod tests {
         let job = serde_json::to_string(&children.training_job.unwrap()).unwrap();
         assert!(job.contains("s3://data/site/cam"));
         assert!(
-            job.contains(r#""secretKeyRef":{"key":"AWS_SECRET_ACCESS_KEY","name":"s3"}"#),
+            job.contains(&format!(
+                r#""secretKeyRef":{{"key":"{}","name":"s3"}}"#,
+                contract::ENV_AWS_SECRET_ACCESS_KEY
+            )),
             "{job}"
         );
         // Off the camera's volume, the trainer may run anywhere.
         assert!(!job.contains("edge-1"));
+    }
+
+    #[test]
+    fn in_object_storage_mode_the_spool_outlives_the_capture_pod() {
+        let t = tuning(json!({ "dataset": { "storage": { "s3": { "bucket": "data",
+            "credentialsSecretRef": { "name": "s3" } } } } }));
+        let children = build_all(&t);
+        let claim = children.spool_claim.expect("a spool claim");
+        assert_eq!(claim.metadata.name.as_deref(), Some("entrance-spool"));
+        assert_eq!(
+            claim.metadata.owner_references.unwrap()[0].name,
+            "entrance",
+            "deleted with its CameraTuning"
+        );
+        let pod = serde_json::to_value(&children.capture.spec.template.spec).unwrap();
+        assert!(pod["volumes"].as_array().unwrap().contains(
+            &json!({ "name": "spool", "persistentVolumeClaim": { "claimName": "entrance-spool" } })
+        ));
+        let container = &pod["containers"][0];
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "name": "spool", "mountPath": SPOOL_MOUNT }))
+        );
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "name": contract::ENV_SPOOL_DIR, "value": SPOOL_MOUNT }))
+        );
+        // On a claim, the spool is on the dataset volume already.
+        assert!(build_all(&tuning(json!({}))).spool_claim.is_none());
+    }
+
+    #[test]
+    fn an_edit_the_capture_worker_reads_rolls_its_pod_and_a_training_edit_does_not() {
+        let base = build_all(&tuning(json!({})));
+        let template = |c: &Children| c.capture.spec.template.clone();
+        let motion = build_all(&tuning(json!({ "motion": { "threshold": 40 } })));
+        assert_ne!(template(&base), template(&motion));
+        let training = build_all(&tuning(json!({ "training": {
+            "student": { "uri": "file:///m/ssd.onnx", "family": "ssdRaw" }, "epochs": 3 } })));
+        assert_eq!(template(&base), template(&training));
+        assert_ne!(base.training_job, training.training_job, "the Job carries it");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use autotuner_api::contract;
 use autotuner_operator::{Config, Election, Ended, Metrics, http};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -12,19 +13,19 @@ use tracing_subscriber::EnvFilter;
 #[command(version)]
 struct Args {
     /// Image holding the worker binaries (capture, annotator, trainer).
-    #[arg(long, env = "AUTOTUNER_WORKER_IMAGE", default_value_t = Config::default().worker_image)]
+    #[arg(long, env = contract::ENV_WORKER_IMAGE, default_value_t = Config::default().worker_image)]
     worker_image: String,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "AUTOTUNER_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = contract::ENV_METRICS_ADDRESS, default_value = "0.0.0.0:8080")]
     metrics_address: SocketAddr,
     /// CameraTunings reconciled at once.
-    #[arg(long, env = "AUTOTUNER_CONCURRENCY", default_value_t = Config::default().concurrency)]
+    #[arg(long, env = contract::ENV_CONCURRENCY, default_value_t = Config::default().concurrency)]
     concurrency: u16,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "autotuner-system")]
     lease_namespace: String,
     /// Reconcile the CameraTunings of this namespace only (default: all namespaces).
-    #[arg(long, env = "AUTOTUNER_WATCH_NAMESPACE")]
+    #[arg(long, env = contract::ENV_WATCH_NAMESPACE)]
     watch_namespace: Option<String>,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "autotuner-operator")]
@@ -33,7 +34,7 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
     /// Log as JSON lines (for log collectors) instead of text.
-    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
 }
 

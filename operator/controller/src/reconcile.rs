@@ -318,7 +318,7 @@ async fn apply_children(ctx: &Context, namespace: &str, children: &Children) -> 
         Box::pin(apply_object(ctx, namespace, &children.service_account, None)),
         Box::pin(apply_object(ctx, namespace, &children.capture, deployments)),
     ];
-    if let Some(claim) = &children.dataset_claim {
+    for claim in children.dataset_claim.iter().chain(&children.spool_claim) {
         writes.push(Box::pin(apply_object(ctx, namespace, claim, None)));
     }
     if let Some(annotator) = &children.annotator {

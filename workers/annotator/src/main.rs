@@ -9,6 +9,7 @@ use autotuner_annotator::api::ModelInfo;
 use autotuner_annotator::batcher::{BatchConfig, Batcher};
 use autotuner_annotator::metrics::Metrics;
 use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_api::contract;
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 use clap::{Parser, ValueEnum};
 
@@ -35,49 +36,49 @@ enum DeviceArg {
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    #[arg(long, env = "AUTOTUNER_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// The ONNX model: a path, `file://` path, `http(s)://` or `s3://` URL (downloaded at start).
-    #[arg(long, env = "AUTOTUNER_TEACHER_URI")]
+    #[arg(long, env = contract::ENV_TEACHER_URI)]
     model: String,
-    #[arg(long, env = "AUTOTUNER_TEACHER_FAMILY", value_enum, default_value = "yolo")]
+    #[arg(long, env = contract::ENV_TEACHER_FAMILY, value_enum, default_value = "yolo")]
     family: FamilyArg,
     /// Name in the API (default: the file name without extension).
-    #[arg(long, env = "AUTOTUNER_MODEL_NAME")]
+    #[arg(long)]
     model_name: Option<String>,
-    #[arg(long, env = "AUTOTUNER_MODEL_VERSION", default_value = "1")]
+    #[arg(long, default_value = "1")]
     model_version: String,
     /// For an `s3://` model: the S3-compatible service (credentials from `AWS_*`).
-    #[arg(long, env = "AUTOTUNER_S3_ENDPOINT")]
+    #[arg(long, env = contract::ENV_S3_ENDPOINT)]
     s3_endpoint: Option<String>,
-    #[arg(long, env = "AUTOTUNER_S3_REGION")]
+    #[arg(long, env = contract::ENV_S3_REGION)]
     s3_region: Option<String>,
     /// ONNX Runtime's shared library (libonnxruntime.so.<version>).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = contract::ENV_ONNXRUNTIME)]
     onnxruntime: PathBuf,
-    #[arg(long, env = "AUTOTUNER_DEVICE", value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
-    #[arg(long, env = "AUTOTUNER_MAX_BATCH", default_value_t = 8)]
+    #[arg(long, default_value_t = 8)]
     max_batch: usize,
-    #[arg(long, env = "AUTOTUNER_MAX_WAIT_MS", default_value_t = 5)]
+    #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
     /// Requests that may wait for the model; beyond, 429.
-    #[arg(long, env = "AUTOTUNER_QUEUE", default_value_t = 32)]
+    #[arg(long, default_value_t = 32)]
     queue: usize,
     /// Requests admitted at once (beyond, 429 before the body is read).
-    #[arg(long, env = "AUTOTUNER_MAX_IN_FLIGHT", default_value_t = 40)]
+    #[arg(long, default_value_t = 40)]
     max_in_flight: usize,
-    #[arg(long, env = "AUTOTUNER_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
     /// Most pixels in one request, all its images together.
-    #[arg(long, env = "AUTOTUNER_MAX_PIXELS", default_value_t = 3840 * 2160)]
+    #[arg(long, default_value_t = 3840 * 2160)]
     max_pixels: u64,
     /// A file holding the bearer token clients must send (a mounted Secret); unset: no auth.
-    #[arg(long, env = "AUTOTUNER_TOKEN_FILE")]
+    #[arg(long)]
     token_file: Option<PathBuf>,
-    #[arg(long, env = "AUTOTUNER_MIN_SCORE", default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25)]
     min_score: f32,
-    #[arg(long, env = "AUTOTUNER_IOU", default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5)]
     iou: f32,
 }
 

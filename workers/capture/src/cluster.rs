@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use autotuner_api::contract;
 use autotuner_api::{
-    BackgroundModel, CameraTuning, CameraTuningSpec, InferenceDevice, InferenceStatus, RefusedModel,
-    ServedModel,
+    BackgroundModel, CameraTuning, CameraTuningSpec, DetectorFamily, DriftCheckStatus, InferenceDevice,
+    InferenceStatus, RefusedModel, ServedModel,
 };
-use autotuner_detect::DevicePreference;
+use autotuner_detect::{DevicePreference, Family};
 use autotuner_vision::{Background, MotionConfig};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -19,6 +19,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use crate::dataset::Split;
+use crate::drift::{Checked, DriftChecker, DriftSettings, Scored, Skipped};
 use crate::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttConfig;
@@ -47,14 +48,12 @@ impl ClusterContext {
         api.get(&self.name).await
     }
 
-    /// Server-side applies the dataset counts and what the edge serves.
-    pub async fn report(
-        &self,
-        client: &Client,
-        metrics: &Metrics,
-        edge: Option<&Edge>,
-    ) -> Result<(), kube::Error> {
+    /// Server-side applies the dataset counts, what the edge serves and the last drift check.
+    /// Every report carries every field this worker owns: server-side apply removes a field its
+    /// manager stops sending.
+    pub async fn report(&self, client: &Client, reporting: &Reporting) -> Result<(), kube::Error> {
         let api: Api<CameraTuning> = Api::namespaced(client.clone(), &self.namespace);
+        let metrics = &reporting.metrics;
         let images = |split: Split| metrics.dataset_images.with_label_values(&[split.dir()]).get();
         let mut body = json!({
             "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
@@ -66,9 +65,12 @@ impl ClusterContext {
                 "eval": images(Split::Eval),
             }},
         });
-        if let Some(edge) = edge {
+        if let Some(edge) = &reporting.edge {
             body["status"]["inference"] =
                 serde_json::to_value(inference_status(edge)).expect("status serialises");
+        }
+        if let Some(check) = reporting.drift.last() {
+            body["status"]["lastDriftCheck"] = serde_json::to_value(check).expect("status serialises");
         }
         api.patch_status(
             &self.name,
@@ -78,6 +80,139 @@ impl ClusterContext {
         .await
         .map(|_| ())
     }
+}
+
+/// What the worker reports in its CameraTuning's status.
+#[derive(Clone, Debug)]
+pub struct Reporting {
+    pub metrics: Metrics,
+    pub edge: Option<Arc<Edge>>,
+    pub drift: Arc<DriftRecord>,
+}
+
+/// The last drift check, kept for every report (and seeded from the status at start, so a
+/// restart does not erase it).
+#[derive(Debug, Default)]
+pub struct DriftRecord {
+    last: std::sync::Mutex<Option<DriftCheckStatus>>,
+    pub changed: tokio::sync::Notify,
+}
+
+impl DriftRecord {
+    pub fn new(last: Option<DriftCheckStatus>) -> Self {
+        Self {
+            last: std::sync::Mutex::new(last),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn last(&self) -> Option<DriftCheckStatus> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn record(&self, check: DriftCheckStatus) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(check);
+        self.changed.notify_one();
+    }
+}
+
+/// Runs a drift check every `checker.settings.interval` for as long as the process lives.
+pub async fn run_drift_checks(
+    context: ClusterContext,
+    client: Client,
+    checker: Arc<DriftChecker>,
+    loader: ModelLoader,
+    reporting: Reporting,
+) {
+    let Some(edge) = reporting.edge.clone() else {
+        return;
+    };
+    let metrics = &reporting.metrics;
+    loop {
+        tokio::time::sleep(checker.settings.interval).await;
+        let started = std::time::Instant::now();
+        let outcome = drift_check(&context, &client, &checker, &loader, &edge).await;
+        metrics
+            .drift_check_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Some(checked)) => {
+                metrics.drift_checks.with_label_values(&["checked"]).inc();
+                metrics.drift_relative_accuracy.set(checked.relative_accuracy);
+                metrics
+                    .drift_ap50
+                    .with_label_values(&["current"])
+                    .set(checked.ap50);
+                if let Some(previous) = checked.previous_ap50 {
+                    metrics.drift_ap50.with_label_values(&["previous"]).set(previous);
+                }
+                tracing::info!(
+                    version = checked.model_version,
+                    samples = checked.samples,
+                    ap50 = checked.ap50,
+                    relative_accuracy = checked.relative_accuracy,
+                    previous_ap50 = ?checked.previous_ap50,
+                    "drift check"
+                );
+                reporting.drift.record(drift_check_status(&checked));
+            }
+            Ok(None) => tracing::debug!("drift check skipped: the promoted model does not serve yet"),
+            Err(skipped) => {
+                metrics.drift_checks.with_label_values(&[skipped.outcome()]).inc();
+                tracing::warn!(reason = %skipped, "drift check skipped");
+            }
+        }
+    }
+}
+
+/// The status record of a check.
+pub fn drift_check_status(checked: &Checked) -> DriftCheckStatus {
+    DriftCheckStatus {
+        time: Time(k8s_openapi::jiff::Timestamp::now()),
+        relative_accuracy: checked.relative_accuracy.max(0.0),
+        sample_size: Some(checked.samples as u32),
+        model_version: Some(checked.model_version),
+        ap50: Some(checked.ap50.clamp(0.0, 1.0)),
+        previous_model_ap50: checked.previous_ap50.map(|v| v.clamp(0.0, 1.0)),
+    }
+}
+
+/// One check of the promoted model, once the node serves it (`Ok(None)` before that, and before
+/// the first promotion: the off-the-shelf student has no promotion figure to compare with).
+async fn drift_check(
+    context: &ClusterContext,
+    client: &Client,
+    checker: &Arc<DriftChecker>,
+    loader: &ModelLoader,
+    edge: &Edge,
+) -> Result<Option<Checked>, Skipped> {
+    let failed = |e: String| Skipped::Failed(e);
+    let tuning = context.tuning(client).await.map_err(|e| failed(e.to_string()))?;
+    let status = tuning.status.unwrap_or_default();
+    let (Some(current), Some((served, _))) = (status.current_model, edge.serving()) else {
+        return Ok(None);
+    };
+    if served.version != current.version || served.uri != current.uri {
+        return Ok(None);
+    }
+    let current = Scored {
+        version: current.version,
+        path: loader.fetch(&current.uri).await.map_err(failed)?,
+        reference_ap50: current.map50,
+    };
+    let previous = match status.previous_model {
+        Some(previous) if checker.on_probation(current.version) => Some(Scored {
+            version: previous.version,
+            path: loader.fetch(&previous.uri).await.map_err(failed)?,
+            reference_ap50: previous.map50,
+        }),
+        _ => None,
+    };
+    let checker = checker.clone();
+    tokio::task::spawn_blocking(move || checker.check(&current, previous.as_ref()))
+        .await
+        .map_err(|e| failed(format!("the drift check panicked: {e}")))?
+        .map(Some)
 }
 
 /// The `status.inference` the edge's state amounts to.
@@ -161,6 +296,18 @@ pub async fn follow_models(context: ClusterContext, client: Client, loader: Mode
     }
 }
 
+/// The family of the models the node serves, when `inference.enabled`: the trainer fine-tunes
+/// (and so exports) the spec's student's family.
+pub fn served_family(spec: &CameraTuningSpec) -> Option<Family> {
+    spec.inference
+        .enabled
+        .then_some(match spec.training.student.family {
+            DetectorFamily::Yolo => Family::Yolo,
+            DetectorFamily::SsdRaw => Family::SsdRaw,
+            DetectorFamily::TfObjectDetection => Family::SsdPostprocessed,
+        })
+}
+
 /// The edge's settings from the spec.
 pub fn edge_settings(spec: &CameraTuningSpec, base: &EdgeSettings) -> Result<EdgeSettings, String> {
     // The schema's minimum (0.1) is the API server's check; an integer 0 has been seen to pass it.
@@ -201,31 +348,53 @@ pub fn mqtt_config(spec: &CameraTuningSpec, context: &ClusterContext) -> Option<
     })
 }
 
-/// Keeps `status.dataset` and `status.inference` current: every 10 s, and at once when the
-/// served or refused model changes.
+/// Keeps the worker's status fields current: every 10 s, and at once when the served or refused
+/// model changes or a drift check ends.
 pub fn spawn_reporter(
     context: ClusterContext,
     client: Client,
-    metrics: Metrics,
-    edge: Option<Arc<Edge>>,
+    reporting: Reporting,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let changed = async {
-                match &edge {
+            let edge_changed = async {
+                match &reporting.edge {
                     Some(edge) => edge.state_changed.notified().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
-                _ = changed => {}
+                _ = edge_changed => {}
+                _ = reporting.drift.changed.notified() => {}
             }
-            if let Err(e) = context.report(&client, &metrics, edge.as_deref()).await {
+            if let Err(e) = context.report(&client, &reporting).await {
                 tracing::warn!(error = %e, "could not report the status");
             }
         }
     })
+}
+
+/// In a cluster with drift checks on, every this many selected frames one is a drift sample
+/// (labelled, never trained on) unless `--drift-every` says otherwise.
+pub const DRIFT_EVERY: u32 = 10;
+
+/// The drift check's settings from the spec; `None` when drift checks are off.
+pub fn drift_settings(spec: &CameraTuningSpec) -> Result<Option<DriftSettings>, String> {
+    if !spec.drift.enabled {
+        return Ok(None);
+    }
+    let interval = autotuner_api::duration::parse(&spec.drift.check_interval).ok_or_else(|| {
+        format!(
+            "drift.checkInterval {:?} is not a duration such as 1h",
+            spec.drift.check_interval
+        )
+    })?;
+    Ok(Some(DriftSettings {
+        interval,
+        sample_size: spec.drift.sample_size.max(1) as usize,
+        probation_checks: spec.rollout.probation_checks,
+    }))
 }
 
 /// The spec's settings onto the worker's (pure; the stream URL, classes, motion, sampling,
@@ -254,9 +423,13 @@ pub fn apply_spec(spec: &CameraTuningSpec, config: &mut CaptureConfig, min_score
     };
     config.sampling.frame_step = spec.sampling.frame_skip.max(1);
     config.sampling.uploads_per_minute = Some(spec.sampling.max_uploads_per_minute as f64);
-    if !spec.drift.enabled {
-        config.sampling.drift_every = None;
-    }
+    // Drift samples only when something checks them.
+    config.sampling.drift_every = spec
+        .drift
+        .enabled
+        .then(|| config.sampling.drift_every.unwrap_or(DRIFT_EVERY));
+    config.crop_to_motion = spec.annotation.crop_to_motion;
+    config.background_reset_after = autotuner_api::duration::parse(&spec.motion.background_reset_interval);
     *min_score = spec.annotation.confidence_threshold as f32;
     config.dataset.train_size = spec.dataset.train_size as usize;
     config.dataset.eval_size = spec.dataset.eval_size as usize;

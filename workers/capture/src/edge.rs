@@ -497,6 +497,22 @@ impl ModelLoader {
         }
     }
 
+    /// The ONNX Runtime and model family models load with (the drift check scores with them).
+    pub fn runtime(&self) -> Result<Runtime, String> {
+        self.runtime.clone()
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Fetches a model as the loader does (same folder, same store settings).
+    pub async fn fetch(&self, uri: &str) -> Result<PathBuf, String> {
+        autotuner_store::fetch_model(uri, None, &self.s3, &self.dir)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Fetches, loads and checks `id`, then stages it; on failure the serving model stays and
     /// the refusal is recorded.
     pub async fn load(&self, id: ModelId) -> Loaded {

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod dataset;
+pub mod drift;
 pub mod edge;
 pub mod metrics;
 pub mod mqtt;

@@ -1,5 +1,6 @@
-//! `capture`: the camera node's worker. Every flag also has an environment variable; those the
-//! operator sets (`operator/api`'s contract) need no flag at all.
+//! `capture`: the camera node's worker. Run by the operator it reads its settings from its
+//! CameraTuning and the few environment variables of `operator/api`'s contract; run alone, from
+//! its flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use autotuner_annotator::client::{Client, RetryPolicy};
 use autotuner_api::contract;
-use autotuner_capture::cluster::{self, ClusterContext};
+use autotuner_capture::cluster::{self, ClusterContext, DriftRecord, Reporting};
 use autotuner_capture::dataset::DatasetConfig;
+use autotuner_capture::drift::{DriftChecker, DriftSettings};
 use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::mqtt::{self, MqttConfig};
@@ -33,86 +35,76 @@ struct Args {
     /// The stream: a path, file://, rtsp://, http(s):// (MJPEG, HLS, progressive file). Run by
     /// the operator, the CameraTuning's spec sets this and the motion, sampling, class and
     /// dataset settings below.
-    #[arg(long, env = "AUTOTUNER_CAMERA_URL", default_value = "")]
+    #[arg(long, default_value = "")]
     url: String,
-    #[arg(long, env = "AUTOTUNER_RTSP_TRANSPORT", default_value = "tcp")]
+    #[arg(long, default_value = "tcp")]
     rtsp_transport: RtspTransport,
     /// The stream's user name (the operator sets it from the credentials Secret).
-    #[arg(long, env = "AUTOTUNER_CAMERA_USERNAME", hide_env_values = true)]
+    #[arg(long, env = contract::ENV_CAMERA_USERNAME, hide_env_values = true)]
     camera_username: Option<String>,
-    #[arg(long, env = "AUTOTUNER_CAMERA_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = contract::ENV_CAMERA_PASSWORD, hide_env_values = true)]
     camera_password: Option<String>,
     /// A file holding `user:password` (a mounted Secret), instead of the two variables.
-    #[arg(long, env = "AUTOTUNER_CAMERA_CREDENTIALS_FILE")]
+    #[arg(long)]
     camera_credentials_file: Option<PathBuf>,
     /// The annotator's base URL.
-    #[arg(long, env = "AUTOTUNER_ANNOTATOR_URL")]
+    #[arg(long, env = contract::ENV_ANNOTATOR_URL)]
     annotator_url: String,
-    #[arg(long, env = "AUTOTUNER_ANNOTATOR_TOKEN", hide_env_values = true)]
+    #[arg(long, env = contract::ENV_ANNOTATOR_TOKEN, hide_env_values = true)]
     annotator_token: Option<String>,
     /// Target classes (COCO names), comma-separated.
-    #[arg(
-        long,
-        env = "AUTOTUNER_CLASSES",
-        default_value = "person",
-        value_delimiter = ','
-    )]
+    #[arg(long, default_value = "person", value_delimiter = ',')]
     classes: Vec<String>,
     /// The teacher's confidence threshold for a label.
-    #[arg(long, env = "AUTOTUNER_MIN_SCORE", default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5)]
     min_score: f32,
     /// The dataset: a directory (the operator's dataset volume) or `s3://bucket/prefix`
     /// (credentials from the standard `AWS_*` variables).
-    #[arg(long, env = "AUTOTUNER_DATASET_URI", default_value = "/data")]
+    #[arg(long, env = contract::ENV_DATASET_URI, default_value = "/data")]
     dataset: String,
-    #[arg(long, env = "AUTOTUNER_S3_ENDPOINT")]
+    #[arg(long, env = contract::ENV_S3_ENDPOINT)]
     s3_endpoint: Option<String>,
-    #[arg(long, env = "AUTOTUNER_S3_REGION")]
+    #[arg(long, env = contract::ENV_S3_REGION)]
     s3_region: Option<String>,
     /// The working copy of a dataset in object storage (and its spool).
-    #[arg(long, env = "AUTOTUNER_WORK_DIR")]
+    #[arg(long, env = contract::ENV_WORK_DIR)]
     work_dir: Option<PathBuf>,
     /// The spool's directory (default: `<dataset>/spool`).
-    #[arg(long, env = "AUTOTUNER_SPOOL_DIR")]
+    #[arg(long, env = contract::ENV_SPOOL_DIR)]
     spool: Option<PathBuf>,
-    #[arg(long, env = "AUTOTUNER_SPOOL_MAX_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000)]
     spool_max_entries: usize,
-    #[arg(long, env = "AUTOTUNER_SPOOL_MAX_MIB", default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048)]
     spool_max_mib: u64,
-    #[arg(long, env = "AUTOTUNER_TRAIN_SIZE", default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000)]
     train_size: usize,
-    #[arg(long, env = "AUTOTUNER_EVAL_SIZE", default_value_t = 200)]
+    #[arg(long, default_value_t = 200)]
     eval_size: usize,
     /// Seconds of stream per split block (eval blocks are whole blocks).
-    #[arg(long, env = "AUTOTUNER_SPLIT_BLOCK_SECONDS", default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0)]
     split_block_seconds: f64,
     /// Run motion detection on every n-th frame (1: all).
-    #[arg(long, env = "AUTOTUNER_FRAME_STEP", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     frame_step: u32,
-    #[arg(long, env = "AUTOTUNER_UPLOADS_PER_MINUTE")]
+    #[arg(long)]
     uploads_per_minute: Option<f64>,
     /// Every k-th selected frame is a drift sample (kept out of training).
-    #[arg(long, env = "AUTOTUNER_DRIFT_EVERY")]
+    #[arg(long)]
     drift_every: Option<u32>,
-    #[arg(long, env = "AUTOTUNER_MOTION_THRESHOLD", default_value_t = 25)]
+    #[arg(long, default_value_t = 25)]
     threshold: u8,
-    #[arg(long, env = "AUTOTUNER_MOTION_MIN_AREA", default_value_t = 500)]
+    #[arg(long, default_value_t = 500)]
     min_region_area: u32,
-    #[arg(long, env = "AUTOTUNER_MOTION_PROCESSING_WIDTH")]
+    #[arg(long)]
     processing_width: Option<u32>,
-    #[arg(long, env = "AUTOTUNER_JPEG_QUALITY", default_value_t = 90)]
+    #[arg(long, default_value_t = 90)]
     jpeg_quality: u8,
     /// Stop after this many frames (smoke runs).
     #[arg(long)]
     max_frames: Option<u64>,
     /// Where the HTTP server listens: /metrics, the detections (/v1/detections/latest, and
     /// /v1/detections/stream as Server-Sent Events), /v1/model, /healthz, /readyz.
-    #[arg(
-        long,
-        alias = "listen",
-        env = "AUTOTUNER_METRICS_LISTEN",
-        default_value = "0.0.0.0:9090"
-    )]
+    #[arg(long, alias = "listen", default_value = "0.0.0.0:9090")]
     metrics_listen: SocketAddr,
     /// The student to serve on the frames (file://, http(s):// or s3://). In a cluster the
     /// CameraTuning names it (the deployed model, swapped in as it changes) and this is unused.
@@ -147,7 +139,7 @@ struct Args {
     mqtt_password: Option<String>,
     #[arg(long, default_value_t = 0)]
     mqtt_qos: u8,
-    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
 }
 
@@ -220,13 +212,41 @@ fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
     }))
 }
 
-/// The student's family: the trainer fine-tunes (and so exports) the spec's student's family.
-fn family_of(spec: &autotuner_api::CameraTuningSpec) -> Family {
-    match spec.training.student.family {
-        autotuner_api::DetectorFamily::Yolo => Family::Yolo,
-        autotuner_api::DetectorFamily::SsdRaw => Family::SsdRaw,
-        autotuner_api::DetectorFamily::TfObjectDetection => Family::SsdPostprocessed,
-    }
+/// What the worker learned from its CameraTuning when it started.
+struct InCluster {
+    context: ClusterContext,
+    client: kube::Client,
+    /// The student's family when the spec enables inference.
+    inference: Option<Family>,
+    drift: Option<DriftSettings>,
+    last_check: Option<autotuner_api::DriftCheckStatus>,
+}
+
+/// The periodic drift check, when the spec enables it and ONNX Runtime loads.
+fn spawn_drift_checks(
+    cluster: &InCluster,
+    loader: &ModelLoader,
+    config: &CaptureConfig,
+    reporting: &Reporting,
+) {
+    let Some(settings) = cluster.drift.clone() else {
+        return;
+    };
+    let runtime = match loader.runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::warn!(error = %e, "no drift checks: the student cannot run here");
+            return;
+        }
+    };
+    let checker = DriftChecker::new(settings, runtime, loader.family(), config.dataset_dir.clone());
+    tokio::spawn(cluster::run_drift_checks(
+        cluster.context.clone(),
+        cluster.client.clone(),
+        Arc::new(checker),
+        loader.clone(),
+        reporting.clone(),
+    ));
 }
 
 #[tokio::main]
@@ -280,7 +300,7 @@ async fn main() -> ExitCode {
         if args.work_dir.is_none() && args.spool.is_none() {
             tracing::warn!(
                 "dataset in object storage with the spool in the temporary folder: frames not yet labelled are lost \
-                 with the pod; set AUTOTUNER_WORK_DIR or --spool to a persistent volume"
+                 with the pod; set --spool (or --work-dir) to a persistent volume"
             );
         }
         match Location::parse(&args.dataset, &options) {
@@ -383,8 +403,22 @@ async fn main() -> ExitCode {
                 }
             };
             mqtt = cluster::mqtt_config(spec, &context);
-            let inference = spec.inference.enabled.then(|| family_of(spec));
-            Some((context, client, inference))
+            let inference = cluster::served_family(spec);
+            let drift = match cluster::drift_settings(spec) {
+                Ok(drift) => drift,
+                Err(e) => {
+                    eprintln!("capture: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let last_check = tuning.status.as_ref().and_then(|s| s.last_drift_check.clone());
+            Some(InCluster {
+                context,
+                client,
+                inference,
+                drift,
+                last_check,
+            })
         }
         Ok(None) => None,
         Err(e) => {
@@ -394,7 +428,7 @@ async fn main() -> ExitCode {
     };
     // The student on the node: in a cluster when the spec enables it, else with --model.
     let family = match &cluster {
-        Some((_, _, inference)) => *inference,
+        Some(cluster) => cluster.inference,
         None => args.model.as_ref().map(|_| args.model_family),
     };
     let edge = family.map(|family| {
@@ -420,19 +454,23 @@ async fn main() -> ExitCode {
     };
     config.edge = edge.as_ref().map(|(edge, _)| edge.clone());
     let reporter = match (&cluster, &edge) {
-        (Some((context, client, _)), edge) => {
+        (Some(cluster), edge) => {
+            let reporting = Reporting {
+                metrics: metrics.clone(),
+                edge: config.edge.clone(),
+                drift: Arc::new(DriftRecord::new(cluster.last_check.clone())),
+            };
             if let Some((_, loader)) = edge {
                 tokio::spawn(cluster::follow_models(
-                    context.clone(),
-                    client.clone(),
+                    cluster.context.clone(),
+                    cluster.client.clone(),
                     loader.clone(),
                 ));
+                spawn_drift_checks(cluster, loader, &config, &reporting);
             }
-            Some(cluster::spawn_reporter(
-                context.clone(),
-                client.clone(),
-                metrics.clone(),
-                config.edge.clone(),
+            Some((
+                cluster::spawn_reporter(cluster.context.clone(), cluster.client.clone(), reporting.clone()),
+                reporting,
             ))
         }
         (None, Some((_, loader))) => {
@@ -443,7 +481,7 @@ async fn main() -> ExitCode {
         (None, None) => None,
     };
     if config.source.url.is_empty() {
-        eprintln!("capture: --url (or AUTOTUNER_CAMERA_URL) is needed outside a cluster");
+        eprintln!("capture: --url is needed outside a cluster");
         return ExitCode::from(2);
     }
     let teacher = Teacher::Http {
@@ -472,14 +510,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let edge_handle = config.edge.clone();
     let result = run(config, teacher, metrics.clone(), shutdown).await;
-    if let (Some(publisher), Some(edge)) = (publisher, &edge_handle) {
+    if let (Some(publisher), Some((edge, _))) = (publisher, &edge) {
         publisher.finish(edge, Duration::from_secs(5)).await;
     }
-    if let (Some((context, client, _)), Some(reporter)) = (cluster, reporter) {
+    if let (Some(cluster), Some((reporter, reporting))) = (cluster, reporter) {
         reporter.abort();
-        if let Err(e) = context.report(&client, &metrics, edge_handle.as_deref()).await {
+        if let Err(e) = cluster.context.report(&cluster.client, &reporting).await {
             tracing::warn!(error = %e, "could not report the final status");
         }
     }

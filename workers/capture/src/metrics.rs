@@ -1,7 +1,8 @@
 //! The capture worker's Prometheus metrics (`autotuner_capture_*`).
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,15 @@ pub struct Metrics {
     /// MQTT messages by outcome (published, dropped: the broker was away or slow).
     pub mqtt_messages: IntCounterVec,
     pub mqtt_connected: IntGauge,
+    /// Drift checks by outcome (checked, no_samples: no labelled drift sample yet, no_reference:
+    /// the served model has no AP@0.5 from its promotion, failed).
+    pub drift_checks: IntCounterVec,
+    /// The last check's accuracy relative to the model's at promotion (1: as good).
+    pub drift_relative_accuracy: Gauge,
+    /// The last check's AP@0.5 against the teacher, of the `current` model and, during a new
+    /// model's probation, of the `previous` one on the same samples.
+    pub drift_ap50: GaugeVec,
+    pub drift_check_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -156,8 +166,41 @@ impl Metrics {
             "1 while connected to the MQTT broker.",
         )
         .expect("metric");
+        let drift_checks = IntCounterVec::new(
+            Opts::new(
+                "autotuner_drift_checks_total",
+                "Drift checks of the served student against the teacher's labels, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
+        let drift_relative_accuracy = Gauge::new(
+            "autotuner_drift_relative_accuracy",
+            "The served student's AP@0.5 against the teacher on the latest drift samples, divided by its AP@0.5 at promotion.",
+        )
+        .expect("metric");
+        let drift_ap50 = GaugeVec::new(
+            Opts::new(
+                "autotuner_drift_ap50",
+                "AP@0.5 against the teacher on the latest drift samples: the current model, and the previous one during probation.",
+            ),
+            &["model"],
+        )
+        .expect("metric");
+        let drift_check_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "autotuner_drift_check_duration_seconds",
+                "Time of one drift check.",
+            )
+            .buckets(vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+        )
+        .expect("metric");
         for c in [
-            Box::new(frames.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(drift_checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(drift_relative_accuracy.clone()),
+            Box::new(drift_ap50.clone()),
+            Box::new(drift_check_seconds.clone()),
+            Box::new(frames.clone()),
             Box::new(upload_bytes.clone()),
             Box::new(annotated.clone()),
             Box::new(annotate_errors.clone()),
@@ -194,6 +237,10 @@ impl Metrics {
             model_loads,
             mqtt_messages,
             mqtt_connected,
+            drift_checks,
+            drift_relative_accuracy,
+            drift_ap50,
+            drift_check_seconds,
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use autotuner_annotator::client::Crop;
 use autotuner_store::Location;
-use autotuner_vision::{GrayImage, MotionConfig, MotionDetector};
+use autotuner_vision::{GrayImage, MotionConfig, MotionDetector, Rect};
 use serde::Serialize;
 use tokio::sync::Notify;
 
@@ -46,6 +46,10 @@ pub struct CaptureConfig {
     pub remote: Option<Location>,
     /// The student on the camera's node, fed every decoded frame after motion detection.
     pub edge: Option<Arc<Edge>>,
+    /// Send the teacher crops around the motion (else the whole selected frame).
+    pub crop_to_motion: bool,
+    /// Rebuild the motion detector's background after this much stream time without a reset.
+    pub background_reset_after: Option<Duration>,
 }
 
 impl CaptureConfig {
@@ -67,6 +71,8 @@ impl CaptureConfig {
             max_frames: None,
             remote: None,
             edge: None,
+            crop_to_motion: true,
+            background_reset_after: None,
         }
     }
 }
@@ -400,6 +406,7 @@ fn select_frames(
         None => source.recycle(frame),
     };
     let mut seen = 0u64;
+    let mut last_reset_ms = 0i64;
     while !shutdown.load(Ordering::Relaxed) {
         let frame = match source.next_frame_timeout(Duration::from_millis(200)) {
             Next::Frame(frame) => frame,
@@ -430,6 +437,14 @@ fn select_frames(
             detector_size = Some((width, height));
         }
         let motion = detector.as_mut().expect("detector");
+        // `motion.backgroundResetInterval`, counted in stream time from the last reset of any
+        // cause (the start, a lighting change): this frame rebuilds the background.
+        let now_ms = frame_time_ms(&frame);
+        if let Some(after) = config.background_reset_after
+            && now_ms.saturating_sub(last_reset_ms) >= after.as_millis() as i64
+        {
+            motion.reset_at_next_frame();
+        }
         let report = match GrayImage::new(&frame.y, width, height).map(|image| motion.process(image)) {
             Ok(Ok(report)) => report,
             _ => {
@@ -438,6 +453,9 @@ fn select_frames(
                 continue;
             }
         };
+        if report.reset.is_some() {
+            last_reset_ms = now_ms;
+        }
         examined.inc();
         let purpose = match selector.decide(report, frame_time_ms(&frame)) {
             Ok(p) => p,
@@ -451,7 +469,11 @@ fn select_frames(
                 continue;
             }
         };
-        let crops = selector.crops(report, width as u32, height as u32);
+        let crops = if config.crop_to_motion {
+            selector.crops(report, width as u32, height as u32)
+        } else {
+            vec![Rect::new(0, 0, width as u32, height as u32)]
+        };
         if crops.is_empty() {
             release(frame);
             continue;

@@ -21,7 +21,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Annotator, Process, assets, free_port, h264_clip, rtsp_server, wait_for_port, wait_until};
+use common::{
+    Annotator, Process, assets, free_port, h264_clip, http_get, rtsp_server, wait_for_port, wait_until,
+};
 
 fn student() -> PathBuf {
     assets().join("models/ssd_mobilenet_v2_coco_raw.onnx")
@@ -51,18 +53,6 @@ fn sse(port: u16) -> Arc<Mutex<Vec<Value>>> {
         }
     });
     got
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: capture\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut body).unwrap();
-    body
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -261,7 +251,7 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
                 format!("http://127.0.0.1:{annotator_port}"),
             )
             .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
-            .env("AUTOTUNER_WORK_DIR", dir.path().join("work"))
+            .env(contract::ENV_WORK_DIR, dir.path().join("work"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

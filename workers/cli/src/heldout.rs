@@ -130,12 +130,7 @@ fn gain(before: &Evaluation, after: &Evaluation) -> Option<f64> {
 
 pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
     // The trainer's evaluation settings: every detection down to 0.05, as COCO AP expects.
-    let options = DetectOptions {
-        min_score: 0.05,
-        iou_threshold: 0.5,
-        max_detections: 100,
-        classes: Some(h.classes.to_vec()),
-    };
+    let options = DetectOptions::for_evaluation(h.classes);
     let mut student = Detector::load(h.runtime, h.student, Family::SsdRaw, DevicePreference::Cpu)?;
     let mut tuned = Detector::load(h.runtime, h.tuned, Family::SsdRaw, DevicePreference::Cpu)?;
     let mut teacher = h.teacher.lock().unwrap_or_else(|e| e.into_inner());

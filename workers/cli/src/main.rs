@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use autotuner_api::contract::defaults;
 use autotuner_capture::dataset::DatasetConfig;
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::select::Sampling;
@@ -82,14 +83,16 @@ struct TuneArgs {
     student: Option<PathBuf>,
     #[arg(long, default_value = "boxRegression")]
     trainable_layers: Trainable,
-    #[arg(long, default_value_t = 8)]
+    /// Epochs, learning rate and batch size default to the CRD's defaults (one source:
+    /// `autotuner_api::contract::defaults`).
+    #[arg(long, default_value_t = defaults::EPOCHS as usize)]
     epochs: usize,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
     learning_rate: f64,
     /// Default: cosine for `unfrozen`, constant otherwise.
     #[arg(long)]
     lr_schedule: Option<Schedule>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE as usize)]
     batch_size: usize,
     /// Every how many frames the motion detector looks at (1: all).
     #[arg(long, default_value_t = 1)]
@@ -101,7 +104,7 @@ struct TuneArgs {
     #[arg(long, default_value_t = 1)]
     eval_step: u64,
     /// ONNX Runtime's library. Default: from the assets step.
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = autotuner_api::contract::ENV_ONNXRUNTIME)]
     onnxruntime: Option<PathBuf>,
 }
 

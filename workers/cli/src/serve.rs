@@ -43,7 +43,7 @@ pub struct ServeArgs {
     /// Stop after this many frames.
     #[arg(long)]
     max_frames: Option<u64>,
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = autotuner_api::contract::ENV_ONNXRUNTIME)]
     onnxruntime: Option<PathBuf>,
 }
 

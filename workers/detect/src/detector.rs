@@ -51,6 +51,21 @@ impl Default for DetectOptions {
     }
 }
 
+impl DetectOptions {
+    /// What COCO AP expects of a detector's output (pycocotools keeps the best 100 per image and
+    /// integrates precision down to low scores): every detection of `classes` from 0.05 up. The
+    /// trainer's evaluation, the standalone report and the drift check use these, so their
+    /// figures compare.
+    pub fn for_evaluation(classes: &[u32]) -> Self {
+        Self {
+            min_score: 0.05,
+            iou_threshold: 0.5,
+            max_detections: 100,
+            classes: Some(classes.to_vec()),
+        }
+    }
+}
+
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use autotuner_api::contract;
+use autotuner_api::contract::TrainingSettings;
 use autotuner_api::{CameraTuning, ModelStatus};
 use autotuner_store::{Location, S3Options};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,13 +32,10 @@ pub struct JobContext {
     /// The dataset's URI when it is in object storage (`s3://bucket/prefix`).
     pub remote: Option<String>,
     pub s3: S3Options,
-    pub iteration: u32,
-    /// The student to start from, when the operator names one (a local path; fetched there
-    /// from `model_remote` when that is set).
-    pub model: Option<PathBuf>,
-    pub model_remote: Option<String>,
-    /// At most this many training images (the most recent).
-    pub dataset_cap: Option<usize>,
+    /// The spec's training settings, the iteration and the student to start from.
+    pub settings: TrainingSettings,
+    /// Where the student is fetched to (and other local scratch).
+    pub work: PathBuf,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -55,25 +53,17 @@ pub fn local_path(uri: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(uri))
 }
 
-/// Splits `s3://bucket/dir/name` into the location of its folder and the name.
-fn split_object_uri(uri: &str) -> Result<(&str, &str), String> {
-    match uri.rsplit_once('/') {
-        Some((folder, name)) if !name.is_empty() && folder.len() > "s3://".len() => Ok((folder, name)),
-        _ => Err(format!("{uri}: expected s3://bucket/path/model.onnx")),
-    }
-}
-
 impl JobContext {
     /// The context from the environment, `Ok(None)` when not started by the operator.
     pub fn from_env() -> Result<Option<Self>, String> {
         let Some(name) = var(contract::ENV_NAME) else {
             return Ok(None);
         };
-        let namespace =
-            var(contract::ENV_NAMESPACE).ok_or(format!("{} is not set", contract::ENV_NAMESPACE))?;
-        let dataset_uri =
-            var(contract::ENV_DATASET_URI).ok_or(format!("{} is not set", contract::ENV_DATASET_URI))?;
-        let work = var("AUTOTUNER_WORK_DIR")
+        let required = |n: &str| var(n).ok_or(format!("{n} is not set"));
+        let namespace = required(contract::ENV_NAMESPACE)?;
+        let dataset_uri = required(contract::ENV_DATASET_URI)?;
+        let settings = TrainingSettings::from_env_value(&required(contract::ENV_TRAINING)?)?;
+        let work = var(contract::ENV_WORK_DIR)
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("autotuner-trainer"));
         let (dataset, remote) = if dataset_uri.starts_with("s3://") {
@@ -85,38 +75,19 @@ impl JobContext {
             endpoint: var(contract::ENV_S3_ENDPOINT),
             region: var(contract::ENV_S3_REGION),
         };
-        let iteration = var(contract::ENV_ITERATION)
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|e| format!("{}: {e}", contract::ENV_ITERATION))
-            })
-            .transpose()?
-            .unwrap_or(1);
-        let (model, model_remote) = match var(contract::ENV_MODEL_URI) {
-            Some(uri) if uri.starts_with("s3://") => {
-                let (_, name) = split_object_uri(&uri)?;
-                (Some(work.join("student").join(name)), Some(uri))
-            }
-            Some(uri) => (Some(local_path(&uri)?), None),
-            None => (None, None),
-        };
-        let dataset_cap = var(contract::ENV_DATASET_CAP)
-            .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|e| format!("{}: {e}", contract::ENV_DATASET_CAP))
-            })
-            .transpose()?;
         Ok(Some(Self {
             name,
             namespace,
             dataset,
             remote,
             s3,
-            iteration,
-            model,
-            model_remote,
-            dataset_cap,
+            settings,
+            work,
         }))
+    }
+
+    pub fn iteration(&self) -> u32 {
+        self.settings.iteration
     }
 
     pub fn train_file(&self) -> PathBuf {
@@ -128,24 +99,29 @@ impl JobContext {
     }
 
     pub fn output(&self) -> PathBuf {
-        self.dataset.join(contract::training_run_dir(self.iteration))
+        self.dataset.join(contract::training_run_dir(self.iteration()))
     }
 
     pub fn model_file(&self) -> PathBuf {
-        self.dataset.join(contract::model_file(self.iteration))
+        self.dataset.join(contract::model_file(self.iteration()))
     }
 
-    /// For a dataset in object storage: mirrors it (and the student, and the checkpoint of an
-    /// earlier attempt of this iteration) into the local folders and returns its location;
-    /// `None` for a volume.
+    /// Fetches the student to start from (`file://`, `http(s)://` or `s3://`, through the one
+    /// fetcher every worker uses) and returns its local path.
+    pub async fn fetch_student(&self) -> Result<PathBuf, String> {
+        autotuner_store::fetch_model(
+            &self.settings.base_model_uri,
+            None,
+            &self.s3,
+            &self.work.join("student"),
+        )
+        .await
+        .map_err(|e| format!("the student to start from: {e}"))
+    }
+
+    /// For a dataset in object storage: mirrors it (and the checkpoint of an earlier attempt of
+    /// this iteration) into the local folders and returns its location; `None` for a volume.
     pub async fn prepare(&self) -> Result<Option<Location>, String> {
-        if let (Some(uri), Some(model)) = (&self.model_remote, &self.model) {
-            let (folder, name) = split_object_uri(uri)?;
-            let store = Location::parse(folder, &self.s3).map_err(|e| e.to_string())?;
-            if !model.is_file() && !store.get_file(name, model).await.map_err(|e| e.to_string())? {
-                return Err(format!("{uri}: no such model"));
-            }
-        }
         let Some(uri) = &self.remote else {
             return Ok(None);
         };
@@ -178,7 +154,7 @@ impl JobContext {
 
     /// The key of a run file under the dataset location.
     pub fn run_key(&self, file: &str) -> String {
-        format!("{}/{file}", contract::training_run_dir(self.iteration))
+        format!("{}/{file}", contract::training_run_dir(self.iteration()))
     }
 }
 
@@ -198,7 +174,7 @@ pub async fn publish(
             };
             put(job.run_key("report.json"), job.output().join("report.json")).await?;
             put(job.run_key("model.onnx"), exported.to_path_buf()).await?;
-            let key = contract::model_file(job.iteration);
+            let key = contract::model_file(job.iteration());
             put(key.clone(), exported.to_path_buf()).await?;
             location.uri_of(&key)
         }
@@ -214,11 +190,12 @@ pub async fn publish(
         }
     };
     let candidate = ModelStatus {
-        version: job.iteration,
+        version: job.iteration(),
         uri,
         map: report.after.ap.unwrap_or(0.0).clamp(0.0, 1.0),
         map50: report.after.ap50.map(|v| v.clamp(0.0, 1.0)),
         baseline_map: report.before.ap.map(|v| v.clamp(0.0, 1.0)),
+        baseline_map50: report.before.ap50.map(|v| v.clamp(0.0, 1.0)),
         trained_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
     };
     let body = json!({

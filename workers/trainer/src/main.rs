@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use autotuner_api::TrainableLayers;
+use autotuner_api::contract::{self, TrainingSettings};
 use autotuner_store::Location;
 use autotuner_trainer::cluster::{self, JobContext};
 use autotuner_trainer::dataset::LoadOptions;
@@ -23,68 +25,105 @@ use clap::Parser;
 struct Args {
     /// COCO JSON of the training split (image paths relative to it). Started by the operator,
     /// the dataset volume's train split.
-    #[arg(long, env = "AUTOTUNER_TRAIN_DATASET")]
+    #[arg(long)]
     train: Option<PathBuf>,
     /// COCO JSON of the eval split, from a different time span than the training split.
-    #[arg(long, env = "AUTOTUNER_EVAL_DATASET")]
+    #[arg(long)]
     eval: Option<PathBuf>,
     /// The student: SSD-MobileNetV2's raw-head ONNX (default: the operator's model URI, else the
     /// one the assets step fetched).
-    #[arg(long, env = "AUTOTUNER_STUDENT_MODEL")]
+    #[arg(long)]
     model: Option<PathBuf>,
     /// Where the model, report and checkpoints go (started by the operator: `runs/<iteration>`
     /// in the dataset volume).
-    #[arg(long, env = "AUTOTUNER_OUTPUT")]
+    #[arg(long)]
     output: Option<PathBuf>,
     /// boxRegression (the heads only), top (heads and the last blocks) or unfrozen (everything).
-    #[arg(long, env = "AUTOTUNER_TRAINABLE_LAYERS", default_value = "boxRegression")]
-    trainable_layers: Trainable,
-    #[arg(long, env = "AUTOTUNER_EPOCHS", default_value_t = 12)]
-    epochs: usize,
-    #[arg(long, env = "AUTOTUNER_BATCH_SIZE", default_value_t = 16)]
-    batch_size: usize,
-    #[arg(long, env = "AUTOTUNER_LEARNING_RATE", default_value_t = 1e-4)]
-    learning_rate: f64,
+    /// These four default to the operator's settings for the Job (the CameraTuning's
+    /// `spec.training`), else to the project's defaults (`autotuner_api::contract::defaults`).
+    #[arg(long)]
+    trainable_layers: Option<Trainable>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// `constant`, or `cosine` (decays to zero over the job's steps). Default: cosine for
     /// `unfrozen` (the setting that meets the reference experiment's goals), constant otherwise.
-    #[arg(long, env = "AUTOTUNER_LR_SCHEDULE")]
+    #[arg(long)]
     lr_schedule: Option<Schedule>,
     /// Views of each training image: the image and `views - 1` random crops and flips.
-    #[arg(long, env = "AUTOTUNER_VIEWS", default_value_t = 2)]
+    #[arg(long, default_value_t = 2)]
     views: usize,
-    #[arg(long, env = "AUTOTUNER_SEED", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Evaluate on the eval split after every this many epochs (and after the last); 0: only
     /// after the last (then the last epoch is exported).
-    #[arg(long, env = "AUTOTUNER_EVAL_EVERY", default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     eval_every: usize,
     /// Stop after this many epochs without a better eval AP (0: run every epoch).
-    #[arg(long, env = "AUTOTUNER_PATIENCE", default_value_t = 4)]
+    #[arg(long, default_value_t = 4)]
     patience: usize,
     /// Stop after this many optimiser steps (for benchmarks and smoke runs).
-    #[arg(long, env = "AUTOTUNER_MAX_STEPS")]
+    #[arg(long)]
     max_steps: Option<u64>,
     /// Memory for the frozen-feature cache, in MiB: f32 while it fits, then f16, then a file.
-    #[arg(long, env = "AUTOTUNER_CACHE_MIB", default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048)]
     cache_mib: usize,
     /// Drop boxes of classes the student has no output for instead of failing.
-    #[arg(long, env = "AUTOTUNER_SKIP_UNKNOWN_CLASSES")]
+    #[arg(long)]
     skip_unknown_classes: bool,
     /// Fail when more than this fraction of a split's images is unusable.
-    #[arg(long, env = "AUTOTUNER_MAX_BAD_FRACTION", default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5)]
     max_bad_fraction: f64,
     /// ONNX Runtime's shared library (default: the one the assets step fetched).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
+    #[arg(long, env = contract::ENV_ONNXRUNTIME)]
     onnxruntime: Option<PathBuf>,
     /// Where burn trains: `cpu` (the `flex` backend) or `gpu` (wgpu; builds with `--features wgpu`).
-    #[arg(long, env = "AUTOTUNER_DEVICE", default_value = "cpu")]
+    #[arg(long, default_value = "cpu")]
     device: String,
     /// Log lines as JSON (for log collectors).
-    #[arg(long, env = "AUTOTUNER_LOG_JSON")]
+    #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
 }
 
 /// Publishes the model and reports it as the CameraTuning's candidate.
+/// What to train with: a flag when given, else the operator's settings for the Job, else the
+/// project's defaults (the same the CRD writes into a spec).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Settings {
+    trainable: Trainable,
+    epochs: usize,
+    batch_size: usize,
+    learning_rate: f64,
+}
+
+impl Settings {
+    fn of(args: &Args, job: Option<&TrainingSettings>) -> Self {
+        let trainable = |layers: TrainableLayers| match layers {
+            TrainableLayers::BoxRegression => Trainable::BoxRegression,
+            TrainableLayers::Top => Trainable::Top,
+            TrainableLayers::Unfrozen => Trainable::Unfrozen,
+        };
+        Self {
+            trainable: args
+                .trainable_layers
+                .unwrap_or_else(|| job.map_or(Trainable::BoxRegression, |j| trainable(j.trainable_layers))),
+            epochs: args
+                .epochs
+                .unwrap_or_else(|| job.map_or(contract::defaults::EPOCHS, |j| j.epochs) as usize),
+            batch_size: args
+                .batch_size
+                .unwrap_or_else(|| job.map_or(contract::defaults::BATCH_SIZE, |j| j.batch_size) as usize)
+                .max(1),
+            learning_rate: args
+                .learning_rate
+                .unwrap_or_else(|| job.map_or(contract::defaults::LEARNING_RATE, |j| j.learning_rate)),
+        }
+    }
+}
+
 fn report_to_cluster(
     runtime: &tokio::runtime::Runtime,
     job: &JobContext,
@@ -184,6 +223,7 @@ fn main() -> ExitCode {
         _ => None,
     };
     let assets = autotuner_detect::assets::dir();
+    let settings = Settings::of(&args, job.as_ref().map(|j| &j.settings));
     let (Some(train), Some(eval), Some(output)) = (
         args.train.or(job.as_ref().map(JobContext::train_file)),
         args.eval.or(job.as_ref().map(JobContext::eval_file)),
@@ -192,27 +232,36 @@ fn main() -> ExitCode {
         eprintln!("trainer: --train, --eval and --output are needed (or the operator's environment)");
         return ExitCode::from(2);
     };
+    let model = match (args.model.clone(), &job) {
+        (Some(path), _) => path,
+        (None, Some(job)) => match runtime.block_on(job.fetch_student()) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("trainer: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"),
+    };
     let config = TrainConfig {
         train,
         eval,
-        model: args
-            .model
-            .or(job.as_ref().and_then(|j| j.model.clone()))
-            .unwrap_or_else(|| assets.join("models/ssd_mobilenet_v2_coco_raw.onnx")),
+        model,
         output,
-        trainable: args.trainable_layers,
-        epochs: args.epochs,
-        batch_size: args.batch_size.max(1),
-        learning_rate: args.learning_rate,
+        trainable: settings.trainable,
+        epochs: settings.epochs,
+        batch_size: settings.batch_size,
+        learning_rate: settings.learning_rate,
         schedule: args
             .lr_schedule
-            .unwrap_or(Schedule::default_for(args.trainable_layers)),
+            .unwrap_or(Schedule::default_for(settings.trainable)),
         views: args.views.max(1),
         seed: args.seed,
         eval_every: args.eval_every,
         patience: args.patience,
         max_steps: args.max_steps,
-        max_train_images: job.as_ref().and_then(|j| j.dataset_cap),
+        max_train_images: job.as_ref().map(|j| j.settings.dataset_cap as usize),
         cache_budget_bytes: args.cache_mib << 20,
         onnxruntime: args
             .onnxruntime
@@ -254,5 +303,52 @@ fn main() -> ExitCode {
             eprintln!("trainer: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_trains_with_the_spec_settings_unless_a_flag_overrides_them() {
+        let spec: autotuner_api::CameraTuningSpec = serde_json::from_value(serde_json::json!({
+            "camera": { "url": "rtsp://c/s", "nodeName": "n" }, "classes": ["person"],
+            "annotation": { "teacher": { "model": { "uri": "file:///t.onnx", "family": "yolo" } } },
+            "training": { "student": { "uri": "file:///s.onnx", "family": "ssdRaw" },
+                "epochs": 3, "batchSize": 5, "learningRate": 0.02, "trainableLayers": "unfrozen" },
+        }))
+        .unwrap();
+        let job = TrainingSettings::new(&spec, 2, "file:///s.onnx");
+        let settings = TrainingSettings::from_env_value(&job.to_env_value()).unwrap();
+        let none = Args::parse_from(["trainer"]);
+        assert_eq!(
+            Settings::of(&none, Some(&settings)),
+            Settings {
+                trainable: Trainable::Unfrozen,
+                epochs: 3,
+                batch_size: 5,
+                learning_rate: 0.02
+            }
+        );
+        let flags = Args::parse_from(["trainer", "--epochs", "1", "--batch-size", "4"]);
+        let overridden = Settings::of(&flags, Some(&settings));
+        assert_eq!((overridden.epochs, overridden.batch_size), (1, 4));
+        assert_eq!(overridden.learning_rate, 0.02);
+        // Outside a Job: the defaults the CRD also writes.
+        let standalone = Settings::of(&none, None);
+        assert_eq!(standalone.epochs, spec_default().training.epochs as usize);
+        assert_eq!(standalone.learning_rate, spec_default().training.learning_rate);
+        assert_eq!(standalone.batch_size, spec_default().training.batch_size as usize);
+    }
+
+    /// A spec with every training default the API server writes.
+    fn spec_default() -> autotuner_api::CameraTuningSpec {
+        serde_json::from_value(serde_json::json!({
+            "camera": { "url": "rtsp://c/s", "nodeName": "n" }, "classes": ["person"],
+            "annotation": { "teacher": { "model": { "uri": "file:///t.onnx", "family": "yolo" } } },
+            "training": { "student": { "uri": "file:///s.onnx", "family": "ssdRaw" } },
+        }))
+        .unwrap()
     }
 }

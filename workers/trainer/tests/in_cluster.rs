@@ -4,14 +4,19 @@
 //! publishes the model where the contract says and reports `status.candidateModel` under its
 //! own field manager; it cannot write another CameraTuning's status.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use autotuner_api::CameraTuning;
-use autotuner_api::contract::{self, TRAINER_FIELD_MANAGER};
-use autotuner_tests::workers::{S3Server, tuning_with_worker_identity, worker_kubeconfig};
-use autotuner_tests::{Options, install_crd, shared, test_namespace};
-use kube::api::PostParams;
+use autotuner_api::contract::{self, TRAINER_FIELD_MANAGER, TrainingSettings};
+use autotuner_api::{CameraTuning, Phase, TrainableLayers};
+use autotuner_tests::operator;
+use autotuner_tests::workers::{FileServer, S3Server, tuning_with_worker_identity, worker_kubeconfig};
+use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -53,8 +58,34 @@ fn split(dataset: &Path, file: &str, frames: &[usize]) {
     std::fs::write(path, body.to_string()).unwrap();
 }
 
-fn run_trainer(kubeconfig: &Path, ns: &str, name: &str, dataset: &Path) -> (bool, String) {
-    run_trainer_with(kubeconfig, ns, name, dataset.to_str().unwrap(), 1, &[])
+/// What the operator would ask of iteration 3: start from `student`, keep the 4 latest images.
+fn settings(student: &str) -> TrainingSettings {
+    TrainingSettings {
+        iteration: 3,
+        base_model_uri: student.to_string(),
+        dataset_cap: 4,
+        epochs: 1,
+        batch_size: 4,
+        learning_rate: 1e-4,
+        trainable_layers: TrainableLayers::BoxRegression,
+    }
+}
+
+fn local_student() -> String {
+    format!(
+        "file://{}",
+        assets().join("models/ssd_mobilenet_v2_coco_raw.onnx").display()
+    )
+}
+
+fn run_trainer(
+    kubeconfig: &Path,
+    ns: &str,
+    name: &str,
+    dataset: &Path,
+    settings: &TrainingSettings,
+) -> (bool, String) {
+    run_trainer_with(kubeconfig, ns, name, dataset.to_str().unwrap(), settings, &[])
 }
 
 fn run_trainer_with(
@@ -62,12 +93,12 @@ fn run_trainer_with(
     ns: &str,
     name: &str,
     dataset_uri: &str,
-    epochs: usize,
+    settings: &TrainingSettings,
     env: &[(&str, String)],
 ) -> (bool, String) {
+    // Epochs, batch size and the rest come from the settings, as in a Job.
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["--max-steps", "1", "--batch-size", "4", "--views", "1"])
-        .arg(format!("--epochs={epochs}"))
+        .args(["--max-steps", "1", "--views", "1"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
@@ -76,15 +107,7 @@ fn run_trainer_with(
         .env(contract::ENV_NAME, name)
         .env(contract::ENV_NAMESPACE, ns)
         .env(contract::ENV_DATASET_URI, dataset_uri)
-        .env(contract::ENV_ITERATION, "3")
-        .env(contract::ENV_DATASET_CAP, "4")
-        .env(
-            contract::ENV_MODEL_URI,
-            format!(
-                "file://{}",
-                assets().join("models/ssd_mobilenet_v2_coco_raw.onnx").display()
-            ),
-        )
+        .env(contract::ENV_TRAINING, settings.to_env_value())
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
@@ -139,7 +162,10 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     split(&dataset, contract::DATASET_EVAL_FILE, &[450, 500]);
     let kubeconfig = worker_kubeconfig(plane, &ns, &account, &dir).await;
 
-    let (ok, err) = run_trainer(&kubeconfig, &ns, &tuning.name_any(), &dataset);
+    // The student comes over HTTP (as in manifests/examples/minimal.yaml).
+    let models = FileServer::start(&assets().join("models"));
+    let over_http = settings(&models.url("ssd_mobilenet_v2_coco_raw.onnx"));
+    let (ok, err) = run_trainer(&kubeconfig, &ns, &tuning.name_any(), &dataset, &over_http);
     assert!(ok, "{err}");
     let report: Value = serde_json::from_slice(
         &std::fs::read(dataset.join(contract::training_run_dir(3)).join("report.json")).unwrap(),
@@ -148,6 +174,15 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     assert_eq!(
         report["train"]["images"], 4,
         "the dataset cap keeps the 4 most recent images"
+    );
+    // The spec's training settings reach the trainer through the Job's settings.
+    assert_eq!(
+        (
+            &report["batchSize"],
+            &report["epochsRequested"],
+            &report["trainableLayers"]
+        ),
+        (&json!(4), &json!(1), &json!("boxRegression"))
     );
     let model = dataset.join(contract::model_file(3));
     assert!(model.is_file());
@@ -178,7 +213,7 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     );
 
     // The same identity may not report for another camera.
-    let (ok, err) = run_trainer(&kubeconfig, &ns, "other", &dataset);
+    let (ok, err) = run_trainer(&kubeconfig, &ns, "other", &dataset, &settings(&local_student()));
     assert!(!ok && err.contains("other") && err.contains("forbidden"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -212,21 +247,39 @@ async fn an_s3_dataset_is_mirrored_and_the_results_and_checkpoint_go_back_to_it(
     let env = |work: &str| {
         vec![
             (contract::ENV_S3_ENDPOINT, s3.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "test".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "test-secret".to_string()),
-            ("AUTOTUNER_WORK_DIR", dir.join(work).display().to_string()),
+            (contract::ENV_AWS_ACCESS_KEY_ID, "test".to_string()),
+            (contract::ENV_AWS_SECRET_ACCESS_KEY, "test-secret".to_string()),
+            (contract::ENV_WORK_DIR, dir.join(work).display().to_string()),
         ]
     };
 
+    let epochs = |epochs| TrainingSettings {
+        epochs,
+        ..settings(&local_student())
+    };
     // A first pod does one epoch, then "loses its disk"; a second pod on a fresh disk resumes
     // from the checkpoint the first one stored.
     let uri = "s3://datasets/site/dock";
-    let (ok, err) = run_trainer_with(&kubeconfig, &ns, &tuning.name_any(), uri, 1, &env("pod-1"));
+    let (ok, err) = run_trainer_with(
+        &kubeconfig,
+        &ns,
+        &tuning.name_any(),
+        uri,
+        &epochs(1),
+        &env("pod-1"),
+    );
     assert!(ok, "{err}");
     let (code, _) = s3.request("GET", "/datasets/site/dock/runs/3/checkpoint.bin", b"");
     assert_eq!(code, 200, "the checkpoint is stored after each epoch");
     std::fs::remove_dir_all(dir.join("pod-1")).unwrap();
-    let (ok, err) = run_trainer_with(&kubeconfig, &ns, &tuning.name_any(), uri, 2, &env("pod-2"));
+    let (ok, err) = run_trainer_with(
+        &kubeconfig,
+        &ns,
+        &tuning.name_any(),
+        uri,
+        &epochs(2),
+        &env("pod-2"),
+    );
     assert!(ok, "{err}");
     let mirror = dir.join("pod-2/dataset");
     assert!(
@@ -263,9 +316,153 @@ async fn an_s3_dataset_is_mirrored_and_the_results_and_checkpoint_go_back_to_it(
         &ns,
         &tuning.name_any(),
         "s3://datasets/nowhere",
-        1,
+        &epochs(1),
         &env("pod-3"),
     );
     assert!(!ok && err.contains("annotations.json"), "{err}");
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// `manifests/examples/minimal.yaml` with its model URIs pointing at a local HTTP server, driven
+/// by the real operator to its first training Job; the Job's container is run as the pod would
+/// run it (its environment, its ServiceAccount, the dataset volume at a local folder): the
+/// trainer fetches the student over HTTP, trains, and its candidate is promoted.
+#[tokio::test]
+async fn the_minimal_example_trains_through_a_job_that_fetches_its_models_over_http() {
+    let plane = shared(Options { controllers: true }).await;
+    let admin: Client = plane.client().await.unwrap();
+    install_crd(&admin).await.unwrap();
+    let ns = test_namespace(&admin, "minimal").await.unwrap();
+    let tunings: Api<CameraTuning> = Api::namespaced(admin.clone(), &ns);
+    let models = FileServer::start(&assets().join("models"));
+    let (teacher_url, student_url) = (
+        models.url("yolov12n.onnx"),
+        models.url("ssd_mobilenet_v2_coco_raw.onnx"),
+    );
+    let mut example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(autotuner_tests::repo_root().join("manifests/examples/minimal.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    example["spec"]["annotation"]["teacher"]["model"]["uri"] = json!(teacher_url);
+    example["spec"]["training"]["student"]["uri"] = json!(student_url);
+    let tuning: CameraTuning = serde_json::from_value(example).unwrap();
+    tunings.create(&PostParams::default(), &tuning).await.unwrap();
+    let name = tuning.name_any();
+    let op = operator::start(plane, &ns, "minimal").await;
+    let phase = |phase: Phase| {
+        let tunings = tunings.clone();
+        let name = name.clone();
+        async move {
+            wait_for(Duration::from_secs(90), || async {
+                let t = tunings.get(&name).await.ok()?;
+                (t.status.as_ref()?.phase == Some(phase)).then_some(t)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{name} never reached {phase:?}"))
+        }
+    };
+    phase(Phase::Capturing).await;
+
+    // The annotator the operator made serves the teacher from its HTTP URI, through the fetcher
+    // the annotator's main calls.
+    let dir = std::env::temp_dir().join(format!("autotuner-trainer-minimal-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let annotators: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let annotator = annotators
+        .list(&ListParams::default().labels("app.kubernetes.io/component=annotator"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let env = container_env(&annotator.spec.template);
+    assert_eq!(env[contract::ENV_TEACHER_URI], teacher_url);
+    let teacher =
+        autotuner_store::fetch_model(&teacher_url, None, &Default::default(), &dir.join("annotator"))
+            .await
+            .unwrap();
+    assert_eq!(
+        std::fs::read(teacher).unwrap(),
+        std::fs::read(assets().join("models/yolov12n.onnx")).unwrap()
+    );
+
+    // The capture worker filled the training split (the dataset volume, here a local folder).
+    let dataset = dir.join("data");
+    split(&dataset, contract::DATASET_TRAIN_FILE, &[20, 60, 100, 140]);
+    split(&dataset, contract::DATASET_EVAL_FILE, &[450, 500]);
+    let report = json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
+        "status": { "dataset": { "train": 1000, "eval": 200 } } });
+    tunings
+        .patch_status(
+            &name,
+            &PatchParams::apply(contract::CAPTURE_FIELD_MANAGER).force(),
+            &Patch::Apply(&report),
+        )
+        .await
+        .unwrap();
+    phase(Phase::Training).await;
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
+    let job = wait_for(Duration::from_secs(30), || async {
+        jobs.get(&format!("{name}-train-1")).await.ok()
+    })
+    .await
+    .unwrap();
+    let env = container_env(&job.spec.unwrap().template);
+    let settings = TrainingSettings::from_env_value(&env[contract::ENV_TRAINING]).unwrap();
+    assert_eq!(
+        settings.base_model_uri, student_url,
+        "the spec's student, over HTTP"
+    );
+    assert_eq!(
+        (settings.epochs, settings.learning_rate),
+        (contract::defaults::EPOCHS, contract::defaults::LEARNING_RATE),
+        "the CRD's defaults"
+    );
+
+    // The Job's container, as the pod runs it (one step: the loop, not the learning, is tested).
+    let kubeconfig = worker_kubeconfig(plane, &ns, &format!("{name}-worker"), &dir).await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    command
+        .args(["--max-steps", "1", "--views", "1"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("AUTOTUNER_ASSETS", assets())
+        .env("KUBECONFIG", &kubeconfig)
+        .env(contract::ENV_WORK_DIR, dir.join("work"));
+    for (key, value) in &env {
+        command.env(key, value);
+    }
+    command
+        .env(contract::ENV_NAMESPACE, &ns)
+        .env(contract::ENV_DATASET_URI, &dataset)
+        .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"));
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    operator::finish_job_pod(&admin, &ns, &format!("{name}-train-1"), "Succeeded").await;
+    let promoted = phase(Phase::Deployed).await;
+    let status = promoted.status.unwrap();
+    let model = status.current_model.unwrap();
+    assert_eq!(model.version, 1);
+    assert_eq!(
+        model.uri,
+        format!("file://{}", dataset.join(contract::model_file(1)).display())
+    );
+    assert_eq!(
+        status.previous_model.unwrap().uri,
+        student_url,
+        "kept to roll back to"
+    );
+    op.task.abort();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The plain `value` variables of a pod template's first container.
+fn container_env(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> BTreeMap<String, String> {
+    template.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
 }

@@ -285,7 +285,10 @@ fn top_and_unfrozen_train_the_feature_extractor_too() {
 fn trainer(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
         .args(args)
-        .env("ORT_DYLIB_PATH", assets().join("libonnxruntime.so"))
+        .env(
+            autotuner_api::contract::ENV_ONNXRUNTIME,
+            assets().join("libonnxruntime.so"),
+        )
         .output()
         .unwrap();
     (

@@ -200,6 +200,8 @@ pub struct MotionDetector {
     median: Option<MedianModel>,
     frame_index: u64,
     last_reset: u64,
+    /// A reset asked for by the caller (a time-based interval), done at the next frame.
+    reset_requested: bool,
     report: FrameReport,
 }
 
@@ -299,6 +301,7 @@ impl MotionDetector {
             median,
             frame_index: 0,
             last_reset: 0,
+            reset_requested: false,
             report: FrameReport {
                 index: 0,
                 state: FrameState::Warming,
@@ -417,9 +420,11 @@ impl MotionDetector {
             } else {
                 self.report.state = FrameState::Detected;
                 self.select();
-                if let Some(interval) = self.config.reset_interval_frames
-                    && index - self.last_reset >= interval
-                {
+                let interval_due = self
+                    .config
+                    .reset_interval_frames
+                    .is_some_and(|interval| index - self.last_reset >= interval);
+                if interval_due || self.reset_requested {
                     reset = Some(ResetCause::Interval);
                 }
             }
@@ -486,8 +491,15 @@ impl MotionDetector {
         }
     }
 
+    /// Rebuilds the background from the next frame (after that frame's regions are reported), as
+    /// `reset_interval_frames` does; for callers that count the interval in time, not frames.
+    pub fn reset_at_next_frame(&mut self) {
+        self.reset_requested = true;
+    }
+
     /// Makes `image` the background, forgetting every earlier sample.
     fn reset_to(&mut self, image: GrayImage<'_>, index: u64) {
+        self.reset_requested = false;
         blur_image(
             self.level,
             &self.blur,

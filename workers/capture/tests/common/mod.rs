@@ -140,3 +140,17 @@ pub fn rtsp_server(clip: &Path, port: u16, credentials: Option<(&str, &str)>) ->
     wait_for_port(port);
     Process(child)
 }
+
+/// A plain HTTP/1.1 GET on loopback: the status line, headers and body as text.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: capture\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut body).unwrap();
+    body
+}

@@ -1,0 +1,366 @@
+//! The drift check on real footage: vtest.avi (PETS09) and then the same scene "at night"
+//! (darkened, contrast crushed, sensor noise), as one stream. The real capture binary selects
+//! frames and has the real annotator (YOLOv12n over HTTP) label them, every second selected frame
+//! a drift sample; a student is fine-tuned on the day scene's training split with the real
+//! trainer (its eval AP@0.5 is the figure the check divides by, as at a promotion); then every
+//! check the capture worker would have made is replayed in the order the samples were stored,
+//! each over the `sampleSize` samples before it. A deliberately worse candidate is then caught in
+//! its probation, on the same samples as the model it replaced, and the operator's plan rolls it
+//! back.
+//!
+//! What is played: the clock. Checks run every `drift.checkInterval` in the worker; here they
+//! run back to back over the windows of samples the worker would have seen.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use autotuner_api::CameraTuning;
+use autotuner_api::contract::{self, OPERATOR_FIELD_MANAGER};
+use autotuner_capture::drift::{DriftChecker, DriftSettings, Samples, Scored};
+use autotuner_detect::{Family, Runtime};
+use autotuner_operator::plan;
+use autotuner_tests::workers::{tuning_with_worker_identity, worker_kubeconfig};
+use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
+use autotuner_trainer::dataset::LoadOptions;
+use autotuner_trainer::model::Trainable;
+use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
+use common::{Annotator, Process, assets, free_port, h264_clip, rtsp_server};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+/// vtest.avi, then its first 300 frames as if the camera had zoomed out to half the scale (the
+/// people a quarter of their area), as one H.264 file: the same place, another view. The teacher
+/// (YOLOv12n at 640 on the crops) still finds them; the student (SSD at 300x300 on the frame)
+/// loses most of them.
+fn day_then_zoomed_out(dir: &Path) -> PathBuf {
+    let out = dir.join("day-then-zoomed-out.mkv");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(assets().join("vtest.avi"))
+        .args([
+            "-filter_complex",
+            "[0:v]split[day][z];[z]trim=end_frame=300,setpts=PTS-STARTPTS,scale=384:288,pad=768:576:192:144:gray[zoomed];\
+             [day][zoomed]concat=n=2:v=1[out]",
+            "-map",
+            "[out]",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&out)
+        .status()
+        .expect("the ffmpeg CLI (scripts/setup installs it)");
+    assert!(status.success());
+    out
+}
+
+/// The trainer's settings for a short fine-tune of the heads.
+fn fine_tune(train: PathBuf, eval: PathBuf, output: PathBuf, learning_rate: f64) -> TrainConfig {
+    TrainConfig {
+        train,
+        eval,
+        model: assets().join("models/ssd_mobilenet_v2_coco_raw.onnx"),
+        output,
+        trainable: Trainable::BoxRegression,
+        epochs: 1,
+        batch_size: 16,
+        learning_rate,
+        schedule: Schedule::Constant,
+        views: 1,
+        seed: 1,
+        eval_every: 1,
+        patience: 0,
+        max_steps: None,
+        max_train_images: None,
+        cache_budget_bytes: 1 << 30,
+        onnxruntime: assets().join("libonnxruntime.so"),
+        load: LoadOptions::default(),
+        device: burn::prelude::Device::flex(),
+        backend: "burn flex (CPU)".into(),
+        after_checkpoint: None,
+    }
+}
+
+/// A copy of a COCO split with every box moved to a random place of its image: a model trained on
+/// it, and scored on such a split, passes any gate and detects nothing real.
+fn shuffled(split: &Path, out: &Path) {
+    let mut coco: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split).unwrap()).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 10_000) as f64 / 10_000.0
+    };
+    for a in coco["annotations"].as_array_mut().unwrap() {
+        if a["iscrowd"] == 1 {
+            continue;
+        }
+        let (w, h) = (a["bbox"][2].as_f64().unwrap(), a["bbox"][3].as_f64().unwrap());
+        a["bbox"] = serde_json::json!([random() * (768.0 - w), random() * (576.0 - h), w, h]);
+    }
+    std::fs::write(out, coco.to_string()).unwrap();
+}
+
+#[test]
+fn the_check_holds_on_the_same_scene_falls_after_a_change_and_catches_a_worse_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = day_then_zoomed_out(dir.path());
+    let annotator_port = free_port();
+    let _annotator = Annotator::start(annotator_port);
+    let data = dir.path().join("data");
+    // Every second frame examined, every second selected frame a drift sample; the training
+    // split is small enough to fill during the day.
+    let out = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .arg("--url")
+        .arg(&clip)
+        .args(["--annotator-url", &format!("http://127.0.0.1:{annotator_port}")])
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--frame-step", "2", "--drift-every", "2"])
+        .args([
+            "--train-size",
+            "160",
+            "--eval-size",
+            "60",
+            "--split-block-seconds",
+            "4",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The student tuned on the day scene, and its eval AP@0.5: the figure of its promotion.
+    let (train, eval) = (
+        data.join("train/annotations.json"),
+        data.join("eval/annotations.json"),
+    );
+    let report = train::run(
+        &fine_tune(train.clone(), eval.clone(), dir.path().join("run-1"), 1e-4),
+        &mut Progress::new(),
+    )
+    .unwrap();
+    let tuned = Scored {
+        version: 1,
+        path: PathBuf::from(&report.export.path),
+        reference_ap50: report.after.ap50,
+    };
+
+    // The checks, over the drift samples in the order they were stored: each over the 16
+    // before it, one every 8 samples.
+    let runtime = Runtime::load(&assets().join("libonnxruntime.so")).unwrap();
+    let settings = DriftSettings {
+        interval: std::time::Duration::from_secs(60),
+        sample_size: 16,
+        probation_checks: 1,
+    };
+    let checker = DriftChecker::new(settings.clone(), runtime, Family::SsdRaw, data.clone());
+    let coco: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("drift/annotations.json")).unwrap()).unwrap();
+    let frames: Vec<u64> = coco["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sample"].as_str().unwrap()[1..].parse().unwrap())
+        .collect();
+    let switch = frames
+        .iter()
+        .position(|&f| f >= 795)
+        .expect("samples after the switch");
+    let window = settings.sample_size;
+    let (mut same, mut after) = (Vec::new(), Vec::new());
+    let mut end = window;
+    while end <= frames.len() {
+        let samples = Samples::stored_before(&data, end, window).unwrap();
+        let checked = checker.check_on(&samples, &tuned, None).unwrap();
+        if end <= switch {
+            same.push(checked.relative_accuracy);
+        } else {
+            after.push(checked.relative_accuracy);
+        }
+        end += window / 2;
+    }
+    let threshold = 0.8;
+    eprintln!(
+        "promoted AP@0.5 {:.3}; same scene {same:.2?}; after the switch {after:.2?}",
+        report.after.ap50.unwrap()
+    );
+    assert!(same.len() >= 20, "{} checks of the same scene", same.len());
+    assert!(
+        same.iter().all(|&r| r >= threshold),
+        "no drift on the same scene: {same:.2?}"
+    );
+    assert!(
+        after.iter().take(3).any(|&r| r < threshold),
+        "drift within 3 checks of the switch: {after:.2?}"
+    );
+
+    // A worse candidate: trained on boxes in random places, it would pass a gate scored on a
+    // split labelled the same way. Promoted over the tuned student, its first check (the latest
+    // day samples, both models on the same ones) falls far behind, and the operator's plan rolls
+    // it back.
+    let (bad_train, bad_eval) = (data.join("train/shuffled.json"), data.join("eval/shuffled.json"));
+    shuffled(&train, &bad_train);
+    shuffled(&eval, &bad_eval);
+    let bad_report = train::run(
+        &fine_tune(bad_train, bad_eval, dir.path().join("run-2"), 1e-3),
+        &mut Progress::new(),
+    )
+    .unwrap();
+    let bad = Scored {
+        version: 2,
+        path: PathBuf::from(&bad_report.export.path),
+        reference_ap50: bad_report.after.ap50,
+    };
+    let day_samples = Samples::stored_before(&data, switch, window).unwrap();
+    let checked = checker.check_on(&day_samples, &bad, Some(&tuned)).unwrap();
+    let previous = checked
+        .previous_ap50
+        .expect("the previous model scored in probation");
+    eprintln!("probation: candidate {:.3}, previous {previous:.3}", checked.ap50);
+    assert!(previous - checked.ap50 > 0.05, "{checked:?}");
+    let status = json!({
+        "phase": "Monitoring", "iteration": 2,
+        "currentModel": { "version": 2, "uri": "file:///m/2.onnx", "map": bad_report.after.ap.unwrap(), "map50": bad.reference_ap50 },
+        "previousModel": { "version": 1, "uri": "file:///m/1.onnx", "map": report.after.ap.unwrap(), "map50": tuned.reference_ap50 },
+        "inference": { "model": { "version": 2, "uri": "file:///m/2.onnx", "since": "2026-11-29T10:00:00Z" } },
+        "lastDriftCheck": autotuner_capture::cluster::drift_check_status(&checked),
+    });
+    let tuning: CameraTuning = serde_json::from_value(json!({
+        "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
+        "metadata": { "name": "gate", "namespace": "cams", "uid": "u-1", "generation": 1 },
+        "spec": {
+            "camera": { "url": "rtsp://cam/stream", "nodeName": "edge-1" }, "classes": ["person"],
+            "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" } } },
+            "training": { "student": { "uri": "file:///m/ssd.onnx", "family": "ssdRaw" } },
+        },
+        "status": status,
+    }))
+    .unwrap();
+    let planned = plan::plan(
+        &tuning,
+        &plan::Observed::default(),
+        k8s_openapi::jiff::Timestamp::now(),
+        &autotuner_operator::Config::default(),
+    )
+    .unwrap();
+    assert_eq!(planned.notes[0].reason, "ModelRolledBack", "{:?}", planned.notes);
+    assert_eq!(planned.status.current_model.unwrap().version, 1);
+}
+
+/// The worker's own loop, in a cluster: against the real API server as the CameraTuning's worker
+/// identity, on an RTSP camera (GStreamer's server playing vtest.avi) with the real annotator,
+/// the promoted model is checked every `drift.checkInterval` on the latest drift samples, the
+/// model it replaced is scored beside it during its probation, and the result is in
+/// `status.lastDriftCheck` (under the worker's field manager) and on `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_cluster_the_worker_checks_the_promoted_model_and_reports_it() {
+    let plane = shared(Options::default()).await;
+    let admin: Client = plane.client().await.unwrap();
+    install_crd(&admin).await.unwrap();
+    let ns = test_namespace(&admin, "drift").await.unwrap();
+    let tunings: Api<CameraTuning> = Api::namespaced(admin.clone(), &ns);
+    let dir = tempfile::tempdir().unwrap();
+    let (rtsp_port, annotator_port, http_port) = (free_port(), free_port(), free_port());
+    let clip = h264_clip(dir.path(), 795);
+    let _camera = rtsp_server(&clip, rtsp_port, None);
+    let _annotator = tokio::task::spawn_blocking(move || Annotator::start(annotator_port))
+        .await
+        .unwrap();
+    let student = assets().join("models/ssd_mobilenet_v2_coco_raw.onnx");
+    let promoted = dir.path().join("1.onnx");
+    std::fs::copy(&student, &promoted).unwrap();
+    let (_, account) = tuning_with_worker_identity(&admin, &ns, "gate", None, |t| {
+        t.spec.camera.url = format!("rtsp://127.0.0.1:{rtsp_port}/live");
+        t.spec.training.student.uri = format!("file://{}", student.display());
+        t.spec.sampling.max_uploads_per_minute = 240;
+        t.spec.drift.check_interval = "10s".into();
+        t.spec.drift.sample_size = 6;
+        t.spec.inference.max_frames_per_second = Some(2.0);
+    })
+    .await;
+    // The operator's promotion: iteration 1 current, the off-the-shelf student kept behind it.
+    let status = json!({
+        "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
+        "status": {
+            "currentModel": { "version": 1, "uri": format!("file://{}", promoted.display()), "map": 0.3, "map50": 0.7 },
+            "previousModel": { "version": 0, "uri": format!("file://{}", student.display()), "map": 0.28, "map50": 0.74 },
+        },
+    });
+    tunings
+        .patch_status(
+            "gate",
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    let kubeconfig = worker_kubeconfig(plane, &ns, &account, dir.path()).await;
+    let _capture = Process(
+        Command::new(env!("CARGO_BIN_EXE_capture"))
+            .args(["--metrics-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--drift-every", "2", "--inference-threads", "1"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", &kubeconfig)
+            .env(contract::ENV_NAME, "gate")
+            .env(contract::ENV_NAMESPACE, &ns)
+            .env(contract::ENV_DATASET_URI, dir.path().join("data"))
+            .env(
+                contract::ENV_ANNOTATOR_URL,
+                format!("http://127.0.0.1:{annotator_port}"),
+            )
+            .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
+            .env(contract::ENV_WORK_DIR, dir.path().join("work"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let check = wait_for(Duration::from_secs(120), || async {
+        let t = tunings.get("gate").await.ok()?;
+        t.status?.last_drift_check.filter(|c| c.model_version == Some(1))
+    })
+    .await
+    .expect("status.lastDriftCheck of iteration 1");
+    let ap50 = check.ap50.unwrap();
+    assert!((0.0..=1.0).contains(&ap50), "{check:?}");
+    assert!((check.relative_accuracy - ap50 / 0.7).abs() < 1e-6, "{check:?}");
+    assert_eq!(check.sample_size, Some(6));
+    // Iteration 1 is a copy of the student: the same score, on the same samples.
+    let previous = check
+        .previous_model_ap50
+        .expect("the previous model scored during probation");
+    assert!((previous - ap50).abs() < 1e-9, "{check:?}");
+    let fresh = tunings.get("gate").await.unwrap();
+    let owner = fresh
+        .managed_fields()
+        .iter()
+        .find(|m| {
+            m.subresource.as_deref() == Some("status")
+                && m.manager.as_deref() == Some(contract::CAPTURE_FIELD_MANAGER)
+        })
+        .and_then(|m| m.fields_v1.as_ref())
+        .map(|f| f.0.to_string())
+        .unwrap_or_default();
+    assert!(owner.contains("lastDriftCheck"), "{owner}");
+    let metrics = common::http_get(http_port, "/metrics");
+    assert!(
+        metrics.contains("autotuner_drift_checks_total{outcome=\"checked\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("autotuner_drift_relative_accuracy "),
+        "{metrics}"
+    );
+}
