@@ -211,6 +211,10 @@ pub struct RefusedModel {
     /// Why, and what to check.
     #[schemars(length(max = 1024))]
     pub reason: String,
+    /// The node could not fetch it and tries again every 30 s (a model that does not load is not
+    /// tried again); the operator rolls back only a refusal that is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrying: Option<bool>,
     /// When it was refused.
     pub time: Time,
 }

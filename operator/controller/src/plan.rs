@@ -335,6 +335,7 @@ impl Models {
             uri: bad.uri,
             reason: reason.chars().take(1000).collect(),
             time: Time(now),
+            retrying: None,
         });
         self.current = Some(back);
         versions
@@ -383,7 +384,9 @@ fn rollback_reason(status: &CameraTuningStatus, models: &Models, margin: f64) ->
         .inference
         .as_ref()
         .and_then(|i| i.refused_model.as_ref())
-        .filter(|r| r.version == current.version && r.uri == current.uri);
+        .filter(|r| r.version == current.version && r.uri == current.uri)
+        // A model the node could not fetch is tried again: the store may be back in a moment.
+        .filter(|r| r.retrying != Some(true));
     if let Some(refused) = refused {
         return Some(format!("the camera's node refused it ({})", refused.reason));
     }
@@ -852,6 +855,20 @@ mod tests {
                 "refusedModel": { "version": 2, "uri": "file:///data/models/2.onnx",
                                   "reason": "the model does not load: bad graph", "time": "2026-11-26T11:06:00Z" } }))
             .unwrap(),
+        );
+        let mut retried = t.clone();
+        let refused = &mut retried
+            .status
+            .as_mut()
+            .unwrap()
+            .inference
+            .as_mut()
+            .unwrap()
+            .refused_model;
+        refused.as_mut().unwrap().retrying = Some(true);
+        assert!(
+            run(&retried, &capturing()).notes.is_empty(),
+            "a model the node could not fetch yet is not rolled back"
         );
         let plan = run(&t, &capturing());
         assert_eq!(reasons(&plan), ["ModelRolledBack"]);

@@ -229,6 +229,7 @@ pub fn inference_status(edge: &Edge) -> InferenceStatus {
             uri: r.id.uri,
             reason: r.reason.chars().take(1000).collect(),
             time: time(r.at),
+            retrying: Some(r.retrying),
         }),
     }
 }

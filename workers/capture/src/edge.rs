@@ -115,6 +115,8 @@ pub struct Refusal {
     pub id: ModelId,
     pub reason: String,
     pub at: SystemTime,
+    /// The model could not be fetched and is tried again (a store or server may come back).
+    pub retrying: bool,
 }
 
 /// What the edge serves, for the status report and the HTTP endpoints.
@@ -263,7 +265,7 @@ impl Edge {
     }
 
     /// Records a refused model (the one serving keeps serving).
-    pub fn refuse(&self, id: ModelId, reason: String) {
+    pub fn refuse(&self, id: ModelId, reason: String, retrying: bool) {
         tracing::warn!(
             version = id.version,
             uri = %autotuner_store::redact_uri(&id.uri),
@@ -275,6 +277,7 @@ impl Edge {
             id,
             reason,
             at: SystemTime::now(),
+            retrying,
         });
         self.state_changed.notify_waiters();
     }
@@ -526,7 +529,8 @@ impl ModelLoader {
         let path = match autotuner_store::fetch_model(&id.uri, None, &self.s3, &self.dir).await {
             Ok(path) => path,
             Err(e) => {
-                self.edge.refuse(id, format!("could not fetch the model: {e}"));
+                self.edge
+                    .refuse(id, format!("could not fetch the model: {e}"), true);
                 return Loaded::Unreachable;
             }
         };
@@ -548,7 +552,7 @@ impl ModelLoader {
                 Loaded::Staged
             }
             Err(reason) => {
-                self.edge.refuse(id, reason);
+                self.edge.refuse(id, reason, false);
                 Loaded::Refused
             }
         }

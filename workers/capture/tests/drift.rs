@@ -327,16 +327,21 @@ async fn in_a_cluster_the_worker_checks_the_promoted_model_and_reports_it() {
             .spawn()
             .unwrap(),
     );
-    let check = wait_for(Duration::from_secs(120), || async {
+    // Early checks score the few samples there are; once there are more, `sampleSize` of them.
+    let check = wait_for(Duration::from_secs(180), || async {
         let t = tunings.get("gate").await.ok()?;
-        t.status?.last_drift_check.filter(|c| c.model_version == Some(1))
+        let check = t.status?.last_drift_check?;
+        assert!(
+            check.sample_size.is_some_and(|n| (1..=6).contains(&n)),
+            "{check:?}"
+        );
+        (check.model_version == Some(1) && check.sample_size == Some(6)).then_some(check)
     })
     .await
-    .expect("status.lastDriftCheck of iteration 1");
+    .expect("status.lastDriftCheck of iteration 1 on 6 samples");
     let ap50 = check.ap50.unwrap();
     assert!((0.0..=1.0).contains(&ap50), "{check:?}");
     assert!((check.relative_accuracy - ap50 / 0.7).abs() < 1e-6, "{check:?}");
-    assert_eq!(check.sample_size, Some(6));
     // Iteration 1 is a copy of the student: the same score, on the same samples.
     let previous = check
         .previous_model_ap50
