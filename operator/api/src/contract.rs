@@ -65,7 +65,9 @@ pub const ENV_WORK_DIR: &str = "AUTOTUNER_WORK_DIR";
 /// The capture worker's spool of selected frames awaiting the teacher. In S3 mode the operator
 /// mounts a claim here, so frames not yet labelled outlive the pod.
 pub const ENV_SPOOL_DIR: &str = "AUTOTUNER_SPOOL_DIR";
-/// Mount point of the spool volume in S3 mode.
+/// Mount point of the capture worker's claim in S3 mode: the spool ([`SPOOL_MOUNT`]`/entries`)
+/// and the work folder ([`SPOOL_MOUNT`]`/work`: the working copy of the dataset, drift samples
+/// included, and the fetched models), so none of it goes with the pod.
 pub const SPOOL_MOUNT: &str = "/spool";
 
 /// The settings of one training Job, rendered by the operator from the spec into [`ENV_TRAINING`]

@@ -521,14 +521,21 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
             mount_path: SPOOL_MOUNT.into(),
             ..VolumeMount::default()
         };
-        let env = EnvVar {
-            name: contract::ENV_SPOOL_DIR.into(),
-            value: Some(SPOOL_MOUNT.into()),
+        let folder = |name: &str, path: &str| EnvVar {
+            name: name.into(),
+            value: Some(format!("{SPOOL_MOUNT}/{path}")),
             ..EnvVar::default()
         };
         push(&mut pod_spec["volumes"], spool);
         push(&mut pod_spec["containers"][0]["volumeMounts"], mount);
-        push(&mut pod_spec["containers"][0]["env"], env);
+        push(
+            &mut pod_spec["containers"][0]["env"],
+            folder(contract::ENV_SPOOL_DIR, "entries"),
+        );
+        push(
+            &mut pod_spec["containers"][0]["env"],
+            folder(contract::ENV_WORK_DIR, "work"),
+        );
     }
     merge(&mut pod_spec, camera_placement(tuning));
     typed(json!({
@@ -909,11 +916,15 @@ mod tests {
                 .unwrap()
                 .contains(&json!({ "name": "spool", "mountPath": SPOOL_MOUNT }))
         );
+        assert!(container["env"].as_array().unwrap().contains(
+            &json!({ "name": contract::ENV_SPOOL_DIR, "value": format!("{SPOOL_MOUNT}/entries") })
+        ));
+        // The working copy of the dataset (drift samples included) stays with the spool.
         assert!(
             container["env"]
                 .as_array()
                 .unwrap()
-                .contains(&json!({ "name": contract::ENV_SPOOL_DIR, "value": SPOOL_MOUNT }))
+                .contains(&json!({ "name": contract::ENV_WORK_DIR, "value": format!("{SPOOL_MOUNT}/work") }))
         );
         // On a claim, the spool is on the dataset volume already.
         assert!(build_all(&tuning(json!({}))).spool_claim.is_none());
