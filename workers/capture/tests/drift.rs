@@ -27,7 +27,7 @@ use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
-use common::{Annotator, Process, assets, free_port, h264_clip, rtsp_server};
+use common::{Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, rtsp_server};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -307,21 +307,9 @@ async fn in_a_cluster_the_worker_checks_the_promoted_model_and_reports_it() {
         .unwrap();
     let kubeconfig = worker_kubeconfig(plane, &ns, &account, dir.path()).await;
     let _capture = Process(
-        Command::new(env!("CARGO_BIN_EXE_capture"))
+        capture_in_cluster(&kubeconfig, &ns, "gate", annotator_port, dir.path())
             .args(["--metrics-listen", &format!("127.0.0.1:{http_port}")])
             .args(["--drift-every", "2", "--inference-threads", "1"])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &kubeconfig)
-            .env(contract::ENV_NAME, "gate")
-            .env(contract::ENV_NAMESPACE, &ns)
-            .env(contract::ENV_DATASET_URI, dir.path().join("data"))
-            .env(
-                contract::ENV_ANNOTATOR_URL,
-                format!("http://127.0.0.1:{annotator_port}"),
-            )
-            .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
-            .env(contract::ENV_WORK_DIR, dir.path().join("work"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

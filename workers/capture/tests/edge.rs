@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use autotuner_api::contract::{self, OPERATOR_FIELD_MANAGER};
+use autotuner_api::contract::OPERATOR_FIELD_MANAGER;
 use autotuner_api::{CameraTuning, InferenceSpec, MqttSpec};
 use autotuner_capture::source::{Source, SourceConfig};
 use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    Annotator, Process, assets, free_port, h264_clip, http_get, rtsp_server, wait_for_port, wait_until,
+    Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, http_get, rtsp_server,
+    wait_for_port, wait_until,
 };
 
 fn student() -> PathBuf {
@@ -233,25 +234,9 @@ async fn a_promoted_model_is_swapped_in_without_a_restart_and_bad_ones_are_refus
     .await;
     let kubeconfig = worker_kubeconfig(plane, &ns, &account, dir.path()).await;
     let capture = Process(
-        Command::new(env!("CARGO_BIN_EXE_capture"))
-            .args([
-                "--metrics-listen",
-                &format!("127.0.0.1:{http_port}"),
-                "--inference-threads",
-                "1",
-            ])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &kubeconfig)
-            .env(contract::ENV_NAME, "gate")
-            .env(contract::ENV_NAMESPACE, &ns)
-            .env(contract::ENV_DATASET_URI, dir.path().join("data"))
-            .env(
-                contract::ENV_ANNOTATOR_URL,
-                format!("http://127.0.0.1:{annotator_port}"),
-            )
-            .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
-            .env(contract::ENV_WORK_DIR, dir.path().join("work"))
+        capture_in_cluster(&kubeconfig, &ns, "gate", annotator_port, dir.path())
+            .args(["--metrics-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--inference-threads", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

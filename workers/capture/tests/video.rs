@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use autotuner_capture::source::{Credentials, Next, RtspTransport, Source, SourceConfig};
 
 mod common;
-use common::{Process, assets, free_port, h264_clip, rtsp_server, wait_for_port};
+use autotuner_tests::workers::FileServer;
+use common::{Process, assets, free_port, h264_clip, rtsp_server};
 
 fn frames_within(source: &Source, n: usize, timeout: Duration) -> Vec<autotuner_capture::source::Frame> {
     let deadline = Instant::now() + timeout;
@@ -75,25 +76,8 @@ fn a_missing_file_or_an_unknown_scheme_fails_at_once_with_a_clear_message() {
 fn a_progressive_file_over_http_decodes_like_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let clip = h264_clip(dir.path(), 40);
-    let port = free_port();
-    let _server = Process(
-        Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
-    let over_http = Source::start(SourceConfig::new(format!("http://127.0.0.1:{port}/clip.mkv"))).unwrap();
+    let server = FileServer::start(dir.path());
+    let over_http = Source::start(SourceConfig::new(server.url("clip.mkv"))).unwrap();
     let from_file = Source::start(SourceConfig::new(clip.display().to_string())).unwrap();
     let mut n = 0;
     while let Some(a) = over_http.next_frame() {

@@ -154,3 +154,31 @@ pub fn http_get(port: u16, path: &str) -> String {
     std::io::Read::read_to_string(&mut stream, &mut body).unwrap();
     body
 }
+
+/// The capture binary as the operator's pod runs it for the CameraTuning `name` in `ns`: the
+/// contract's environment, the worker identity of `kubeconfig`, its files under `dir`, the
+/// annotator on `annotator_port`. Callers add flags and standard streams.
+pub fn capture_in_cluster(
+    kubeconfig: &Path,
+    ns: &str,
+    name: &str,
+    annotator_port: u16,
+    dir: &Path,
+) -> Command {
+    use autotuner_api::contract;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capture"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", kubeconfig)
+        .env(contract::ENV_NAME, name)
+        .env(contract::ENV_NAMESPACE, ns)
+        .env(contract::ENV_DATASET_URI, dir.join("data"))
+        .env(
+            contract::ENV_ANNOTATOR_URL,
+            format!("http://127.0.0.1:{annotator_port}"),
+        )
+        .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
+        .env(contract::ENV_WORK_DIR, dir.join("work"));
+    command
+}
