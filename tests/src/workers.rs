@@ -208,14 +208,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto (scripts/setup installs Debian's)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "Mosquitto does not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_listener(port, "Mosquitto");
         Self(child)
     }
 
@@ -291,14 +284,7 @@ impl FileServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "http.server does not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_listener(port, "http.server");
         Self { child, port }
     }
 
@@ -306,4 +292,28 @@ impl FileServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
+}
+
+/// Waits until `what` accepts connections on `127.0.0.1:port` (at most 20 s).
+pub fn wait_for_listener(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} does not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The plain `value` variables of a pod template's first container: what the kubelet would set.
+pub fn container_env(
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> std::collections::BTreeMap<String, String> {
+    template.spec.as_ref().expect("a pod spec").containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
 }

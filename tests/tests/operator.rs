@@ -222,20 +222,39 @@ async fn the_loop_follows_worker_reports_and_survives_restarts_in_every_phase() 
     assert_eq!(ready.status, "True");
     op = restart(&h, op, "gate", 1).await;
 
-    // A drift check below the threshold starts iteration 2 on the accumulated data.
-    h.report("gate", CAPTURE_FIELD_MANAGER, json!({
-        "dataset": { "framesSeen": 2000, "framesSelected": 90, "annotated": 30, "train": 25, "eval": 2 },
+    // A drift check below the threshold starts a new round of collection: iteration 2 trains
+    // once the round has stored `trainSize` (10) more training images.
+    let drifted = |stored: u64| {
+        json!({
+        "dataset": { "framesSeen": 2000, "framesSelected": 90, "annotated": 30, "train": 25, "eval": 2, "trainStored": stored },
         "inference": { "model": { "version": 1, "uri": "s3://datasets/models/gate-1.onnx", "since": Timestamp::now().to_string() } },
-        "lastDriftCheck": { "time": Timestamp::now().to_string(), "relativeAccuracy": 0.55, "sampleSize": 50 } })).await;
+        "lastDriftCheck": { "time": Timestamp::now().to_string(), "relativeAccuracy": 0.55, "sampleSize": 50 } })
+    };
+    h.report("gate", CAPTURE_FIELD_MANAGER, drifted(25)).await;
     let t = h.phase("gate", Phase::Retraining).await;
-    let drift = t
-        .status
-        .unwrap()
+    let status = t.status.unwrap();
+    let drift = status
         .conditions
-        .into_iter()
+        .iter()
         .find(|c| c.type_ == "DriftDetected")
         .unwrap();
     assert_eq!(drift.status, "True");
+    assert_eq!(status.dataset.unwrap().round_start, Some(25));
+    assert_eq!(
+        h.jobs("gate").await,
+        ["gate-train-1"],
+        "no Job before the round is full"
+    );
+    op = restart(&h, op, "gate", 1).await;
+    h.report("gate", CAPTURE_FIELD_MANAGER, drifted(35)).await;
+    let api = h.tunings();
+    wait_for(WAIT, || async { (h.jobs("gate").await.len() == 2).then_some(()) })
+        .await
+        .expect("iteration 2's Job once the round is full");
+    assert_eq!(
+        api.get("gate").await.unwrap().status.unwrap().phase,
+        Some(Phase::Retraining)
+    );
     let mut jobs = h.jobs("gate").await;
     jobs.sort();
     assert_eq!(jobs, ["gate-train-1", "gate-train-2"]);
@@ -273,14 +292,14 @@ async fn promote(h: &Harness, name: &str, version: u32, map: f64, baseline: f64)
 }
 
 /// The capture worker's report: what it serves, what it refused, its last drift check.
-fn capture_report(serving: u32, refused: Option<u32>, check: Value) -> Value {
+fn capture_report(serving: u32, refused: Option<u32>, stored: u64, check: Value) -> Value {
     let model = |v: u32| format!("s3://datasets/models/roll-{v}.onnx");
     let mut inference = json!({ "model": { "version": serving, "uri": model(serving), "since": Timestamp::now().to_string() } });
     if let Some(v) = refused {
         inference["refusedModel"] = json!({ "version": v, "uri": model(v),
             "reason": "the model does not load: protobuf parsing failed", "time": Timestamp::now().to_string() });
     }
-    json!({ "dataset": { "train": 10, "eval": 2 }, "inference": inference, "lastDriftCheck": check })
+    json!({ "dataset": { "train": 10, "eval": 2, "trainStored": stored }, "inference": inference, "lastDriftCheck": check })
 }
 
 #[tokio::test]
@@ -298,19 +317,35 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     h.phase("roll", Phase::Training).await;
     promote(&h, "roll", 1, 0.40, 0.28).await;
     let now = || Timestamp::now().to_string();
-    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None,
+    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None, 10,
         json!({ "time": now(), "relativeAccuracy": 0.95, "sampleSize": 50, "modelVersion": 1, "ap50": 0.76 }))).await;
     h.phase("roll", Phase::Monitoring).await;
 
-    // Drift on iteration 1: iteration 2 trains, is promoted, and the node refuses it.
-    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None,
-        json!({ "time": now(), "relativeAccuracy": 0.5, "sampleSize": 50, "modelVersion": 1, "ap50": 0.4 }))).await;
+    // Drift on iteration 1: a round collects 10 new images, then iteration 2 trains, is
+    // promoted, and the node refuses it.
+    let drifting = || json!({ "time": now(), "relativeAccuracy": 0.5, "sampleSize": 50, "modelVersion": 1, "ap50": 0.4 });
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        capture_report(1, None, 10, drifting()),
+    )
+    .await;
     h.phase("roll", Phase::Retraining).await;
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        capture_report(1, None, 20, drifting()),
+    )
+    .await;
     promote(&h, "roll", 2, 0.45, 0.41).await;
     let t = h.tunings().get("roll").await.unwrap();
     assert_eq!(t.status.unwrap().previous_model.unwrap().version, 1);
-    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, Some(2),
-        json!({ "time": now(), "relativeAccuracy": 0.5, "sampleSize": 50, "modelVersion": 1, "ap50": 0.4 }))).await;
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        capture_report(1, Some(2), 20, drifting()),
+    )
+    .await;
     let api = h.tunings();
     let rolled = wait_for(WAIT, || async {
         let t = api.get("roll").await.ok()?;
@@ -330,6 +365,12 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     // Iteration 1 still drifts: iteration 3 trains and is promoted; in its probation it scores
     // far below iteration 1 on the same samples, and is rolled back too.
     h.phase("roll", Phase::Retraining).await;
+    h.report(
+        "roll",
+        CAPTURE_FIELD_MANAGER,
+        capture_report(1, None, 30, drifting()),
+    )
+    .await;
     promote(&h, "roll", 3, 0.47, 0.41).await;
     h.report(
         "roll",
@@ -337,6 +378,7 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
         capture_report(
             3,
             None,
+            30,
             json!({ "time": now(), "relativeAccuracy": 0.6, "sampleSize": 50, "modelVersion": 3, "ap50": 0.52,
                 "previousModelAp50": 0.74 }),
         ),

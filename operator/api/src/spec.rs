@@ -504,12 +504,14 @@ pub struct EndpointSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
-    /// Annotated images wanted before fine-tuning starts.
+    /// Annotated training images a round collects before fine-tuning starts: the first round,
+    /// and each one drift starts (counted from the drift).
     #[serde(default = "default_train_size")]
     #[schemars(range(min = 10, max = 1000000))]
     pub train_size: u32,
 
-    /// Annotated images kept out of training for evaluation, taken from a later time span.
+    /// Annotated images kept out of training for evaluation, taken from other time spans. The
+    /// split keeps the latest this many, so a candidate is judged on the scene as it is now.
     #[serde(default = "default_eval_size")]
     #[schemars(range(min = 1, max = 100000))]
     pub eval_size: u32,
@@ -679,8 +681,9 @@ pub struct TrainingSpec {
         .reason(Reason::FieldValueInvalid))]
     pub learning_rate: f64,
 
-    /// Train anyway this long after capture started, when `dataset.trainSize` is not reached by
-    /// then (a Go duration such as `24h`).
+    /// Train anyway this long after a round of collection started (capture's start, or the
+    /// drift that started a retraining), when `dataset.trainSize` is not reached by then (a Go
+    /// duration such as `24h`).
     #[serde(default = "default_deadline")]
     #[schemars(length(min = 2, max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}') && duration(self) >= duration('1m')"))
@@ -762,7 +765,8 @@ pub struct DriftSpec {
         .reason(Reason::FieldValueInvalid))]
     pub min_relative_accuracy: f64,
 
-    /// Cap on the accumulated training images used by a retraining (oldest dropped first).
+    /// Training images kept across rounds: once the split holds this many, each new image
+    /// replaces the oldest. A retraining trains on them all (old scene and new).
     #[serde(default = "default_max_dataset_size")]
     #[schemars(range(min = 10, max = 10000000))]
     pub max_dataset_size: u32,

@@ -102,15 +102,34 @@ pub struct DatasetStatus {
     /// Selected frames the teacher has labelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotated: Option<u64>,
-    /// Images in the training split.
+    /// Images in the training split now (at most `drift.maxDatasetSize`: newer images replace
+    /// the oldest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<u64>,
-    /// Images in the evaluation split.
+    /// Images in the evaluation split now (the latest `dataset.evalSize`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<u64>,
-    /// Training starts at this time even if the training split is not full.
+    /// Training images stored since capture began, those replaced since included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_stored: Option<u64>,
+    /// `trainStored` when this round of collection began: 0 for the first round; drift starts
+    /// a new one, which trains once `dataset.trainSize` images have been stored since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_start: Option<u64>,
+    /// The round trains at this time even if it has not collected `dataset.trainSize` images
+    /// (with at least `training.minTrainSize`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
+}
+
+impl DatasetStatus {
+    /// Training images stored in this round of collection.
+    pub fn round_images(&self) -> u64 {
+        self.train_stored
+            .or(self.train)
+            .unwrap_or(0)
+            .saturating_sub(self.round_start.unwrap_or(0))
+    }
 }
 
 /// A trained student and how good it is.

@@ -86,12 +86,14 @@ pub fn plan(
     let iteration = old.iteration.unwrap_or(0);
     let next = iteration + 1;
     let dataset = old.dataset.clone().unwrap_or_default();
-    let train_images = dataset.train.unwrap_or(0);
-    // The deadline counts from the first reconcile, when capture starts, and then stays put.
-    let deadline = dataset
+    let round_images = dataset.round_images();
+    // A round's deadline counts from its start (the first reconcile, when capture starts, or
+    // the drift that starts a retraining) and then stays put.
+    let mut deadline = dataset
         .deadline
         .as_ref()
         .map_or_else(|| now + deadline_after, |d| d.0);
+    let mut round_start = dataset.round_start;
     let mut models = Models {
         current: old.current_model.clone(),
         previous: old.previous_model.clone(),
@@ -167,34 +169,24 @@ pub fn plan(
                 Phase::Monitoring
             }
         }
-        None if iteration == 0 => {
-            let min = u64::from(spec.training.min_train_size);
-            let target = u64::from(spec.dataset.train_size);
-            if train_images >= target {
-                train_iteration = Some(next);
-                notes.push(note(
-                    false,
-                    "TrainingStarted",
-                    format!("the training split reached {train_images} of {target} images"),
-                ));
-                Phase::Training
-            } else if now >= deadline && train_images >= min {
-                train_iteration = Some(next);
-                notes.push(note(false, "TrainingStarted", format!(
-                    "the deadline passed with {train_images} of {target} images (at least {min} needed): training on what there is"
-                )));
-                Phase::Training
+        // Collecting a round: the first, or the one drift started (Retraining with no Job yet).
+        None if iteration == 0 || old.phase == Some(Phase::Retraining) => {
+            let (collecting, training) = if iteration == 0 {
+                (Phase::Capturing, Phase::Training)
             } else {
-                if now >= deadline {
-                    waiting = Some(format!(
-                        "the deadline passed with only {train_images} of the {min} images training needs; still capturing. \
-                         Check that the camera sees motion (motion.threshold, motion.minRegionArea) or lower training.minTrainSize"
-                    ));
-                } else {
-                    requeue_after =
-                        requeue_after.min(Duration::try_from(deadline.duration_since(now)).unwrap_or(SHORT));
+                (Phase::Retraining, Phase::Retraining)
+            };
+            match round(spec, round_images, now, deadline) {
+                Round::Ready(message) => {
+                    train_iteration = Some(next);
+                    notes.push(note(false, "TrainingStarted", message));
+                    training
                 }
-                Phase::Capturing
+                Round::Collecting { stuck, wake_in } => {
+                    waiting = stuck;
+                    requeue_after = requeue_after.min(wake_in);
+                    collecting
+                }
             }
         }
         None => {
@@ -213,11 +205,14 @@ pub fn plan(
                 ));
                 Phase::Deployed
             } else if spec.drift.enabled && fresh && relative < spec.drift.min_relative_accuracy {
+                // The loop runs again: a new round collects what the camera sees now.
                 drift = true;
-                train_iteration = Some(next);
+                round_start = Some(dataset.train_stored.or(dataset.train).unwrap_or(0));
+                deadline = now + deadline_after;
                 notes.push(note(true, "DriftDetected", format!(
-                    "the student agrees with the teacher at {relative:.2}, below {}: retraining on the accumulated data (iteration {next})",
-                    spec.drift.min_relative_accuracy
+                    "the student agrees with the teacher at {relative:.2}, below {}: collecting {} new training images \
+                     (or what there is at {deadline}) to retrain on, with the older ones (iteration {next})",
+                    spec.drift.min_relative_accuracy, spec.dataset.train_size
                 )));
                 Phase::Retraining
             } else if models.current.is_none() {
@@ -274,7 +269,8 @@ pub fn plan(
                 waiting,
                 failure,
                 drift,
-                train_images,
+                round_images,
+                drift_round: phase == Phase::Retraining && train_iteration.is_none(),
                 spec_target: spec.dataset.train_size,
                 rolled_back: models.rolled_back_reason(),
             },
@@ -282,6 +278,7 @@ pub fn plan(
         ),
         dataset: Some(DatasetStatus {
             deadline: Some(Time(deadline)),
+            round_start,
             ..DatasetStatus::default()
         }),
         current_model: models.current,
@@ -299,6 +296,46 @@ pub fn plan(
         delete_jobs,
         requeue_after,
     })
+}
+
+/// Where a round of collection stands.
+enum Round {
+    /// Train now; the message says why.
+    Ready(String),
+    /// Keep collecting; `stuck` says why when the deadline passed without enough images.
+    Collecting {
+        stuck: Option<String>,
+        wake_in: Duration,
+    },
+}
+
+/// A round trains once it holds `dataset.trainSize` images, or at its deadline with at least
+/// `training.minTrainSize`.
+fn round(spec: &autotuner_api::CameraTuningSpec, images: u64, now: Timestamp, deadline: Timestamp) -> Round {
+    let min = u64::from(spec.training.min_train_size);
+    let target = u64::from(spec.dataset.train_size);
+    if images >= target {
+        Round::Ready(format!(
+            "the round collected {images} of {target} training images"
+        ))
+    } else if now >= deadline && images >= min {
+        Round::Ready(format!(
+            "the deadline passed with {images} of {target} images (at least {min} needed): training on what there is"
+        ))
+    } else if now >= deadline {
+        Round::Collecting {
+            stuck: Some(format!(
+                "the deadline passed with only {images} of the {min} images training needs; still capturing. \
+                 Check that the camera sees motion (motion.threshold, motion.minRegionArea) or lower training.minTrainSize"
+            )),
+            wake_in: RESYNC,
+        }
+    } else {
+        Round::Collecting {
+            stuck: None,
+            wake_in: Duration::try_from(deadline.duration_since(now)).unwrap_or(SHORT),
+        }
+    }
 }
 
 /// The deployed model, the one it replaced, and the last one rolled back.
@@ -433,7 +470,9 @@ struct Reasons {
     waiting: Option<String>,
     failure: Option<String>,
     drift: bool,
-    train_images: u64,
+    round_images: u64,
+    /// Retraining, still collecting the round drift started (no Job yet).
+    drift_round: bool,
     spec_target: u32,
     /// A rollback no newer model has superseded yet.
     rolled_back: Option<String>,
@@ -449,8 +488,12 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
         Phase::Pending | Phase::Capturing | Phase::Training | Phase::Evaluating | Phase::Retraining
     );
     let progress_message = why.waiting.clone().unwrap_or_else(|| match phase {
-        Phase::Capturing => format!("{} of {} training images", why.train_images, why.spec_target),
+        Phase::Capturing => format!("{} of {} training images", why.round_images, why.spec_target),
         Phase::Pending => "creating the capture workload".into(),
+        Phase::Retraining if why.drift_round => format!(
+            "{} of {} new training images since the drift",
+            why.round_images, why.spec_target
+        ),
         Phase::Training | Phase::Retraining => "a training Job runs".into(),
         _ => phase_name.clone(),
     });
@@ -484,7 +527,7 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
                 "WithinThreshold".into()
             },
             if why.drift {
-                "the student fell behind the teacher; retraining".into()
+                "the student fell behind the teacher; collecting what the camera sees now to retrain".into()
             } else {
                 "no drift below the threshold".into()
             },
@@ -960,18 +1003,23 @@ mod tests {
     }
 
     #[test]
-    fn drift_below_the_threshold_starts_the_next_iteration() {
-        let plan = run(
-            &serving(deployed(check("2026-11-26T11:00:00Z", 0.6))),
-            &capturing(),
-        );
+    fn drift_below_the_threshold_starts_a_new_round_of_collection() {
+        let mut drifted = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
+        drifted.status.as_mut().unwrap().dataset = Some(DatasetStatus {
+            train: Some(1000),
+            train_stored: Some(1400),
+            deadline: Some(Time(at("2026-11-25T12:00:00Z"))),
+            ..DatasetStatus::default()
+        });
+        let plan = run(&drifted, &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Retraining));
         assert_eq!(reasons(&plan), ["DriftDetected"]);
         assert_eq!(condition(&plan, "DriftDetected").status, "True");
-        let job = plan.children.training_job.unwrap();
-        assert_eq!(job.metadata.name.as_deref(), Some("entrance-train-2"));
-        let env = serde_json::to_string(&job.spec.unwrap().template).unwrap();
-        assert!(env.contains(r#"\"datasetCap\":5000"#), "{env}");
+        // No Job yet: the round counts from the images stored so far, with a deadline of its own.
+        assert!(plan.children.training_job.is_none());
+        let dataset = plan.status.dataset.clone().unwrap();
+        assert_eq!(dataset.round_start, Some(1400));
+        assert_eq!(dataset.deadline.unwrap().0, at("2026-11-27T12:00:00Z"));
 
         // A check older than the deployed model says nothing about it.
         let plan = run(
@@ -983,6 +1031,47 @@ mod tests {
         let mut off = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
         off.spec.drift.enabled = false;
         assert_eq!(run(&off, &capturing()).status.phase, Some(Phase::Deployed));
+    }
+
+    #[test]
+    fn the_round_drift_started_trains_once_it_has_collected_the_train_size() {
+        let collecting = |stored: u64| {
+            let mut t = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
+            let status = t.status.as_mut().unwrap();
+            status.phase = Some(Phase::Retraining);
+            status.dataset = Some(DatasetStatus {
+                train: Some(1000),
+                train_stored: Some(stored),
+                round_start: Some(1400),
+                deadline: Some(Time(at("2026-11-27T12:00:00Z"))),
+                ..DatasetStatus::default()
+            });
+            t
+        };
+        let plan = run(&collecting(2399), &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Retraining));
+        assert!(plan.children.training_job.is_none());
+        assert!(reasons(&plan).is_empty(), "{:?}", plan.notes);
+        assert_eq!(
+            condition(&plan, "Progressing").message,
+            "999 of 1000 new training images since the drift"
+        );
+        // The round start and deadline stay put while it collects.
+        let dataset = plan.status.dataset.clone().unwrap();
+        assert_eq!(dataset.round_start, Some(1400));
+        assert_eq!(dataset.deadline.unwrap().0, at("2026-11-27T12:00:00Z"));
+
+        let plan = run(&collecting(2400), &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Retraining));
+        assert_eq!(reasons(&plan), ["TrainingStarted"]);
+        let job = plan.children.training_job.unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("entrance-train-2"));
+        let env = serde_json::to_string(&job.spec.unwrap().template).unwrap();
+        assert!(env.contains(r#"\"datasetCap\":5000"#), "{env}");
+        assert!(
+            env.contains("file:///data/models/1.onnx"),
+            "starts from the deployed model: {env}"
+        );
     }
 
     #[test]

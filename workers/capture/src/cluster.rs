@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::dataset::Split;
+use crate::dataset::{Rolling, Split};
 use crate::drift::{Checked, DriftChecker, DriftSettings, Scored, Skipped};
 use crate::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use crate::metrics::Metrics;
@@ -63,6 +63,7 @@ impl ClusterContext {
                 "annotated": metrics.annotated.get(),
                 "train": images(Split::Train),
                 "eval": images(Split::Eval),
+                "trainStored": metrics.dataset_stored.with_label_values(&[Split::Train.dir()]).get(),
             }},
         });
         if let Some(edge) = &reporting.edge {
@@ -434,6 +435,13 @@ pub fn apply_spec(spec: &CameraTuningSpec, config: &mut CaptureConfig, min_score
     *min_score = spec.annotation.confidence_threshold as f32;
     config.dataset.train_size = spec.dataset.train_size as usize;
     config.dataset.eval_size = spec.dataset.eval_size as usize;
+    // The loop runs again after drift on what the camera sees then, so the dataset rolls: the
+    // latest images of each split, the drift split only as deep as a check reads.
+    config.dataset.rolling = Some(Rolling {
+        train: spec.drift.max_dataset_size as usize,
+        eval: spec.dataset.eval_size as usize,
+        drift: spec.drift.sample_size.max(1) as usize,
+    });
 }
 
 #[cfg(test)]
@@ -462,6 +470,10 @@ mod tests {
             Some(spec.sampling.max_uploads_per_minute as f64)
         );
         assert_eq!(config.dataset.train_size, spec.dataset.train_size as usize);
+        let rolling = config.dataset.rolling.unwrap();
+        assert_eq!(rolling.train, spec.drift.max_dataset_size as usize);
+        assert_eq!(rolling.eval, spec.dataset.eval_size as usize);
+        assert_eq!(rolling.drift, spec.drift.sample_size as usize);
         assert_eq!(min_score, spec.annotation.confidence_threshold as f32);
 
         // spec.inference: what the student on the node publishes, and where.

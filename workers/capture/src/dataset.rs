@@ -4,6 +4,10 @@
 //! every `period`-th block goes to evaluation, so both splits see the whole day yet no eval image
 //! has a near-duplicate neighbour in training. Adding a sample that is already there does
 //! nothing, so replaying the spool after a crash never duplicates one.
+//!
+//! Standalone, a split stops at its size. In a cluster the dataset rolls: a full split replaces
+//! its oldest sample with each new one, so after drift the scene the camera sees now reaches the
+//! next round of training and the eval split that judges it.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -57,6 +61,16 @@ pub struct DatasetConfig {
     pub eval_size: usize,
     /// Length of the time blocks the splits are cut from.
     pub block_ms: i64,
+    /// `None`: a split stops at its size. `Some`: the splits keep the latest this many samples.
+    pub rolling: Option<Rolling>,
+}
+
+/// How many samples each split keeps when the dataset rolls (the oldest go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rolling {
+    pub train: usize,
+    pub eval: usize,
+    pub drift: usize,
 }
 
 impl Default for DatasetConfig {
@@ -65,6 +79,7 @@ impl Default for DatasetConfig {
             train_size: 1000,
             eval_size: 200,
             block_ms: 20_000,
+            rolling: None,
         }
     }
 }
@@ -113,6 +128,12 @@ struct SplitFile {
     path: PathBuf,
     coco: Value,
     samples: HashSet<String>,
+    /// Samples ever stored in this split, those replaced since included (kept in the file's
+    /// `info.stored`, so it survives restarts): image ids and the operator's round count.
+    stored: u64,
+    next_annotation_id: u64,
+    /// Images of replaced samples, deleted once the annotation file no longer names them.
+    replaced: Vec<PathBuf>,
     dirty: bool,
 }
 
@@ -141,12 +162,47 @@ impl SplitFile {
             .iter()
             .filter_map(|i| i["sample"].as_str().map(String::from))
             .collect();
+        let max_id = |key: &str| {
+            coco[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v["id"].as_u64())
+                .max()
+                .unwrap_or(0)
+        };
+        let stored = coco["info"]["stored"].as_u64().unwrap_or(0).max(max_id("images"));
+        let next_annotation_id = max_id("annotations") + 1;
         Ok(SplitFile {
             path,
             coco,
             samples,
+            stored,
+            next_annotation_id,
+            replaced: Vec::new(),
             dirty: false,
         })
+    }
+
+    /// Drops the oldest sample: its entry and boxes now, its image after the next flush.
+    fn drop_oldest(&mut self) {
+        let images = self.coco["images"].as_array_mut().expect("images");
+        if images.is_empty() {
+            return;
+        }
+        let oldest = images.remove(0);
+        let id = oldest["id"].as_u64();
+        if let Some(sample) = oldest["sample"].as_str() {
+            self.samples.remove(sample);
+        }
+        if let Some(file) = oldest["file_name"].as_str() {
+            self.replaced
+                .push(self.path.parent().expect("split dir").join(file));
+        }
+        if let Some(list) = self.coco["annotations"].as_array_mut() {
+            list.retain(|a| a["image_id"].as_u64() != id);
+        }
+        self.dirty = true;
     }
 
     fn images(&self) -> usize {
@@ -200,6 +256,11 @@ impl Dataset {
         self.file(split).images()
     }
 
+    /// Samples ever stored in `split`, those a rolling dataset has since replaced included.
+    pub fn stored(&self, split: Split) -> u64 {
+        self.file(split).stored
+    }
+
     pub fn config(&self) -> &DatasetConfig {
         &self.config
     }
@@ -236,13 +297,21 @@ impl Dataset {
         } else {
             self.config.split_at(sample.time_ms)
         };
-        let cap = match split {
-            Split::Train => self.config.train_size,
-            Split::Eval => self.config.eval_size,
-            Split::Drift => usize::MAX,
+        let cap = match (split, self.config.rolling) {
+            (Split::Train, None) => self.config.train_size,
+            (Split::Eval, None) => self.config.eval_size,
+            (Split::Drift, None) => usize::MAX,
+            (Split::Train, Some(r)) => r.train,
+            (Split::Eval, Some(r)) => r.eval,
+            (Split::Drift, Some(r)) => r.drift,
         };
         if self.len(split) >= cap {
-            return Ok(Added::Full(split));
+            if self.config.rolling.is_none() || cap == 0 {
+                return Ok(Added::Full(split));
+            }
+            while self.len(split) >= cap {
+                self.file_mut(split).drop_oldest();
+            }
         }
         let file_name = format!("images/{}.jpg", sample.id);
         let image_path = self.root.join(split.dir()).join(&file_name);
@@ -267,8 +336,11 @@ impl Dataset {
             }));
         }
         let file = self.file_mut(split);
-        let image_id = file.coco["images"].as_array().map_or(0, Vec::len) + 1;
-        let first_annotation = file.coco["annotations"].as_array().map_or(0, Vec::len) + 1;
+        file.stored += 1;
+        let image_id = file.stored;
+        let first_annotation = file.next_annotation_id;
+        file.next_annotation_id += annotations.len() as u64;
+        file.coco["info"]["stored"] = json!(file.stored);
         file.coco["images"].as_array_mut().expect("images").push(json!({
             "id": image_id, "file_name": file_name, "width": sample.width, "height": sample.height,
             "sample": sample.id, "time_ms": sample.time_ms,
@@ -284,17 +356,32 @@ impl Dataset {
         Ok(Added::Stored(split))
     }
 
-    /// Writes the annotation files that changed (atomically).
-    pub fn flush(&mut self) -> Result<(), DatasetError> {
+    /// Writes the annotation files that changed (atomically), then deletes the images of the
+    /// samples replaced since the last flush; returns those images' paths below the root (an
+    /// object store holding a copy deletes them too).
+    pub fn flush(&mut self) -> Result<Vec<String>, DatasetError> {
+        let mut removed = Vec::new();
         for split in [Split::Train, Split::Eval, Split::Drift] {
+            let root = self.root.clone();
             let file = self.file_mut(split);
             if file.dirty {
                 let bytes = serde_json::to_vec(&file.coco).expect("COCO serialises");
                 write_atomically(&file.path, &bytes)?;
                 file.dirty = false;
             }
+            // A crash before this leaves an image nothing names: harmless, and the next
+            // replacement of a sample does not look for it.
+            for image in file.replaced.drain(..) {
+                match std::fs::remove_file(&image) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&image)(e)),
+                    _ => {}
+                }
+                if let Ok(key) = image.strip_prefix(&root) {
+                    removed.push(key.to_string_lossy().into_owned());
+                }
+            }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// The annotation file of a split.
@@ -324,6 +411,7 @@ mod tests {
             train_size: 800,
             eval_size: 200,
             block_ms: 10_000,
+            rolling: None,
         };
         let splits: Vec<Split> = (0..100).map(|s| config.split_at(s * 1000)).collect();
         let eval = splits.iter().filter(|&&s| s == Split::Eval).count();
@@ -376,5 +464,75 @@ mod tests {
         assert_eq!(annotations[0]["bbox"], json!([10.0, 20.0, 20.0, 60.0]));
         assert_eq!(annotations[1]["iscrowd"], json!(1));
         assert!(dir.path().join("train/images/f00000007.jpg").exists());
+    }
+
+    #[test]
+    fn a_rolling_split_keeps_the_latest_samples_and_counts_every_one_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec![(1, "person".to_string())];
+        let config = DatasetConfig {
+            rolling: Some(Rolling {
+                train: 3,
+                eval: 1,
+                drift: 2,
+            }),
+            ..DatasetConfig::default()
+        };
+        let labels = [LabelBox {
+            class: "person".into(),
+            bbox: [10.0, 20.0, 30.0, 80.0],
+            score: 0.9,
+        }];
+        let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
+        let ids: Vec<String> = (0..5).map(|i| format!("f{i:08}")).collect();
+        let mut removed = Vec::new();
+        for id in &ids {
+            let sample = Sample {
+                id,
+                time_ms: 0,
+                width: 64,
+                height: 48,
+                jpeg: b"jpeg",
+                labels: &labels,
+                unlabelled: &[],
+            };
+            assert_eq!(d.add(&sample, false).unwrap(), Added::Stored(Split::Train));
+            removed.extend(d.flush().unwrap());
+        }
+        assert_eq!(
+            removed,
+            ["train/images/f00000000.jpg", "train/images/f00000001.jpg"]
+        );
+        assert_eq!(d.len(Split::Train), 3);
+        assert_eq!(d.stored(Split::Train), 5);
+        // The two oldest are gone, images and boxes; ids stay unique after a reopen.
+        let d = Dataset::open(dir.path(), config, classes).unwrap();
+        assert_eq!(d.stored(Split::Train), 5);
+        let coco: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("train/annotations.json")).unwrap())
+                .unwrap();
+        let kept: Vec<&str> = coco["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["sample"].as_str().unwrap())
+            .collect();
+        assert_eq!(kept, ["f00000002", "f00000003", "f00000004"]);
+        let image_ids: Vec<u64> = coco["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(image_ids, [3, 4, 5]);
+        let boxes: Vec<u64> = coco["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["image_id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(boxes, [3, 4, 5]);
+        assert!(!dir.path().join("train/images/f00000001.jpg").exists());
+        assert!(dir.path().join("train/images/f00000002.jpg").exists());
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use autotuner_annotator::client::{Client, RetryPolicy};
 use autotuner_api::contract;
 use autotuner_capture::cluster::{self, ClusterContext, DriftRecord, Reporting};
-use autotuner_capture::dataset::DatasetConfig;
+use autotuner_capture::dataset::{DatasetConfig, Rolling};
 use autotuner_capture::drift::{DriftChecker, DriftSettings};
 use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
@@ -80,6 +80,10 @@ struct Args {
     train_size: usize,
     #[arg(long, default_value_t = 200)]
     eval_size: usize,
+    /// Keep the latest --train-size and --eval-size samples (and the latest N drift samples),
+    /// each new one replacing the oldest, as in a cluster; without it a split stops when full.
+    #[arg(long, value_name = "N")]
+    rolling_drift_samples: Option<usize>,
     /// Seconds of stream per split block (eval blocks are whole blocks).
     #[arg(long, default_value_t = 20.0)]
     split_block_seconds: f64,
@@ -343,6 +347,11 @@ async fn main() -> ExitCode {
             train_size: args.train_size,
             eval_size: args.eval_size,
             block_ms: (args.split_block_seconds * 1000.0) as i64,
+            rolling: args.rolling_drift_samples.map(|drift| Rolling {
+                train: args.train_size,
+                eval: args.eval_size,
+                drift,
+            }),
         },
         spool_dir: args.spool.clone().unwrap_or_else(|| dataset_dir.join("spool")),
         dataset_dir,

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub spool_entries: IntGauge,
     pub spool_dropped: IntCounter,
     pub dataset_images: IntGaugeVec,
+    /// Samples ever stored by split, those a rolling dataset replaced since included.
+    pub dataset_stored: IntCounterVec,
     /// Edge inference: frames by outcome (inferred, dropped: inference was behind a live stream,
     /// skipped: above the configured rate, no_model, error).
     pub edge_frames: IntCounterVec,
@@ -99,6 +101,14 @@ impl Metrics {
             Opts::new(
                 "autotuner_capture_dataset_images",
                 "Images in the dataset by split.",
+            ),
+            &["split"],
+        )
+        .expect("metric");
+        let dataset_stored = IntCounterVec::new(
+            Opts::new(
+                "autotuner_capture_dataset_images_stored_total",
+                "Images stored in the dataset by split, including those newer ones have replaced.",
             ),
             &["split"],
         )
@@ -208,6 +218,7 @@ impl Metrics {
             Box::new(spool_entries.clone()),
             Box::new(spool_dropped.clone()),
             Box::new(dataset_images.clone()),
+            Box::new(dataset_stored.clone()),
             Box::new(edge_frames.clone()),
             Box::new(detections.clone()),
             Box::new(objects.clone()),
@@ -229,6 +240,7 @@ impl Metrics {
             spool_entries,
             spool_dropped,
             dataset_images,
+            dataset_stored,
             edge_frames,
             detections,
             objects,

@@ -141,6 +141,7 @@ pub async fn run(
     }
     let dataset =
         Dataset::open(&config.dataset_dir, config.dataset.clone(), classes).context("open the dataset")?;
+    record_dataset(&dataset, &metrics);
     if !spool.is_empty() {
         tracing::info!(
             entries = spool.len(),
@@ -300,7 +301,12 @@ async fn restore_from_store(remote: &Location, dir: &Path) -> anyhow::Result<()>
 
 /// Puts the images of `stored` and then the annotation files of their splits (the order that
 /// never lets an annotation name a missing image); local images are then removed.
-async fn upload(remote: &Location, dir: &Path, stored: &[(Split, String)]) -> anyhow::Result<()> {
+async fn upload(
+    remote: &Location,
+    dir: &Path,
+    stored: &[(Split, String)],
+    replaced: &[String],
+) -> anyhow::Result<()> {
     for (split, id) in stored {
         let key = format!("{}/images/{id}.jpg", split.dir());
         let path = dir.join(&key);
@@ -316,6 +322,13 @@ async fn upload(remote: &Location, dir: &Path, stored: &[(Split, String)]) -> an
     }
     for (split, id) in stored {
         let _ = std::fs::remove_file(dir.join(format!("{}/images/{id}.jpg", split.dir())));
+    }
+    // Images of replaced samples, which no annotation file names any more: at worst (a failed
+    // delete) one stays behind as garbage, never a dangling reference.
+    for key in replaced {
+        if let Err(e) = remote.delete(key).await {
+            tracing::warn!(key, error = %e, "could not delete a replaced image from object storage");
+        }
     }
     Ok(())
 }
@@ -536,6 +549,19 @@ fn select_frames(
     Ok(())
 }
 
+/// The dataset's sizes onto its metrics (which the cluster report reads).
+fn record_dataset(dataset: &Dataset, metrics: &Metrics) {
+    for split in [Split::Train, Split::Eval, Split::Drift] {
+        let label = [split.dir()];
+        metrics
+            .dataset_images
+            .with_label_values(&label)
+            .set(dataset.len(split) as i64);
+        let stored = metrics.dataset_stored.with_label_values(&label);
+        stored.inc_by(dataset.stored(split).saturating_sub(stored.get()));
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn annotate(
     config: &CaptureConfig,
@@ -552,12 +578,14 @@ async fn annotate(
     // Stored locally but not yet in object storage (an upload failed): retried first.
     let mut unsent: Vec<(Split, String)> = Vec::new();
     let mut unsent_ids: Vec<String> = Vec::new();
+    let mut replaced: Vec<String> = Vec::new();
     loop {
         if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
-            match upload(remote, &config.dataset_dir, &unsent).await {
+            match upload(remote, &config.dataset_dir, &unsent, &replaced).await {
                 Ok(()) => {
                     forget(spool, unsent_ids.drain(..), metrics)?;
                     unsent.clear();
+                    replaced.clear();
                 }
                 Err(e) => {
                     metrics.annotate_errors.with_label_values(&["store"]).inc();
@@ -628,13 +656,8 @@ async fn annotate(
                 }
                 // Annotations first, then forget the spool entries: a crash in between replays
                 // them, and the dataset ignores the replay.
-                dataset.flush().context("write the dataset")?;
-                for split in [Split::Train, Split::Eval, Split::Drift] {
-                    metrics
-                        .dataset_images
-                        .with_label_values(&[split.dir()])
-                        .set(dataset.len(split) as i64);
-                }
+                let gone = dataset.flush().context("write the dataset")?;
+                record_dataset(&dataset, metrics);
                 drop(dataset);
                 metrics.annotated.inc_by(batch.len() as u64);
                 unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
@@ -642,6 +665,7 @@ async fn annotate(
                     // With object storage the entries go once the store has the samples (the
                     // upload at the top of the loop).
                     unsent.extend(stored);
+                    replaced.extend(gone);
                 }
                 if unsent.is_empty() {
                     forget(spool, unsent_ids.drain(..), metrics)?;

@@ -1,5 +1,5 @@
-//! The drift check on real footage: vtest.avi (PETS09) and then the same scene "at night"
-//! (darkened, contrast crushed, sensor noise), as one stream. The real capture binary selects
+//! The drift check on real footage: vtest.avi (PETS09) and then the same place with the camera
+//! zoomed out to half the scale, as one stream. The real capture binary selects
 //! frames and has the real annotator (YOLOv12n over HTTP) label them, every second selected frame
 //! a drift sample; a student is fine-tuned on the day scene's training split with the real
 //! trainer (its eval AP@0.5 is the figure the check divides by, as at a promotion); then every

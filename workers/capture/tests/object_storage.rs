@@ -10,8 +10,9 @@ mod common;
 use autotuner_tests::workers::S3Server;
 use common::{Annotator, assets, free_port};
 
-fn capture(uri: &str, s3: &S3Server, port: u16, work: &Path) -> Value {
+fn capture(uri: &str, s3: &S3Server, port: u16, work: &Path, flags: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .args(flags)
         .arg("--url")
         .arg(assets().join("vtest.avi"))
         .args([
@@ -43,7 +44,7 @@ fn the_dataset_goes_to_s3_and_a_pod_on_a_fresh_disk_continues_it() {
     let dir = tempfile::tempdir().unwrap();
     let uri = "s3://datasets/site/hall";
 
-    let first = capture(uri, &s3, port, &dir.path().join("pod-1"));
+    let first = capture(uri, &s3, port, &dir.path().join("pod-1"), &[]);
     let selected = first["framesSelected"].as_u64().unwrap();
     assert!(selected >= 20, "{first}");
     let (code, body) = s3.get("/datasets/site/hall/train/annotations.json");
@@ -71,9 +72,44 @@ fn the_dataset_goes_to_s3_and_a_pod_on_a_fresh_disk_continues_it() {
     );
 
     // A new pod, a new disk: it learns what the store has and adds nothing twice.
-    let second = capture(uri, &s3, port, &dir.path().join("pod-2"));
+    let second = capture(uri, &s3, port, &dir.path().join("pod-2"), &[]);
     assert_eq!(second["trainImages"].as_u64().unwrap(), selected, "{second}");
     let (_, body) = s3.get("/datasets/site/hall/train/annotations.json");
     let again: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(again["images"], coco["images"]);
+
+    // A rolling dataset (as in a cluster) of 10 training images: the newest replace the oldest,
+    // in the store too, where the replaced images are deleted.
+    let rolling = [
+        "--rolling-drift-samples",
+        "5",
+        "--train-size",
+        "10",
+        "--split-block-seconds",
+        "1000",
+    ];
+    let fresh = "s3://datasets/site/lobby";
+    capture(fresh, &s3, port, &dir.path().join("pod-3"), &rolling);
+    let (_, body) = s3.get("/datasets/site/lobby/train/annotations.json");
+    let kept: Value = serde_json::from_slice(&body).unwrap();
+    let kept = kept["images"].as_array().unwrap();
+    assert_eq!(kept.len(), 10);
+    assert!(
+        kept[0]["id"].as_u64().unwrap() > 10,
+        "the oldest were replaced: {kept:?}"
+    );
+    for image in kept {
+        let name = image["file_name"].as_str().unwrap();
+        assert_eq!(
+            s3.get(&format!("/datasets/site/lobby/train/{name}")).0,
+            200,
+            "{name}"
+        );
+    }
+    let oldest = images[0]["file_name"].as_str().unwrap();
+    assert_eq!(
+        s3.get(&format!("/datasets/site/lobby/train/{oldest}")).0,
+        404,
+        "{oldest} was replaced and deleted"
+    );
 }

@@ -291,6 +291,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
                 .round()
                 .max(1.0) as usize,
             block_ms: tune_ms / 10,
+            rolling: None,
         },
         spool_dir: output.join("spool"),
         spool_max_entries: 100_000,

@@ -272,6 +272,9 @@ impl Location {
     /// Copies `key` to the file `dest` (written whole or not at all); `Ok(false)` when there is
     /// no such object.
     pub async fn get_file(&self, key: &str, dest: &Path) -> Result<bool, StoreError> {
+        if let Some(linked) = self.link_local(key, dest)? {
+            return Ok(linked);
+        }
         let object = match self.store.get(&self.key(key)).await {
             Ok(object) => object,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -280,6 +283,45 @@ impl Location {
         let bytes = object.bytes().await.map_err(|e| self.error(key, e))?;
         write_atomically(dest, &bytes)?;
         Ok(true)
+    }
+
+    /// In a directory, `key` hard-linked at `dest` on the same filesystem: nothing is copied,
+    /// and since every writer replaces files by renaming, the link keeps the content it had.
+    /// `None` when that cannot be done here (not a directory, another filesystem).
+    fn link_local(&self, key: &str, dest: &Path) -> Result<Option<bool>, StoreError> {
+        let Some(dir) = &self.local else {
+            return Ok(None);
+        };
+        if !Path::new(key)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Ok(None);
+        }
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        match std::fs::remove_file(dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(dest)(e)),
+            _ => {}
+        }
+        match std::fs::hard_link(dir.join(key), dest) {
+            Ok(()) => Ok(Some(true)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(false)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Deletes `key`; an object that is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(&self.key(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(key, e)),
+        }
     }
 
     /// Stores the file `src` as `key`, replacing any object there.
@@ -372,6 +414,41 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_local_dataset_is_mirrored_by_hard_links_that_keep_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volume, snapshot) = (dir.path().join("volume"), dir.path().join("snapshot"));
+        std::fs::create_dir_all(volume.join("train/images")).unwrap();
+        let coco = r#"{"images": [{"file_name": "images/a.jpg"}, {"file_name": "images/gone.jpg"}, {"file_name": "../../etc/passwd"}]}"#;
+        std::fs::write(volume.join("train/annotations.json"), coco).unwrap();
+        std::fs::write(volume.join("train/images/a.jpg"), b"jpeg a").unwrap();
+        let location = Location::parse(volume.to_str().unwrap(), &S3Options::default()).unwrap();
+        let mirrored = location
+            .mirror_dataset(&["train/annotations.json"], &snapshot)
+            .await
+            .unwrap();
+        assert_eq!((mirrored.images_fetched, mirrored.images_missing), (1, 1));
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(
+            inode(&volume.join("train/images/a.jpg")),
+            inode(&snapshot.join("train/images/a.jpg")),
+            "linked, not copied"
+        );
+        // The writer replaces the annotation file by a rename: the snapshot keeps what it took.
+        std::fs::write(volume.join("train/annotations.json.tmp"), "{}").unwrap();
+        std::fs::rename(
+            volume.join("train/annotations.json.tmp"),
+            volume.join("train/annotations.json"),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(snapshot.join("train/annotations.json")).unwrap(),
+            coco
+        );
+        assert!(!dir.path().join("etc").exists());
+    }
 
     #[test]
     fn uris_are_parsed_or_refused_with_a_reason() {

@@ -90,12 +90,23 @@ impl JobContext {
         self.settings.iteration
     }
 
+    /// The splits this Job trains and judges on: the mirror of a remote dataset, or for a
+    /// volume a snapshot under the run's folder. The capture worker keeps writing while the Job
+    /// runs (full splits replace their oldest images), so the candidate and its baseline must be
+    /// scored on one fixed eval split.
+    fn inputs(&self) -> PathBuf {
+        match self.remote {
+            Some(_) => self.dataset.clone(),
+            None => self.output().join("dataset"),
+        }
+    }
+
     pub fn train_file(&self) -> PathBuf {
-        self.dataset.join(contract::DATASET_TRAIN_FILE)
+        self.inputs().join(contract::DATASET_TRAIN_FILE)
     }
 
     pub fn eval_file(&self) -> PathBuf {
-        self.dataset.join(contract::DATASET_EVAL_FILE)
+        self.inputs().join(contract::DATASET_EVAL_FILE)
     }
 
     pub fn output(&self) -> PathBuf {
@@ -123,6 +134,7 @@ impl JobContext {
     /// this iteration) into the local folders and returns its location; `None` for a volume.
     pub async fn prepare(&self) -> Result<Option<Location>, String> {
         let Some(uri) = &self.remote else {
+            self.snapshot().await?;
             return Ok(None);
         };
         let location = Location::parse(uri, &self.s3).map_err(|e| e.to_string())?;
@@ -150,6 +162,31 @@ impl JobContext {
             tracing::info!("fetched the checkpoint of an earlier attempt");
         }
         Ok(Some(location))
+    }
+
+    /// The volume's splits as they are now, hard-linked under the run's folder (nothing is
+    /// copied). A restarted attempt keeps the snapshot of the first, so it resumes on the same
+    /// data.
+    async fn snapshot(&self) -> Result<(), String> {
+        let to = self.inputs();
+        let complete = to.join(".complete");
+        if complete.is_file() {
+            tracing::info!(snapshot = %to.display(), "training on the snapshot of an earlier attempt");
+            return Ok(());
+        }
+        let volume = Location::parse(&self.dataset.to_string_lossy(), &self.s3).map_err(|e| e.to_string())?;
+        let taken = volume
+            .mirror_dataset(&[contract::DATASET_TRAIN_FILE, contract::DATASET_EVAL_FILE], &to)
+            .await
+            .map_err(|e| format!("snapshot of the dataset: {e}"))?;
+        std::fs::write(&complete, b"").map_err(|e| format!("{}: {e}", complete.display()))?;
+        tracing::info!(
+            snapshot = %to.display(),
+            images = taken.images_fetched + taken.images_present,
+            missing = taken.images_missing,
+            "training on a snapshot of the dataset volume"
+        );
+        Ok(())
     }
 
     /// The key of a run file under the dataset location.

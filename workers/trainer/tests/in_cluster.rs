@@ -4,7 +4,6 @@
 //! publishes the model where the contract says and reports `status.candidateModel` under its
 //! own field manager; it cannot write another CameraTuning's status.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,7 +11,9 @@ use std::time::Duration;
 use autotuner_api::contract::{self, TRAINER_FIELD_MANAGER, TrainingSettings};
 use autotuner_api::{CameraTuning, Phase, TrainableLayers};
 use autotuner_tests::operator;
-use autotuner_tests::workers::{FileServer, S3Server, tuning_with_worker_identity, worker_kubeconfig};
+use autotuner_tests::workers::{
+    FileServer, S3Server, container_env, tuning_with_worker_identity, worker_kubeconfig,
+};
 use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -186,6 +187,20 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     );
     let model = dataset.join(contract::model_file(3));
     assert!(model.is_file());
+    // It trained on a snapshot of the volume (the capture worker keeps writing meanwhile):
+    // hard links, nothing copied, kept for a restarted attempt.
+    let snapshot = dataset.join(contract::training_run_dir(3)).join("dataset");
+    use std::os::unix::fs::MetadataExt;
+    let inode = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        inode(snapshot.join("eval/images/000450.png")),
+        inode(dataset.join("eval/images/000450.png"))
+    );
+    assert_eq!(
+        std::fs::read(snapshot.join(contract::DATASET_EVAL_FILE)).unwrap(),
+        std::fs::read(dataset.join(contract::DATASET_EVAL_FILE)).unwrap()
+    );
+    assert!(snapshot.join(".complete").is_file());
 
     let status = tunings.get_status(&tuning.name_any()).await.unwrap();
     let candidate = status
@@ -455,14 +470,4 @@ async fn the_minimal_example_trains_through_a_job_that_fetches_its_models_over_h
     );
     op.task.abort();
     std::fs::remove_dir_all(dir).ok();
-}
-
-/// The plain `value` variables of a pod template's first container.
-fn container_env(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> BTreeMap<String, String> {
-    template.spec.as_ref().unwrap().containers[0]
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-        .collect()
 }
