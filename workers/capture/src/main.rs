@@ -82,8 +82,8 @@ struct Args {
     eval_size: usize,
     /// Keep the latest --train-size and --eval-size samples (and the latest N drift samples),
     /// each new one replacing the oldest, as in a cluster; without it a split stops when full.
-    #[arg(long, value_name = "N")]
-    rolling_drift_samples: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rolling_drift_samples: Option<u32>,
     /// Seconds of stream per split block (eval blocks are whole blocks).
     #[arg(long, default_value_t = 20.0)]
     split_block_seconds: f64,
@@ -350,7 +350,7 @@ async fn main() -> ExitCode {
             rolling: args.rolling_drift_samples.map(|drift| Rolling {
                 train: args.train_size,
                 eval: args.eval_size,
-                drift,
+                drift: drift as usize,
             }),
         },
         spool_dir: args.spool.clone().unwrap_or_else(|| dataset_dir.join("spool")),

@@ -37,28 +37,17 @@ use serde_json::json;
 /// (YOLOv12n at 640 on the crops) still finds them; the student (SSD at 300x300 on the frame)
 /// loses most of them.
 fn day_then_zoomed_out(dir: &Path) -> PathBuf {
-    let out = dir.join("day-then-zoomed-out.mkv");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args([
+    common::encode_vtest(
+        dir,
+        "day-then-zoomed-out.mkv",
+        &[
             "-filter_complex",
             "[0:v]split[day][z];[z]trim=end_frame=300,setpts=PTS-STARTPTS,scale=384:288,pad=768:576:192:144:gray[zoomed];\
              [day][zoomed]concat=n=2:v=1[out]",
             "-map",
             "[out]",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI (scripts/setup installs it)");
-    assert!(status.success());
-    out
+        ],
+    )
 }
 
 /// The trainer's settings for a short fine-tune of the heads.

@@ -44,29 +44,16 @@ const THRESHOLD: f64 = 0.85;
 /// every 1.5 s) cover the scene as the eval split does, and the check measures the model rather
 /// than which part of the footage happened to play.
 fn zoomed_out(dir: &Path) -> PathBuf {
-    let out = dir.join("zoomed-out.mkv");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args([
+    common::encode_vtest(
+        dir,
+        "zoomed-out.mkv",
+        &[
             "-frames:v",
             "240",
             "-vf",
             "scale=538:404,pad=768:576:115:86:gray,eq=brightness=-0.1:contrast=0.7",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "10",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI (scripts/setup installs it)");
-    assert!(status.success());
-    out
+        ],
+    )
 }
 
 /// A line of the capture worker's `/metrics`.

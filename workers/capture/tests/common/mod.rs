@@ -97,28 +97,26 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-/// An H.264 (High profile, as cameras send) Matroska clip of vtest.avi's first `frames` frames.
-pub fn h264_clip(dir: &Path, frames: u32) -> PathBuf {
-    let out = dir.join("clip.mkv");
+/// vtest.avi through ffmpeg with `args` (what to keep, filters) into the H.264 Matroska file
+/// `dir/name` (High profile, as cameras send; a keyframe every 10 frames).
+pub fn encode_vtest(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
         .arg(assets().join("vtest.avi"))
-        .args([
-            "-frames:v",
-            &frames.to_string(),
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "high",
-            "-preset",
-            "ultrafast",
-        ])
+        .args(args)
+        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "ultrafast"])
         .args(["-g", "10", "-pix_fmt", "yuv420p"])
         .arg(&out)
         .status()
         .expect("the ffmpeg CLI (scripts/setup installs it)");
     assert!(status.success());
     out
+}
+
+/// An H.264 Matroska clip of vtest.avi's first `frames` frames.
+pub fn h264_clip(dir: &Path, frames: u32) -> PathBuf {
+    encode_vtest(dir, "clip.mkv", &["-frames:v", &frames.to_string()])
 }
 
 pub fn rtsp_server(clip: &Path, port: u16, credentials: Option<(&str, &str)>) -> Process {
