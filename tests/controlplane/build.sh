@@ -5,10 +5,13 @@
 # pinned versions, so only the first build on a machine pays (about 30 min on 2 cores).
 #
 # Also the S3 server the tests keep datasets in (gofakes3, pinned by ../s3/go.mod; its binary is
-# named with its version, so a bump builds a new one).
+# named with its version, so a bump builds a new one), and the real node of the end-to-end test:
+# the kubelet and kube-proxy of the same Kubernetes version, CoreDNS (pinned by ../coredns/go.mod,
+# named with its version) and the pause container's program (Kubernetes' own pause.c, static).
 #
 # Prints the bin directory on stdout. Usage: build.sh [component...]
 #   components: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3
+#               kubelet kube-proxy coredns pause
 #   (default: all)
 set -euo pipefail
 
@@ -19,7 +22,9 @@ k8s_version=$(required k8s.io/kubernetes "$here/go.mod")
 etcd_version=$(required go.etcd.io/etcd/server/v3 "$here/go.mod")
 helm_version=$(required helm.sh/helm/v3 "$here/../helm/go.mod")
 s3_version=$(required github.com/johannesboyne/gofakes3 "$here/../s3/go.mod")
-if [ -z "$k8s_version" ] || [ -z "$etcd_version" ] || [ -z "$helm_version" ] || [ -z "$s3_version" ]; then
+coredns_version=$(required github.com/coredns/coredns "$here/../coredns/go.mod")
+if [ -z "$k8s_version" ] || [ -z "$etcd_version" ] || [ -z "$helm_version" ] || [ -z "$s3_version" ] \
+  || [ -z "$coredns_version" ]; then
   echo "cannot read the pinned versions from go.mod" >&2; exit 1
 fi
 # Bump when the way the binaries are built changes, so that cached ones are not reused.
@@ -30,7 +35,8 @@ mkdir -p "$bin"
 
 components=("$@")
 if [ ${#components[@]} -eq 0 ]; then
-  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3)
+  components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3
+              kubelet kube-proxy coredns pause)
 fi
 
 # Kubernetes' own build flags: no cgo (static binaries), trimmed paths, no debug info, and the
@@ -56,13 +62,26 @@ build() { # name dir package ldflags
   echo "built $name in $((SECONDS - start)) s" >&2
 }
 
+# The sandbox container of every pod: Kubernetes' pause.c from the module cache, static, so its
+# image is that one file.
+build_pause() {
+  if [ -x "$bin/pause" ]; then return 0; fi
+  local src
+  src=$(cd "$here" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  gcc -Os -static -DVERSION="$k8s_version" -o "$bin/pause.tmp" "$src"
+  strip "$bin/pause.tmp"
+  mv "$bin/pause.tmp" "$bin/pause"
+}
+
 for c in "${components[@]}"; do
   case "$c" in
     etcd) build etcd "$here" ./cmd/etcd "$etcd_ldflags" ;;
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy)
       build "$c" "$here" "k8s.io/kubernetes/cmd/$c" "$k8s_ldflags" ;;
     helm) build helm "$here/../helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags" ;;
     s3) build "gofakes3-$s3_version" "$here/../s3" github.com/johannesboyne/gofakes3/cmd/gofakes3 "-s -w" ;;
+    coredns|coredns-*) build "coredns-$coredns_version" "$here/../coredns" github.com/coredns/coredns "-s -w" ;;
+    pause) build_pause ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+use crate::node::{self, Node};
 use crate::pki::{self, Pki};
 use crate::process::{self, Component};
 
@@ -26,6 +27,12 @@ pub struct Options {
     /// Nodes. There is no kubelet: Nodes are objects the tests create and mark Ready themselves
     /// (see `--node-monitor-grace-period` below), and Pods are bound but never run.
     pub controllers: bool,
+    /// Also run a real node (implies `controllers`): containerd, the kubelet, kube-proxy and
+    /// CoreDNS, with the project's images (`scripts/images`) imported, labelled as a camera node
+    /// and offering one `nvidia.com/gpu` (the annotator's placement; it runs on the CPU). The API
+    /// server then listens on the node's bridge address so that pods reach it. Needs root; one
+    /// node per machine at a time. See `node`.
+    pub node: bool,
 }
 
 /// How many times startup is retried when a port picked as free was taken in the meantime.
@@ -44,26 +51,47 @@ pub struct ControlPlane {
     bin: PathBuf,
     /// In start order; stopped in reverse.
     components: Vec<Component>,
+    /// Stopped before the control plane.
+    node: Option<Node>,
 }
 
 impl ControlPlane {
     /// Starts a control plane and waits until it is ready.
     pub async fn start(options: Options) -> Result<Self> {
         let mut wanted = vec!["etcd", "kube-apiserver", "kubectl"];
-        if options.controllers {
+        if options.controllers || options.node {
             wanted.extend(["kube-controller-manager", "kube-scheduler"]);
         }
+        let coredns = format!("coredns-{}", node::coredns_version());
+        if options.node {
+            wanted.extend(["kubelet", "kube-proxy", "pause", &coredns]);
+        }
         let bin = crate::binaries(&wanted)?;
+        let images = if options.node {
+            Some(crate::images()?)
+        } else {
+            None
+        };
         let dir = new_run_dir()?;
         let pki = Pki::generate().context("generating certificates")?;
         pki.write(&dir)?;
+        // The node's bridge comes first: the API server listens on its address.
+        let mut network = if options.node {
+            Some(node::Network::create()?)
+        } else {
+            None
+        };
+        let address = if options.node { node::NODE_IP } else { "127.0.0.1" };
 
         let mut last_error = None;
         for attempt in 1..=START_ATTEMPTS {
-            match Self::start_core(&bin, &dir, &pki).await {
+            match Self::start_core(&bin, &dir, &pki, address).await {
                 Ok(mut plane) => {
-                    if options.controllers {
+                    if options.controllers || options.node {
                         plane.start_controllers().await?;
+                    }
+                    if let (Some(network), Some(images)) = (network.take(), &images) {
+                        plane.start_node(network, images).await?;
                     }
                     return Ok(plane);
                 }
@@ -87,7 +115,7 @@ impl ControlPlane {
         )))
     }
 
-    async fn start_core(bin: &Path, dir: &Path, pki: &Pki) -> Result<Self, StartError> {
+    async fn start_core(bin: &Path, dir: &Path, pki: &Pki, address: &str) -> Result<Self, StartError> {
         let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
         let etcd_data = dir.join("etcd");
         let _ = std::fs::remove_dir_all(&etcd_data); // from a failed attempt
@@ -113,29 +141,40 @@ impl ControlPlane {
         })
         .await?;
 
-        let server = format!("https://127.0.0.1:{apiserver_port}");
+        let server = format!("https://{address}:{apiserver_port}");
         let d = |name: &str| dir.join(name).display().to_string();
+        let mut args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            format!("--secure-port={apiserver_port}"),
+            format!("--cert-dir={}", d("apiserver-certs")),
+            format!("--tls-cert-file={}", d(pki::SERVER_CERT)),
+            format!("--tls-private-key-file={}", d(pki::SERVER_KEY)),
+            format!("--client-ca-file={}", d(pki::CA_CERT)),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", d(pki::SA_PUBLIC_KEY)),
+            format!("--service-account-signing-key-file={}", d(pki::SA_KEY)),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--authorization-mode=RBAC".into(),
+            "--profiling=false".into(),
+        ];
+        if address == "127.0.0.1" {
+            // The loopback address cannot be the `kubernetes` Service's endpoint.
+            args.push("--endpoint-reconciler-type=none".into());
+        } else {
+            // logs and exec reach the kubelet by its address (its name would go to the machine's
+            // resolver), as the administrator, whom the kubelet's webhook authorises.
+            args.extend([
+                "--kubelet-preferred-address-types=InternalIP".into(),
+                format!("--kubelet-client-certificate={}", d(pki::ADMIN_CERT)),
+                format!("--kubelet-client-key={}", d(pki::ADMIN_KEY)),
+            ]);
+        }
         let mut apiserver = Component::start(
             "kube-apiserver",
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={apiserver_port}"),
-                format!("--cert-dir={}", d("apiserver-certs")),
-                format!("--tls-cert-file={}", d(pki::SERVER_CERT)),
-                format!("--tls-private-key-file={}", d(pki::SERVER_KEY)),
-                format!("--client-ca-file={}", d(pki::CA_CERT)),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", d(pki::SA_PUBLIC_KEY)),
-                format!("--service-account-signing-key-file={}", d(pki::SA_KEY)),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--authorization-mode=RBAC".into(),
-                // The loopback address cannot be the `kubernetes` Service's endpoint.
-                "--endpoint-reconciler-type=none".into(),
-                "--profiling=false".into(),
-            ],
+            &args,
             dir.join("kube-apiserver.log"),
         )?;
 
@@ -151,7 +190,92 @@ impl ControlPlane {
             server,
             bin: bin.to_path_buf(),
             components: vec![etcd, apiserver],
+            node: None,
         })
+    }
+
+    /// Starts the node and waits until it is Ready, offers its GPU and cluster DNS runs.
+    async fn start_node(&mut self, network: node::Network, images: &Path) -> Result<()> {
+        let archives = ["operator.oci.tar", "workers.oci.tar"].map(|a| images.join(a));
+        let access = node::ControlPlaneAccess {
+            bin: &self.bin,
+            dir: &self.dir,
+            kubeconfig: &self.kubeconfig,
+        };
+        let started = Instant::now();
+        self.node = Some(Node::start(network, access, &archives, node::NODE_LABELS).await?);
+        let client = self.client().await?;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let ready = nodes
+                .get_opt(node::NODE_NAME)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| {
+                    n.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
+            if ready {
+                break;
+            }
+            self.node.as_mut().expect("started").check_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the node was not Ready after {READY_TIMEOUT:?}; logs in {}",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("node: Ready {:.1} s after start", started.elapsed().as_secs_f64());
+        // A GPU-shaped node for the annotator's placement (an extended resource, as a device
+        // plugin would advertise it); nothing uses a GPU.
+        let gpu = serde_json::json!({ "status": {
+            "capacity": { node::GPU_RESOURCE: "1" }, "allocatable": { node::GPU_RESOURCE: "1" } } });
+        nodes
+            .patch_status(
+                node::NODE_NAME,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&gpu),
+            )
+            .await?;
+        let output = self.kubectl_stdin(["apply", "-f", "-"], &Node::coredns_manifest())?;
+        crate::expect_success(output, "applying CoreDNS")?;
+        let output = self.kubectl([
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "deployment/coredns",
+            "--timeout=120s",
+        ])?;
+        crate::expect_success(output, "waiting for CoreDNS")?;
+        // kube-proxy programs the DNS Service's rules a moment after CoreDNS is ready.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !matches!(
+            node::dns_query("kubernetes.default.svc.cluster.local"),
+            Some(Ok(_))
+        ) {
+            if Instant::now() > deadline {
+                bail!("cluster DNS does not resolve the kubernetes Service");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "node: cluster DNS up {:.1} s after start",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Runs `ctr` against the node's containerd (`None` without a node).
+    pub fn ctr(&self, args: &[&str]) -> Option<Result<String>> {
+        self.node.as_ref().map(|n| n.ctr(args))
     }
 
     async fn start_controllers(&mut self) -> Result<()> {
@@ -283,6 +407,9 @@ impl ControlPlane {
     }
 
     fn stop_processes(&mut self) {
+        if let Some(mut node) = self.node.take() {
+            node.stop(std::thread::panicking());
+        }
         while let Some(mut component) = self.components.pop() {
             component.stop(Duration::from_secs(10));
         }

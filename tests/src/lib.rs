@@ -7,6 +7,7 @@
 //! `AUTOTUNER_CONTROLPLANE_BIN` to a directory holding them to skip the build step.
 
 mod controlplane;
+mod node;
 pub mod operator;
 mod pki;
 mod process;
@@ -24,6 +25,7 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::OnceCell;
 
 pub use controlplane::{ControlPlane, Options};
+pub use node::{DNS_IP, DNS_REFUSED, NODE_IP, NODE_NAME, dns_query, pod_resolv_confs};
 
 /// The repository's root directory.
 pub fn repo_root() -> &'static Path {
@@ -61,12 +63,35 @@ pub fn binaries(components: &[&str]) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// The directory holding the project's image archives (`operator.oci.tar`, `workers.oci.tar`):
+/// `AUTOTUNER_IMAGES`, else `scripts/images --profile dev` builds them (the binaries the tests
+/// build anyway).
+pub fn images() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("AUTOTUNER_IMAGES") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = repo_root().join("scripts/images");
+    let output = Command::new("bash")
+        .arg(&script)
+        .args(["--profile", "dev"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
 /// The control plane shared by the tests of one test binary: started by the first test that asks,
 /// stopped when the test process exits (the processes are tied to it, see `process`). Tests that
 /// share it work in namespaces of their own.
 pub async fn shared(options: Options) -> &'static ControlPlane {
     static API_ONLY: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
     static WITH_CONTROLLERS: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+    // A shared plane lives until the process exits and is never dropped: a node (which puts the
+    // machine back when dropped) must belong to one test.
+    assert!(!options.node, "a control plane with a node cannot be shared");
     let cell = if options.controllers {
         &WITH_CONTROLLERS
     } else {

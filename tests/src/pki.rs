@@ -26,6 +26,9 @@ pub(crate) const SERVER_CERT: &str = "apiserver.crt";
 pub(crate) const SERVER_KEY: &str = "apiserver.key";
 pub(crate) const SA_KEY: &str = "service-account.key";
 pub(crate) const SA_PUBLIC_KEY: &str = "service-account.pub";
+/// The administrator's credentials, as files for a real node's API server-to-kubelet calls.
+pub(crate) const ADMIN_CERT: &str = "admin.crt";
+pub(crate) const ADMIN_KEY: &str = "admin.key";
 
 impl Pki {
     pub(crate) fn generate() -> Result<Self> {
@@ -49,6 +52,10 @@ impl Pki {
             "127.0.0.1".to_string(),
             "kubernetes".to_string(),
             "kubernetes.default.svc".to_string(),
+            // Where pods reach it with a real node: the `kubernetes` Service's ClusterIP, and
+            // the node's bridge address it listens on.
+            "10.96.0.1".to_string(),
+            crate::node::NODE_IP.to_string(),
         ])?;
         server_params
             .distinguished_name
@@ -91,6 +98,8 @@ impl Pki {
             (SERVER_KEY, &self.server_key),
             (SA_KEY, &self.service_account_key),
             (SA_PUBLIC_KEY, &self.service_account_public_key),
+            (ADMIN_CERT, &self.admin_cert),
+            (ADMIN_KEY, &self.admin_key),
         ] {
             std::fs::write(dir.join(name), pem).with_context(|| format!("writing {name}"))?;
         }

@@ -250,11 +250,12 @@ impl Mosquitto {
 }
 
 /// Python's `http.server` serving `dir` on `127.0.0.1` (a model server for `http://` model
-/// URIs). Killed on drop.
+/// URIs), or on another local address with [`FileServer::start_on`]. Killed on drop.
 #[derive(Debug)]
 pub struct FileServer {
     child: Child,
     pub port: u16,
+    address: String,
 }
 
 impl Drop for FileServer {
@@ -266,7 +267,12 @@ impl Drop for FileServer {
 
 impl FileServer {
     pub fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(dir, "127.0.0.1")
+    }
+
+    /// Serves on `address` (a local one, such as a test node's bridge address pods reach).
+    pub fn start_on(dir: &Path, address: &str) -> Self {
+        let port = std::net::TcpListener::bind((address, 0))
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
@@ -275,7 +281,7 @@ impl FileServer {
                 "-m",
                 "http.server",
                 "--bind",
-                "127.0.0.1",
+                address,
                 &port.to_string(),
                 "--directory",
             ])
@@ -284,20 +290,29 @@ impl FileServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        wait_for_listener(port, "http.server");
-        Self { child, port }
+        wait_for_listener_on(address, port, "http.server");
+        Self {
+            child,
+            port,
+            address: address.to_string(),
+        }
     }
 
     /// The URL of `path` below the served folder.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
+        format!("http://{}:{}/{path}", self.address, self.port)
     }
 }
 
 /// Waits until `what` accepts connections on `127.0.0.1:port` (at most 20 s).
 pub fn wait_for_listener(port: u16, what: &str) {
+    wait_for_listener_on("127.0.0.1", port, what);
+}
+
+/// Waits until `what` accepts connections on `address:port` (at most 20 s).
+pub fn wait_for_listener_on(address: &str, port: u16, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((address, port)).is_err() {
         assert!(
             std::time::Instant::now() < deadline,
             "{what} does not listen on {port}"

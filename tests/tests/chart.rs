@@ -116,3 +116,58 @@ async fn chart_lints_installs_the_crd_and_renders_objects_the_server_accepts() {
             .is_some()
     );
 }
+
+/// `helm install` on a cluster where the images were loaded from `scripts/images`' archives (kind
+/// load, k3s ctr import) finds them: the chart names exactly the references the archives carry,
+/// with a pull policy that uses a loaded image rather than pulling.
+#[test]
+fn the_chart_names_exactly_the_images_scripts_images_builds() {
+    use autotuner_api::contract;
+    let chart = repo_root().join("charts/edge-autotuner");
+    let helm_home = tempfile::tempdir().unwrap();
+    let helm = autotuner_tests::binaries(&["helm"]).unwrap().join("helm");
+    let rendered = std::process::Command::new(helm)
+        .args(["template", "autotuner", "--kube-version", "v1.37.2"])
+        .arg(&chart)
+        .env("HELM_CACHE_HOME", helm_home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", helm_home.path().join("config"))
+        .env("HELM_DATA_HOME", helm_home.path().join("data"))
+        .output()
+        .unwrap();
+    let rendered = expect_success(rendered, "helm template").unwrap();
+    let operator = serde_yaml_ng::Deserializer::from_str(&rendered)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .filter_map(|doc: serde_json::Value| serde_json::from_value::<Deployment>(doc).ok())
+        .find(|d| d.metadata.name.as_deref() == Some("autotuner-operator"))
+        .expect("the operator's Deployment");
+    let pod = operator.spec.template.spec.expect("a pod spec");
+    let container = &pod.containers[0];
+    let worker_image = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == contract::ENV_WORKER_IMAGE)
+        .and_then(|e| e.value.clone())
+        .expect("the worker image the operator puts in its pods");
+    assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+
+    let images = autotuner_tests::images().unwrap();
+    let built = |archive: &str| {
+        let index = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(images.join(archive))
+            .arg("index.json")
+            .output()
+            .unwrap();
+        let index: serde_json::Value = serde_json::from_slice(&index.stdout).unwrap();
+        index["manifests"][0]["annotations"]["io.containerd.image.name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        container.image.as_deref(),
+        Some(built("operator.oci.tar").as_str())
+    );
+    assert_eq!(worker_image, built("workers.oci.tar"));
+}

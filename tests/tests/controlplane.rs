@@ -13,7 +13,11 @@ use serde_json::json;
 
 #[tokio::test]
 async fn deployments_make_pods_that_the_scheduler_binds_to_matching_nodes() {
-    let plane = shared(Options { controllers: true }).await;
+    let plane = shared(Options {
+        controllers: true,
+        node: false,
+    })
+    .await;
     let client = plane.client().await.unwrap();
     let ns = test_namespace(&client, "scheduling").await.unwrap();
     ready_node(

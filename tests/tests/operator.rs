@@ -38,7 +38,11 @@ struct Harness {
 }
 
 async fn setup(prefix: &str) -> Harness {
-    let plane = shared(Options { controllers: true }).await;
+    let plane = shared(Options {
+        controllers: true,
+        node: false,
+    })
+    .await;
     let admin = plane.client().await.unwrap();
     install_crd(&admin).await.unwrap();
     operator::install_rbac(plane).await;

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A real RTSP server for the capture tests: GStreamer's gst-rtsp-server (Debian's
-gir1.2-gst-rtsp-server-1.0) serving an H.264 Matroska file at rtsp://127.0.0.1:PORT/live.
-Each client gets the file from its start. Prints "ready" once listening.
+gir1.2-gst-rtsp-server-1.0) serving an H.264 Matroska file at rtsp://ADDRESS:PORT/live (ADDRESS: 127.0.0.1 unless
+--address names another, such as a test node's bridge). Each client gets the file from its start.
+Prints "ready" once listening.
 
-usage: rtsp_server.py FILE PORT [USER PASSWORD]
+usage: rtsp_server.py [--address ADDRESS] FILE PORT [USER PASSWORD]
 """
 import sys
 
@@ -13,10 +14,14 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
+address = "127.0.0.1"
+if sys.argv[1] == "--address":
+    address = sys.argv[2]
+    del sys.argv[1:3]
 path, port = sys.argv[1], sys.argv[2]
 Gst.init(None)
 server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
+server.set_address(address)
 server.set_service(port)
 factory = GstRtspServer.RTSPMediaFactory()
 factory.set_launch(

@@ -1,6 +1,9 @@
 //! Starts the test control plane for humans, the same way the tests do.
 //!
-//!     controlplane [--controllers] [-- COMMAND [ARGS...]]
+//!     controlplane [--controllers] [--node] [-- COMMAND [ARGS...]]
+//!
+//! `--node` adds a real node (containerd, kubelet, kube-proxy, CoreDNS; needs root) with the
+//! project's images imported, on which the chart's pods run.
 //!
 //! Without a command it prints how to reach the cluster and runs until Ctrl-C. With a command it
 //! runs it with `KUBECONFIG` set and the pinned `kubectl` and `helm` first on `PATH`, then tears
@@ -29,9 +32,10 @@ async fn run() -> Result<ExitCode> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--controllers" => options.controllers = true,
+            "--node" => options.node = true,
             "--" => command.extend(args.by_ref()),
             "-h" | "--help" => {
-                println!("usage: controlplane [--controllers] [-- COMMAND [ARGS...]]");
+                println!("usage: controlplane [--controllers] [--node] [-- COMMAND [ARGS...]]");
                 return Ok(ExitCode::SUCCESS);
             }
             other => anyhow::bail!("unknown argument {other:?} (see --help)"),
@@ -43,10 +47,10 @@ async fn run() -> Result<ExitCode> {
     let bin = autotuner_tests::binaries(&tools)?;
     eprintln!(
         "starting etcd and kube-apiserver{} ...",
-        if options.controllers {
-            ", kube-controller-manager and kube-scheduler"
-        } else {
-            ""
+        match (options.controllers, options.node) {
+            (_, true) => ", kube-controller-manager, kube-scheduler and a node",
+            (true, false) => ", kube-controller-manager and kube-scheduler",
+            (false, false) => "",
         }
     );
     let plane = ControlPlane::start(options).await?;

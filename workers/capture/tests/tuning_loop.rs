@@ -167,7 +167,11 @@ impl Loop {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers() {
-    let plane = shared(Options { controllers: true }).await;
+    let plane = shared(Options {
+        controllers: true,
+        node: false,
+    })
+    .await;
     let admin: Client = plane.client().await.unwrap();
     install_crd(&admin).await.unwrap();
     let ns = test_namespace(&admin, "loop").await.unwrap();

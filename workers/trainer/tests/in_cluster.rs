@@ -344,7 +344,11 @@ async fn an_s3_dataset_is_mirrored_and_the_results_and_checkpoint_go_back_to_it(
 /// trainer fetches the student over HTTP, trains, and its candidate is promoted.
 #[tokio::test]
 async fn the_minimal_example_trains_through_a_job_that_fetches_its_models_over_http() {
-    let plane = shared(Options { controllers: true }).await;
+    let plane = shared(Options {
+        controllers: true,
+        node: false,
+    })
+    .await;
     let admin: Client = plane.client().await.unwrap();
     install_crd(&admin).await.unwrap();
     let ns = test_namespace(&admin, "minimal").await.unwrap();

@@ -1,0 +1,778 @@
+//! The whole loop in pods on a real node: `helm install` of the chart with the images
+//! `scripts/images` builds, a CameraTuning applied with kubectl, and every pod the operator makes
+//! running in containerd under the restricted Pod Security profile. Nothing is played: the
+//! capture pod reads a real RTSP camera and labels crops through the annotator's Service by its
+//! DNS name, the dataset sits on a PersistentVolume, the training Job's pod trains and reports, the
+//! operator promotes, and the capture pod serves the tuned student. Faults on the way: the
+//! capture pod, the annotator's pod and the operator's pods are deleted mid-capture. Finally
+//! deleting the CameraTuning removes everything it made, and the node leaves the machine as it
+//! found it.
+//!
+//! Mocked: only the GPU (the node advertises one `nvidia.com/gpu`, so the annotator's placement
+//! is real, and the annotator runs on the CPU) and the camera (GStreamer's RTSP server on the
+//! host playing vtest.avi). Needs root. Wall time per stage: `bench-results/e2e.json`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use autotuner_api::{CameraTuning, CameraTuningStatus, Phase};
+use autotuner_tests::workers::{FileServer, wait_for_listener_on};
+use autotuner_tests::{
+    ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, Options, dns_query, expect_success, helm, repo_root,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde_json::Value;
+
+const NAME: &str = "lobby";
+const NS: &str = "cameras";
+const RELEASE_NS: &str = "autotuner-system";
+const STUDENT: &str = "ssd_mobilenet_v2_coco_raw.onnx";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
+    let machine_before = MachineState::read();
+    let plane = ControlPlane::start(Options {
+        controllers: true,
+        node: true,
+    })
+    .await
+    .unwrap();
+    let mut run = Run::new(&plane).await;
+    // Cluster DNS answers cluster names and refuses every other (it has no upstream to ask).
+    assert_eq!(
+        dns_query("kubernetes.default.svc.cluster.local"),
+        Some(Ok([10, 96, 0, 1]))
+    );
+    assert_eq!(dns_query("example.com"), Some(Err(DNS_REFUSED)));
+    // Nothing is forwarded off the node's bridge: the isolation rule comes first, ahead of
+    // anything kube-proxy added.
+    let forward = Command::new("iptables")
+        .args(["-t", "mangle", "-S", "FORWARD"])
+        .output()
+        .unwrap();
+    let forward = String::from_utf8(forward.stdout).unwrap();
+    assert_eq!(
+        forward.lines().nth(1),
+        Some("-A FORWARD -j EDGE-AUTOTUNER-ISOLATE"),
+        "{forward}"
+    );
+    run.install_chart();
+    run.stage("helm install: the operator runs");
+
+    let camera = Camera::start(plane.dir());
+    let models = FileServer::start_on(&assets().join("models"), NODE_IP);
+    let dataset = run.dataset_volume();
+    run.apply_tuning(&camera, &models);
+    run.until(
+        "capturing with the workloads running",
+        Duration::from_secs(180),
+        |s, pods| {
+            (s.phase == Some(Phase::Capturing)
+                && pods.running("capture") == 1
+                && pods.running("annotator") == 1
+                && s.dataset.as_ref()?.annotated? > 0)
+                .then_some(())
+        },
+    )
+    .await;
+    run.stage("capture labels crops through the annotator's Service");
+    let pods = run.pods().await;
+    assert_eq!(
+        pods.node_of("capture"),
+        NODE_NAME,
+        "the capture pod runs on the camera node"
+    );
+    assert_eq!(
+        pods.node_of("annotator"),
+        NODE_NAME,
+        "the annotator runs on the GPU node"
+    );
+
+    // The capture pod reaches the annotator by its Service's DNS name.
+    let annotator_url = run.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "deployment",
+        &format!("{NAME}-capture"),
+        "-o",
+        &format!(
+            "jsonpath={{..env[?(@.name==\"{}\")].value}}",
+            autotuner_api::contract::ENV_ANNOTATOR_URL
+        ),
+    ]);
+    let host = annotator_url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap();
+    assert!(
+        host.parse::<std::net::IpAddr>().is_err() && !host.is_empty(),
+        "{annotator_url}"
+    );
+
+    // Faults mid-capture: each pod is replaced, and the loop goes on where it was.
+    let stored_before_faults = dataset.images();
+    let before = run.pods().await;
+    let replaced = [before.name_of("capture"), before.name_of("annotator")];
+    run.delete_pods(NS, "app.kubernetes.io/component=capture");
+    run.delete_pods(NS, "app.kubernetes.io/component=annotator");
+    run.delete_pods(RELEASE_NS, "app.kubernetes.io/component=operator");
+    run.until(
+        "new capture and annotator pods run",
+        Duration::from_secs(180),
+        |_, pods| {
+            let new = |c| pods.running(c) == 1 && !replaced.contains(&pods.name_of(c));
+            (new("capture") && new("annotator")).then_some(())
+        },
+    )
+    .await;
+    let annotated = run.status().await.dataset.unwrap().annotated.unwrap_or(0);
+    run.until(
+        "the new capture pod labels through the new annotator",
+        Duration::from_secs(180),
+        |s, _| (s.dataset.as_ref()?.annotated? > annotated).then_some(()),
+    )
+    .await;
+    run.stage("capture, annotator and operator pods deleted and replaced");
+
+    run.until(
+        "the training Job's pod runs",
+        Duration::from_secs(600),
+        |s, pods| (s.phase == Some(Phase::Training) && pods.running("trainer") == 1).then_some(()),
+    )
+    .await;
+    run.stage("the round is collected; the Job's pod trains");
+    let model = run
+        .until("iteration 1 promoted", Duration::from_secs(900), |s, _| {
+            let model = s.current_model.as_ref()?;
+            (model.version == 1).then(|| model.clone())
+        })
+        .await;
+    run.stage("the Job reported; the operator promoted iteration 1");
+    eprintln!(
+        "iteration 1: AP@[.5:.95] {:.3} (off the shelf {:?})",
+        model.map, model.baseline_map
+    );
+    assert!(model.uri.ends_with("/1.onnx"), "{}", model.uri);
+
+    // The capture pod serves the tuned student: it swapped it in without a restart.
+    let served = run
+        .until(
+            "the edge serves iteration 1",
+            Duration::from_secs(180),
+            |_, pods| {
+                let metrics = http_get(&pods.ip_of("capture")?, 9090, "/metrics")?;
+                metrics
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("autotuner_edge_model_info{")
+                            && l.contains("version=\"1\"")
+                            && l.ends_with(" 1")
+                    })
+                    .then_some(metrics)
+            },
+        )
+        .await;
+    assert!(counter(&served, "autotuner_edge_frames_total") > 0.0, "{served}");
+    run.stage("the capture pod serves the tuned student");
+
+    // The edge measures drift: the capture pod runs iteration 1 on the drift samples and writes
+    // the check into the status.
+    let check = run
+        .until(
+            "the edge's first drift check of iteration 1",
+            Duration::from_secs(300),
+            |s, _| {
+                let check = s.last_drift_check.as_ref()?;
+                (check.model_version == Some(1)).then(|| check.clone())
+            },
+        )
+        .await;
+    eprintln!(
+        "drift check: relative accuracy {:.2} on {:?} samples",
+        check.relative_accuracy, check.sample_size
+    );
+    run.stage("the capture pod's drift check is in the status");
+
+    // Nothing lost, nothing duplicated by the capture pod's deletion.
+    dataset.assert_consistent();
+    // (The training split only: the eval split keeps the latest `evalSize` images by design.)
+    let stored = dataset.images();
+    let lost: Vec<_> = stored_before_faults
+        .difference(&stored)
+        .filter(|image| image.starts_with("train/"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "images stored before the faults are gone: {lost:?}"
+    );
+    // Every pod's resolv.conf names the cluster DNS only, never the machine's resolver.
+    let resolv_confs = autotuner_tests::pod_resolv_confs();
+    assert!(!resolv_confs.is_empty());
+    for (sandbox, text) in resolv_confs {
+        let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("nameserver")).collect();
+        assert_eq!(servers, ["nameserver 10.96.0.10"], "{sandbox}: {text}");
+    }
+    run.assert_logs_free_of_errors();
+    run.assert_restricted_pods();
+
+    // Deleting the CameraTuning removes everything it made.
+    expect_success(
+        plane
+            .kubectl([
+                "-n",
+                NS,
+                "delete",
+                "cameratuning",
+                NAME,
+                "--wait=true",
+                "--timeout=120s",
+            ])
+            .unwrap(),
+        "kubectl delete cameratuning",
+    )
+    .unwrap();
+    run.until_gone().await;
+    run.stage("kubectl delete: everything it made is gone");
+    run.write_figures();
+
+    drop(camera);
+    drop(models);
+    plane.stop();
+    let machine_after = MachineState::read();
+    machine_before.assert_same(&machine_after);
+}
+
+/// One run: the control plane with its node, and the wall time of each stage.
+struct Run<'a> {
+    plane: &'a ControlPlane,
+    admin: Client,
+    stages: Vec<(String, f64)>,
+    started: Instant,
+    last: Instant,
+}
+
+impl<'a> Run<'a> {
+    async fn new(plane: &'a ControlPlane) -> Self {
+        Self {
+            plane,
+            admin: plane.client().await.unwrap(),
+            stages: Vec::new(),
+            started: Instant::now(),
+            last: Instant::now(),
+        }
+    }
+
+    fn stage(&mut self, what: &str) {
+        let seconds = self.last.elapsed().as_secs_f64();
+        eprintln!(
+            "{:>6.1} s (+{seconds:.1} s): {what}",
+            self.started.elapsed().as_secs_f64()
+        );
+        self.stages.push((what.to_string(), seconds));
+        self.last = Instant::now();
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        expect_success(
+            self.plane.kubectl(args).unwrap(),
+            &format!("kubectl {}", args.join(" ")),
+        )
+        .unwrap()
+    }
+
+    fn kubectl_apply(&self, yaml: &str) {
+        let output = self.plane.kubectl_stdin(["apply", "-f", "-"], yaml).unwrap();
+        expect_success(output, "kubectl apply").unwrap();
+    }
+
+    /// Namespaces that admit only pods meeting the restricted Pod Security profile.
+    fn restricted_namespace(&self, name: &str) {
+        self.kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             pod-security.kubernetes.io/enforce: restricted\n    pod-security.kubernetes.io/warn: restricted\n"
+        ));
+    }
+
+    /// `helm install` of the chart as a user would, with the images the node imported.
+    fn install_chart(&self) {
+        self.restricted_namespace(RELEASE_NS);
+        let chart = repo_root().join("charts/edge-autotuner");
+        let output = helm(
+            self.plane,
+            &[
+                "install",
+                "edge-autotuner",
+                chart.to_str().unwrap(),
+                "--namespace",
+                RELEASE_NS,
+                "--wait",
+                "--timeout",
+                "3m",
+            ],
+        )
+        .unwrap();
+        expect_success(output, "helm install").unwrap();
+    }
+
+    /// A PersistentVolume for the dataset claim the operator makes: a folder on the node (there
+    /// is no provisioner), readable here to check what the pods wrote.
+    fn dataset_volume(&self) -> Dataset {
+        self.restricted_namespace(NS);
+        let root = self.plane.dir().join("volumes/dataset");
+        std::fs::create_dir_all(&root).unwrap();
+        // The pods run as 65532; a hostPath volume ignores fsGroup.
+        std::os::unix::fs::chown(&root, Some(65532), Some(65532)).unwrap();
+        self.kubectl_apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {NS}-{NAME}-dataset\nspec:\n  \
+             capacity: {{ storage: 5Gi }}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  \
+             storageClassName: \"\"\n  claimRef: {{ namespace: {NS}, name: {NAME}-dataset }}\n  \
+             hostPath: {{ path: {}, type: Directory }}\n",
+            root.display()
+        ));
+        Dataset { root }
+    }
+
+    fn apply_tuning(&self, camera: &Camera, models: &FileServer) {
+        self.kubectl_apply(&format!(
+            r#"apiVersion: autotuner.io/v1alpha1
+kind: CameraTuning
+metadata: {{ name: {NAME}, namespace: {NS} }}
+spec:
+  camera:
+    url: {camera}
+    nodeSelector: {{ autotuner.io/camera-node: "true" }}
+    resources: {{ requests: {{ cpu: 100m, memory: 256Mi }} }}
+  classes: [person]
+  sampling: {{ maxUploadsPerMinute: 120 }}
+  annotation:
+    teacher:
+      model: {{ uri: {teacher}, family: yolo }}
+      gpus: 1
+      resources: {{ requests: {{ cpu: 100m, memory: 256Mi }} }}
+  dataset:
+    trainSize: 40
+    evalSize: 20
+    storage: {{ persistentVolumeClaim: {{ size: 1Gi }} }}
+  training:
+    student: {{ uri: {student}, family: ssdRaw }}
+    minTrainSize: 10
+    epochs: 2
+    batchSize: 8
+    learningRate: 0.001
+    resources: {{ requests: {{ cpu: 100m, memory: 512Mi }} }}
+  inference: {{ maxFramesPerSecond: 2 }}
+  drift: {{ checkInterval: 10s, sampleSize: 8 }}
+  rollout: {{ minImprovement: 0.0 }}
+"#,
+            camera = camera.url(),
+            teacher = models.url("yolov12n.onnx"),
+            student = models.url(STUDENT),
+        ));
+    }
+
+    async fn status(&self) -> CameraTuningStatus {
+        let tunings: Api<CameraTuning> = Api::namespaced(self.admin.clone(), NS);
+        tunings.get(NAME).await.unwrap().status.unwrap_or_default()
+    }
+
+    async fn pods(&self) -> Pods {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), NS);
+        Pods(pods.list(&ListParams::default()).await.unwrap().items)
+    }
+
+    /// Polls the status and the pods until `probe` holds; on a timeout, fails with what the
+    /// cluster shows (phase, conditions, pods, events).
+    async fn until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&CameraTuningStatus, &Pods) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, pods) = (self.status().await, self.pods().await);
+            if let Some(found) = probe(&status, &pods) {
+                return found;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: not within {timeout:?}\nstatus: {}\n{}\n{}",
+                    serde_json::to_string_pretty(&status).unwrap(),
+                    self.kubectl(&["get", "pods,jobs,pvc", "-A", "-o", "wide"]),
+                    self.kubectl(&["-n", NS, "get", "events", "--sort-by=.lastTimestamp"]),
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    fn delete_pods(&self, namespace: &str, selector: &str) {
+        self.kubectl(&["-n", namespace, "delete", "pods", "-l", selector, "--wait=false"]);
+    }
+
+    /// Every log line of every pod at level ERROR fails (the workers and the operator log JSON
+    /// with `--log-json`, or text with the level in capitals).
+    fn assert_logs_free_of_errors(&self) {
+        for namespace in [NS, RELEASE_NS, "kube-system"] {
+            let names = self.kubectl(&["-n", namespace, "get", "pods", "-o", "name"]);
+            for pod in names.lines() {
+                let logs = self.kubectl(&["-n", namespace, "logs", pod, "--all-containers"]);
+                let errors: Vec<&str> = logs
+                    .lines()
+                    .filter(|l| l.contains("\"level\":\"ERROR\"") || l.contains(" ERROR "))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{namespace}/{pod} logged errors:\n{}",
+                    errors.join("\n")
+                );
+            }
+        }
+    }
+
+    /// The namespaces enforce the restricted profile, so every pod in them was admitted under it;
+    /// a server-side check of the label confirms that no running pod violates it.
+    fn assert_restricted_pods(&self) {
+        for namespace in [NS, RELEASE_NS] {
+            let output = self
+                .plane
+                .kubectl([
+                    "label",
+                    "--dry-run=server",
+                    "--overwrite",
+                    "namespace",
+                    namespace,
+                    "pod-security.kubernetes.io/enforce=restricted",
+                ])
+                .unwrap();
+            let warnings = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success() && !warnings.contains("violate"),
+                "{namespace}: {warnings}"
+            );
+        }
+    }
+
+    /// Waits until the CameraTuning's objects are gone (owner references and the finalizer).
+    async fn until_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = self.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "deployments,services,jobs,pvc,pods,configmaps,secrets",
+                "-o",
+                "name",
+            ]);
+            let left: Vec<&str> = left
+                .lines()
+                .filter(|l| !l.starts_with("configmap/kube-root-ca.crt"))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left after deleting the CameraTuning: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn write_figures(&self) {
+        let stages: Vec<Value> = self
+            .stages
+            .iter()
+            .map(|(what, seconds)| serde_json::json!({ "stage": what, "seconds": (seconds * 10.0).round() / 10.0 }))
+            .collect();
+        let figures = serde_json::json!({
+            "test": "tests/tests/e2e.rs",
+            "machine": "2 cores, one real node (containerd, kubelet, kube-proxy, CoreDNS)",
+            "total_seconds": self.started.elapsed().as_secs(),
+            "stages": stages,
+        });
+        let path = repo_root().join("bench-results/e2e.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&figures).unwrap() + "\n").unwrap();
+    }
+}
+
+/// The namespace's pods, by the component label the operator puts on them.
+struct Pods(Vec<Pod>);
+
+impl Pods {
+    fn of<'p>(&'p self, component: &'p str) -> impl Iterator<Item = &'p Pod> + 'p {
+        self.0.iter().filter(move |p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                .map(String::as_str)
+                == Some(component)
+                && p.metadata.deletion_timestamp.is_none()
+        })
+    }
+
+    fn running(&self, component: &str) -> usize {
+        self.of(component)
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                    || p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .count()
+    }
+
+    fn name_of(&self, component: &str) -> String {
+        self.of(component)
+            .find_map(|p| p.metadata.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn node_of(&self, component: &str) -> String {
+        self.of(component)
+            .find_map(|p| p.spec.as_ref()?.node_name.clone())
+            .unwrap_or_default()
+    }
+
+    fn ip_of(&self, component: &str) -> Option<String> {
+        self.of(component).find_map(|p| p.status.as_ref()?.pod_ip.clone())
+    }
+}
+
+/// The dataset as the pods left it on the volume.
+struct Dataset {
+    root: PathBuf,
+}
+
+impl Dataset {
+    /// The images the annotation files name, as `<split>/<file>` (none before the first write).
+    fn images(&self) -> BTreeSet<String> {
+        ["train", "eval"]
+            .iter()
+            .flat_map(|split| {
+                let file = self.root.join(split).join("annotations.json");
+                let coco: Value = std::fs::read(&file)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or_default();
+                coco["images"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| Some(format!("{split}/{}", i["file_name"].as_str()?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Each split's annotation file names every image once, with one id each, and every image
+    /// it names is on the volume: a capture pod deleted mid-write lost and duplicated nothing.
+    fn assert_consistent(&self) {
+        for split in ["train", "eval"] {
+            let file = self.root.join(split).join("annotations.json");
+            let coco: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            let images = coco["images"].as_array().unwrap();
+            assert!(!images.is_empty(), "{split}: no images");
+            let ids: BTreeSet<u64> = images.iter().map(|i| i["id"].as_u64().unwrap()).collect();
+            let names: BTreeSet<&str> = images.iter().map(|i| i["file_name"].as_str().unwrap()).collect();
+            assert_eq!(ids.len(), images.len(), "{split}: duplicate image ids");
+            assert_eq!(names.len(), images.len(), "{split}: duplicate images");
+            for name in names {
+                assert!(
+                    self.root.join(split).join(name).is_file(),
+                    "{split}: {name} is missing"
+                );
+            }
+            for annotation in coco["annotations"].as_array().unwrap() {
+                assert!(
+                    ids.contains(&annotation["image_id"].as_u64().unwrap()),
+                    "{split}: a label of no image"
+                );
+            }
+        }
+    }
+}
+
+/// GStreamer's RTSP server on the node's bridge address, playing vtest.avi (H.264) in a loop.
+struct Camera {
+    child: Child,
+    port: u16,
+}
+
+impl Camera {
+    fn start(dir: &Path) -> Self {
+        let clip = dir.join("vtest.mkv");
+        let status = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(assets().join("vtest.avi"))
+            .args([
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "high",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "10",
+                "-pix_fmt",
+                "yuv420p",
+            ])
+            .arg(&clip)
+            .status()
+            .expect("the ffmpeg CLI (scripts/setup installs it)");
+        assert!(status.success());
+        let port = std::net::TcpListener::bind((NODE_IP, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/video/rtsp_server.py"))
+            .args(["--address", NODE_IP])
+            .arg(&clip)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the RTSP server");
+        wait_for_listener_on(NODE_IP, port, "the RTSP server");
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("rtsp://{NODE_IP}:{}/live", self.port)
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a node may change on the machine, to compare before and after.
+#[derive(Debug, PartialEq)]
+struct MachineState {
+    links: BTreeSet<String>,
+    /// The cgroups at the top of every hierarchy.
+    cgroups: BTreeSet<String>,
+    mounts: usize,
+    iptables: String,
+    sysctls: Vec<String>,
+    netns: BTreeSet<String>,
+}
+
+impl MachineState {
+    fn read() -> Self {
+        let out = |program: &str, args: &[&str]| {
+            String::from_utf8(Command::new(program).args(args).output().unwrap().stdout).unwrap()
+        };
+        // Rules and chains, without the packet counters and the dump's timestamps.
+        let iptables = ["iptables-save", "ip6tables-save"]
+            .iter()
+            .flat_map(|p| out(p, &[]).lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self {
+            links: out("ip", &["-o", "link", "show"])
+                .lines()
+                .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+                .collect(),
+            mounts: std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .count(),
+            cgroups: std::fs::read_dir("/sys/fs/cgroup")
+                .unwrap()
+                .flatten()
+                .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten().flatten())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().display().to_string())
+                .collect(),
+            iptables,
+            sysctls: [
+                "net/ipv4/ip_forward",
+                "net/bridge/bridge-nf-call-iptables",
+                "vm/overcommit_memory",
+                "kernel/panic",
+                "kernel/panic_on_oops",
+                "net/ipv4/conf/all/route_localnet",
+            ]
+            .iter()
+            .map(|s| {
+                format!(
+                    "{s}={}",
+                    std::fs::read_to_string(Path::new("/proc/sys").join(s))
+                        .unwrap_or_default()
+                        .trim()
+                )
+            })
+            .collect(),
+            netns: std::fs::read_dir("/run/netns")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        }
+    }
+
+    fn assert_same(&self, after: &Self) {
+        assert_eq!(self.links, after.links, "network links left behind");
+        assert_eq!(self.mounts, after.mounts, "mounts left behind");
+        assert_eq!(self.cgroups, after.cgroups, "cgroups left behind");
+        assert_eq!(self.iptables, after.iptables, "firewall rules left behind");
+        assert_eq!(self.sysctls, after.sysctls, "kernel settings not put back");
+        assert_eq!(self.netns, after.netns, "network namespaces left behind");
+        let leftovers = Command::new("pgrep")
+            .args(["-f", "containerd|kubelet|kube-proxy|coredns"])
+            .output()
+            .unwrap();
+        assert!(
+            leftovers.stdout.is_empty(),
+            "processes left behind: {}",
+            String::from_utf8_lossy(&leftovers.stdout)
+        );
+    }
+}
+
+fn assets() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("AUTOTUNER_ASSETS").expect("AUTOTUNER_ASSETS (scripts/fetch-assets prints it)"),
+    )
+}
+
+/// A plain HTTP/1.1 GET; `None` when nothing answers yet.
+fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect((host, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: capture\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.1 200").then_some(body)
+}
+
+/// The sum of a counter's series in a Prometheus text exposition.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
