@@ -326,16 +326,7 @@ impl ControlPlane {
             if ready {
                 return Ok(());
             }
-            for component in &mut self.components {
-                if let Some(status) = component.exited() {
-                    bail!(
-                        "{} exited with {status}; logs kept in {}:\n{}",
-                        component.name,
-                        self.dir.display(),
-                        component.log_tail(40)
-                    );
-                }
-            }
+            process::fail_if_any_exited(&mut self.components, &self.dir)?;
             if Instant::now() > deadline {
                 bail!(
                     "controller manager and scheduler not ready after {READY_TIMEOUT:?}; logs kept in {}",

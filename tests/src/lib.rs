@@ -25,7 +25,7 @@ use kube::api::{Patch, PatchParams};
 use tokio::sync::OnceCell;
 
 pub use controlplane::{ControlPlane, Options};
-pub use node::{DNS_IP, DNS_REFUSED, NODE_IP, NODE_NAME, dns_query, pod_resolv_confs};
+pub use node::{DNS_IP, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, dns_query, pod_resolv_confs};
 
 /// The repository's root directory.
 pub fn repo_root() -> &'static Path {

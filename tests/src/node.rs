@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::pki;
-use crate::process::Component;
+use crate::process::{self, Component};
 
 /// The node's name, and the address it and the API server use, on [`BRIDGE`].
 pub const NODE_NAME: &str = "edge-node-0";
@@ -38,8 +38,8 @@ const ISOLATION_CHAIN: &str = "EDGE-AUTOTUNER-ISOLATE";
 const CGROUP_ROOT: &str = "edge-autotuner-node";
 const CNI_NETWORK: &str = "edge-autotuner";
 const CONTAINERD_NAMESPACE: &str = "k8s.io";
-/// Settings the kubelet, kube-proxy and the bridge change; put back at teardown.
-const SYSCTLS: [&str; 6] = [
+/// Kernel settings the kubelet, kube-proxy and the bridge change; put back at teardown.
+pub const NODE_SYSCTLS: [&str; 6] = [
     "net/ipv4/ip_forward",
     "net/bridge/bridge-nf-call-iptables",
     "vm/overcommit_memory",
@@ -87,7 +87,7 @@ impl Saved {
     }
 
     fn take() -> Result<Self> {
-        let sysctls = SYSCTLS
+        let sysctls = NODE_SYSCTLS
             .iter()
             .filter_map(|name| {
                 let path = Path::new("/proc/sys").join(name);
@@ -514,17 +514,7 @@ nodePortAddresses: ["{NODE_IP}/32"]
     }
 
     fn fail_if_exited(&mut self) -> Result<()> {
-        for component in &mut self.components {
-            if let Some(status) = component.exited() {
-                bail!(
-                    "{} exited with {status}; logs kept in {}:\n{}",
-                    component.name,
-                    self.dir.display(),
-                    component.log_tail(40)
-                );
-            }
-        }
-        Ok(())
+        process::fail_if_any_exited(&mut self.components, &self.dir)
     }
 
     /// Fails when a node process has exited (for the caller's readiness loops).

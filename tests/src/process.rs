@@ -127,6 +127,21 @@ impl Drop for Component {
     }
 }
 
+/// Fails, with its log's tail, when one of `components` has exited (`dir` holds the logs).
+pub(crate) fn fail_if_any_exited(components: &mut [Component], dir: &Path) -> Result<()> {
+    for component in components {
+        if let Some(status) = component.exited() {
+            anyhow::bail!(
+                "{} exited with {status}; logs kept in {}:\n{}",
+                component.name,
+                dir.display(),
+                component.log_tail(40)
+            );
+        }
+    }
+    Ok(())
+}
+
 #[allow(unsafe_code)]
 fn send_signal(pid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child's.

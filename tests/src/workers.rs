@@ -321,6 +321,65 @@ pub fn wait_for_listener_on(address: &str, port: u16, what: &str) {
     }
 }
 
+/// vtest.avi (from `AUTOTUNER_ASSETS`) through ffmpeg with `args` (what to keep, filters) into
+/// the H.264 Matroska file `dir/name` (High profile, as cameras send; a keyframe every 10 frames),
+/// for the RTSP server to play.
+pub fn encode_vtest(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let assets = PathBuf::from(std::env::var_os("AUTOTUNER_ASSETS").expect("AUTOTUNER_ASSETS"));
+    let out = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(assets.join("vtest.avi"))
+        .args(args)
+        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "ultrafast"])
+        .args(["-g", "10", "-pix_fmt", "yuv420p"])
+        .arg(&out)
+        .status()
+        .expect("the ffmpeg CLI (scripts/setup --tests installs it)");
+    assert!(status.success());
+    out
+}
+
+/// What a training Job's pod gets from the operator's pod spec besides the Job's variables: the
+/// worker identity (as a kubeconfig here), its namespace (downward API), the dataset and a
+/// writable work folder (volumes).
+#[derive(Debug)]
+pub struct JobPod<'a> {
+    pub kubeconfig: &'a Path,
+    pub namespace: &'a str,
+    pub dataset_uri: &'a Path,
+    pub work_dir: &'a Path,
+}
+
+/// The trainer binary run as a training Job's pod runs it: none of this process's environment but
+/// PATH and HOME, the Job container's variables (`job_env`, from [`container_env`]), what
+/// [`JobPod`] gives, and ONNX Runtime where the workers image has it (here: the assets').
+pub fn job_pod_command<K, V>(
+    trainer: &Path,
+    pod: &JobPod,
+    job_env: impl IntoIterator<Item = (K, V)>,
+) -> Command
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    use autotuner_api::contract;
+    let assets = PathBuf::from(std::env::var_os("AUTOTUNER_ASSETS").expect("AUTOTUNER_ASSETS"));
+    let mut command = Command::new(trainer);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("AUTOTUNER_ASSETS", &assets)
+        .env("KUBECONFIG", pod.kubeconfig)
+        .envs(job_env)
+        .env(contract::ENV_NAMESPACE, pod.namespace)
+        .env(contract::ENV_DATASET_URI, pod.dataset_uri)
+        .env(contract::ENV_WORK_DIR, pod.work_dir)
+        .env(contract::ENV_ONNXRUNTIME, assets.join("libonnxruntime.so"));
+    command
+}
+
 /// The plain `value` variables of a pod template's first container: what the kubelet would set.
 pub fn container_env(
     template: &k8s_openapi::api::core::v1::PodTemplateSpec,

@@ -18,9 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autotuner_api::{CameraTuning, CameraTuningStatus, Phase};
-use autotuner_tests::workers::{FileServer, wait_for_listener_on};
+use autotuner_tests::workers::{FileServer, encode_vtest, wait_for_listener_on};
 use autotuner_tests::{
-    ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, Options, dns_query, expect_success, helm, repo_root,
+    ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, Options, dns_query, expect_success, helm,
+    repo_root,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -689,23 +690,6 @@ impl Camera {
     }
 }
 
-/// vtest.avi as an H.264 (High profile) Matroska clip, as cameras send, with extra ffmpeg
-/// arguments.
-fn encode_vtest(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let clip = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args(args)
-        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "ultrafast"])
-        .args(["-g", "10", "-pix_fmt", "yuv420p"])
-        .arg(&clip)
-        .status()
-        .expect("the ffmpeg CLI (scripts/setup --tests installs it)");
-    assert!(status.success());
-    clip
-}
-
 impl Drop for Camera {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -755,24 +739,13 @@ impl MachineState {
                 .map(|e| e.path().display().to_string())
                 .collect(),
             iptables,
-            sysctls: [
-                "net/ipv4/ip_forward",
-                "net/bridge/bridge-nf-call-iptables",
-                "vm/overcommit_memory",
-                "kernel/panic",
-                "kernel/panic_on_oops",
-                "net/ipv4/conf/all/route_localnet",
-            ]
-            .iter()
-            .map(|s| {
-                format!(
-                    "{s}={}",
-                    std::fs::read_to_string(Path::new("/proc/sys").join(s))
-                        .unwrap_or_default()
-                        .trim()
-                )
-            })
-            .collect(),
+            sysctls: NODE_SYSCTLS
+                .iter()
+                .map(|s| {
+                    let value = std::fs::read_to_string(Path::new("/proc/sys").join(s)).unwrap_or_default();
+                    format!("{s}={}", value.trim())
+                })
+                .collect(),
             netns: std::fs::read_dir("/run/netns")
                 .into_iter()
                 .flatten()

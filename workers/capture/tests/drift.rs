@@ -24,7 +24,6 @@ use autotuner_detect::{Family, Runtime};
 use autotuner_operator::plan;
 use autotuner_tests::workers::{tuning_with_worker_identity, worker_kubeconfig};
 use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
-use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
 use common::{Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, rtsp_server};
@@ -53,27 +52,19 @@ fn day_then_zoomed_out(dir: &Path) -> PathBuf {
 /// The trainer's settings for a short fine-tune of the heads.
 fn fine_tune(train: PathBuf, eval: PathBuf, output: PathBuf, learning_rate: f64) -> TrainConfig {
     TrainConfig {
-        train,
-        eval,
-        model: assets().join("models/ssd_mobilenet_v2_coco_raw.onnx"),
-        output,
         trainable: Trainable::BoxRegression,
         epochs: 1,
-        batch_size: 16,
         learning_rate,
         schedule: Schedule::Constant,
         views: 1,
-        seed: 1,
-        eval_every: 1,
-        patience: 0,
-        max_steps: None,
-        max_train_images: None,
         cache_budget_bytes: 1 << 30,
-        onnxruntime: assets().join("libonnxruntime.so"),
-        load: LoadOptions::default(),
-        device: burn::prelude::Device::flex(),
-        backend: "burn flex (CPU)".into(),
-        after_checkpoint: None,
+        ..TrainConfig::new(
+            train,
+            eval,
+            assets().join("models/ssd_mobilenet_v2_coco_raw.onnx"),
+            output,
+            assets().join("libonnxruntime.so"),
+        )
     }
 }
 

@@ -17,13 +17,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use autotuner_api::contract::{self, TrainingSettings};
 use autotuner_api::{CameraTuning, CameraTuningStatus, DriftCheckStatus, Phase};
 use autotuner_tests::operator;
-use autotuner_tests::workers::{container_env, worker_kubeconfig};
+use autotuner_tests::workers::{JobPod, container_env, job_pod_command, worker_kubeconfig};
 use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
 use common::{Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, rtsp_server};
 use k8s_openapi::api::batch::v1::Job;
@@ -140,18 +140,14 @@ impl Loop {
         .unwrap_or_else(|_| panic!("no Job {job_name}"));
         let env = container_env(&job.spec.unwrap().template);
         let settings = TrainingSettings::from_env_value(&env[contract::ENV_TRAINING]).unwrap();
-        let mut command = Command::new(trainer_binary());
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-            .env("AUTOTUNER_ASSETS", assets())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .envs(&env)
-            .env(contract::ENV_NAMESPACE, &self.ns)
-            .env(contract::ENV_DATASET_URI, self.dir.join("data"))
-            .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"))
-            .env(contract::ENV_WORK_DIR, self.dir.join("trainer"));
+        let (dataset, work) = (self.dir.join("data"), self.dir.join("trainer"));
+        let pod = JobPod {
+            kubeconfig: &self.kubeconfig,
+            namespace: &self.ns,
+            dataset_uri: &dataset,
+            work_dir: &work,
+        };
+        let mut command = job_pod_command(&trainer_binary(), &pod, &env);
         let out = tokio::task::spawn_blocking(move || command.output().unwrap())
             .await
             .unwrap();

@@ -367,10 +367,6 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     let training_dir = output.join("training");
     let _ = std::fs::remove_dir_all(&training_dir);
     let train_config = TrainConfig {
-        train: dataset_dir.join("train/annotations.json"),
-        eval: dataset_dir.join("eval/annotations.json"),
-        model: student_model.clone(),
-        output: training_dir.clone(),
         trainable: args.trainable_layers,
         epochs: args.epochs,
         batch_size: args.batch_size.max(1),
@@ -378,21 +374,17 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         schedule: args
             .lr_schedule
             .unwrap_or(Schedule::default_for(args.trainable_layers)),
-        views: 2,
-        seed: 1,
-        eval_every: 1,
-        patience: 0,
-        max_steps: None,
-        max_train_images: None,
-        cache_budget_bytes: 2048 << 20,
-        onnxruntime: onnxruntime.clone(),
         load: LoadOptions {
             skip_unknown_classes: true,
             ..LoadOptions::default()
         },
-        device: burn::prelude::Device::flex(),
-        backend: "burn flex (CPU)".into(),
-        after_checkpoint: None,
+        ..TrainConfig::new(
+            dataset_dir.join("train/annotations.json"),
+            dataset_dir.join("eval/annotations.json"),
+            student_model.clone(),
+            training_dir.clone(),
+            onnxruntime.clone(),
+        )
     };
     let training = train::run(&train_config, &mut Progress::new()).context("fine-tune")?;
     let tuned_model = PathBuf::from(&training.export.path);

@@ -12,10 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
-use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, TrainConfig};
-use burn::prelude::Device;
 use serde_json::{Value, json};
 
 const WIDTH: f64 = 768.0;
@@ -153,13 +151,8 @@ fn main() {
             let output = work.join(format!("run-{label}-{}", mode.as_str()));
             std::fs::remove_dir_all(&output).ok();
             let config = TrainConfig {
-                train: work.join(format!("train-{label}.json")),
-                eval: work.join("eval.json"),
-                model: assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"),
-                output: output.clone(),
                 trainable: mode,
                 epochs,
-                batch_size: 16,
                 learning_rate: std::env::var("LR")
                     .ok()
                     .and_then(|v| v.parse().ok())
@@ -169,17 +162,14 @@ fn main() {
                     .ok()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(2),
-                seed: 1,
-                eval_every: 1,
                 patience: 4,
-                max_steps: None,
-                max_train_images: None,
-                cache_budget_bytes: 2048 << 20,
-                onnxruntime: assets.join("libonnxruntime.so"),
-                load: LoadOptions::default(),
-                device: Device::flex(),
-                backend: "burn flex (CPU)".into(),
-                after_checkpoint: None,
+                ..TrainConfig::new(
+                    work.join(format!("train-{label}.json")),
+                    work.join("eval.json"),
+                    assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"),
+                    output.clone(),
+                    assets.join("libonnxruntime.so"),
+                )
             };
             let report = train::run(&config, &mut Progress::new()).unwrap();
             let (b, a) = (&report.before, &report.after);

@@ -244,11 +244,10 @@ fn main() -> ExitCode {
         },
         (None, None) => assets.join("models/ssd_mobilenet_v2_coco_raw.onnx"),
     };
+    let onnxruntime = args
+        .onnxruntime
+        .unwrap_or_else(|| assets.join("libonnxruntime.so"));
     let config = TrainConfig {
-        train,
-        eval,
-        model,
-        output,
         trainable: settings.trainable,
         epochs: settings.epochs,
         batch_size: settings.batch_size,
@@ -263,9 +262,6 @@ fn main() -> ExitCode {
         max_steps: args.max_steps,
         max_train_images: job.as_ref().map(|j| j.settings.dataset_cap as usize),
         cache_budget_bytes: args.cache_mib << 20,
-        onnxruntime: args
-            .onnxruntime
-            .unwrap_or_else(|| assets.join("libonnxruntime.so")),
         load: LoadOptions {
             skip_unknown_classes: args.skip_unknown_classes,
             max_bad_fraction: args.max_bad_fraction,
@@ -273,6 +269,7 @@ fn main() -> ExitCode {
         device,
         backend,
         after_checkpoint,
+        ..TrainConfig::new(train, eval, model, output, onnxruntime)
     };
     match train::run(&config, &mut Progress::new()) {
         Ok(report) => {

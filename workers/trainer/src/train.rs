@@ -82,6 +82,41 @@ pub struct TrainConfig {
     pub after_checkpoint: Option<CheckpointHook>,
 }
 
+impl TrainConfig {
+    /// A job on these files with the defaults every caller shares: the settings contract's
+    /// (`autotuner_api::contract::defaults`, as the CRD and `autotuner tune` default to), the
+    /// schedule for the trainable part, two views per image, an evaluation every epoch, no early
+    /// stop, a 2 GiB feature cache and burn's CPU backend. Callers change what differs with
+    /// struct update syntax.
+    pub fn new(train: PathBuf, eval: PathBuf, model: PathBuf, output: PathBuf, onnxruntime: PathBuf) -> Self {
+        use autotuner_api::contract::defaults;
+        let trainable = Trainable::default();
+        Self {
+            train,
+            eval,
+            model,
+            output,
+            trainable,
+            epochs: defaults::EPOCHS as usize,
+            batch_size: defaults::BATCH_SIZE as usize,
+            learning_rate: defaults::LEARNING_RATE,
+            schedule: Schedule::default_for(trainable),
+            views: 2,
+            seed: 1,
+            eval_every: 1,
+            patience: 0,
+            max_steps: None,
+            max_train_images: None,
+            cache_budget_bytes: 2048 << 20,
+            onnxruntime,
+            load: LoadOptions::default(),
+            device: Device::flex(),
+            backend: "burn flex (CPU)".into(),
+            after_checkpoint: None,
+        }
+    }
+}
+
 /// The learning rate over the job: constant, or a cosine decay from `learning_rate` to zero over
 /// all of the job's steps (so the last epochs refine rather than jump, which matters when the
 /// whole network trains and the exported epoch is the best one seen).

@@ -12,7 +12,8 @@ use autotuner_api::contract::{self, TRAINER_FIELD_MANAGER, TrainingSettings};
 use autotuner_api::{CameraTuning, Phase, TrainableLayers};
 use autotuner_tests::operator;
 use autotuner_tests::workers::{
-    FileServer, S3Server, container_env, tuning_with_worker_identity, worker_kubeconfig,
+    FileServer, JobPod, S3Server, container_env, job_pod_command, tuning_with_worker_identity,
+    worker_kubeconfig,
 };
 use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -440,22 +441,15 @@ async fn the_minimal_example_trains_through_a_job_that_fetches_its_models_over_h
 
     // The Job's container, as the pod runs it (one step: the loop, not the learning, is tested).
     let kubeconfig = worker_kubeconfig(plane, &ns, &format!("{name}-worker"), &dir).await;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trainer"));
-    command
-        .args(["--max-steps", "1", "--views", "1"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("AUTOTUNER_ASSETS", assets())
-        .env("KUBECONFIG", &kubeconfig)
-        .env(contract::ENV_WORK_DIR, dir.join("work"));
-    for (key, value) in &env {
-        command.env(key, value);
-    }
-    command
-        .env(contract::ENV_NAMESPACE, &ns)
-        .env(contract::ENV_DATASET_URI, &dataset)
-        .env(contract::ENV_ONNXRUNTIME, assets().join("libonnxruntime.so"));
+    let work = dir.join("work");
+    let pod = JobPod {
+        kubeconfig: &kubeconfig,
+        namespace: &ns,
+        dataset_uri: &dataset,
+        work_dir: &work,
+    };
+    let mut command = job_pod_command(Path::new(env!("CARGO_BIN_EXE_trainer")), &pod, &env);
+    command.args(["--max-steps", "1", "--views", "1"]);
     let out = command.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     operator::finish_job_pod(&admin, &ns, &format!("{name}-train-1"), "Succeeded").await;

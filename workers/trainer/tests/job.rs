@@ -7,7 +7,6 @@ use std::process::Command;
 
 use autotuner_detect::eval::{self, GroundTruth, ImageDetection};
 use autotuner_detect::{BBox, DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
-use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, TrainConfig};
 use burn::prelude::Device;
@@ -72,27 +71,20 @@ fn coco(dir: &Path, name: &str, frames: &[usize]) -> PathBuf {
 
 fn config(dir: &Path, train: PathBuf, eval: PathBuf, trainable: Trainable, epochs: usize) -> TrainConfig {
     TrainConfig {
-        train,
-        eval,
-        model: assets().join("models/ssd_mobilenet_v2_coco_raw.onnx"),
-        output: dir.join("out"),
         trainable,
         epochs,
         batch_size: 8,
         learning_rate: 3e-4,
         schedule: Default::default(),
-        views: 2,
         seed: 7,
-        eval_every: 1,
-        patience: 0,
-        max_steps: None,
-        max_train_images: None,
         cache_budget_bytes: 1 << 30,
-        onnxruntime: assets().join("libonnxruntime.so"),
-        load: LoadOptions::default(),
-        device: Device::flex(),
-        backend: "burn flex (CPU)".into(),
-        after_checkpoint: None,
+        ..TrainConfig::new(
+            train,
+            eval,
+            assets().join("models/ssd_mobilenet_v2_coco_raw.onnx"),
+            dir.join("out"),
+            assets().join("libonnxruntime.so"),
+        )
     }
 }
 

@@ -97,22 +97,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-/// vtest.avi through ffmpeg with `args` (what to keep, filters) into the H.264 Matroska file
-/// `dir/name` (High profile, as cameras send; a keyframe every 10 frames).
-pub fn encode_vtest(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let out = dir.join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(assets().join("vtest.avi"))
-        .args(args)
-        .args(["-c:v", "libx264", "-profile:v", "high", "-preset", "ultrafast"])
-        .args(["-g", "10", "-pix_fmt", "yuv420p"])
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI (scripts/setup installs it)");
-    assert!(status.success());
-    out
-}
+pub use autotuner_tests::workers::encode_vtest;
 
 /// An H.264 Matroska clip of vtest.avi's first `frames` frames.
 pub fn h264_clip(dir: &Path, frames: u32) -> PathBuf {
