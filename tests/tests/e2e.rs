@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use autotuner_api::{CameraTuning, CameraTuningStatus, Phase};
+use autotuner_api::{CameraTuning, CameraTuningStatus, ModelStatus, Phase};
 use autotuner_tests::workers::{FileServer, encode_vtest, wait_for_listener_on};
 use autotuner_tests::{
     ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, Options, dns_query, expect_success, helm,
@@ -157,21 +157,84 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     )
     .await;
     run.stage("the round is collected; the Job's pod trains");
-    let model = run
-        .until("iteration 1 promoted", Duration::from_secs(900), |s, _| {
-            let model = s.current_model.as_ref()?;
-            (model.version == 1).then(|| model.clone())
+    // The gate judges iteration 1 against the off-the-shelf student on the same eval split; a
+    // 40-image fine-tune usually wins (AP@[.5:.95] 0.28-0.30 -> 0.35-0.41 in most runs) but not
+    // always (0.293 vs 0.294 in one): both outcomes are the loop working.
+    let promoted = run
+        .until("iteration 1 judged", Duration::from_secs(900), |s, _| {
+            if let Some(model) = s.current_model.as_ref().filter(|m| m.version == 1) {
+                return Some(Some(model.clone()));
+            }
+            let rejected = s.current_model.is_none()
+                && s.candidate_model.as_ref().is_some_and(|c| c.version == 1)
+                && s.phase == Some(Phase::Capturing);
+            rejected.then_some(None)
         })
         .await;
+    // Nothing lost or duplicated by the capture pod's deletion mid-capture.
+    dataset.assert_consistent();
+    match promoted {
+        Some(model) => serve_and_drift(&mut run, &mut camera, plane.dir(), &dataset, model).await,
+        None => {
+            run.stage("the Job reported; the gate rejected iteration 1");
+            let status = run.status().await;
+            let served = status.inference.and_then(|i| i.model).map(|m| m.version);
+            assert_eq!(served, Some(0), "the edge keeps the off-the-shelf student");
+        }
+    }
+
+    // Every pod's resolv.conf names the cluster DNS only, never the machine's resolver.
+    let resolv_confs = autotuner_tests::pod_resolv_confs();
+    assert!(!resolv_confs.is_empty());
+    for (sandbox, text) in resolv_confs {
+        let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("nameserver")).collect();
+        assert_eq!(servers, ["nameserver 10.96.0.10"], "{sandbox}: {text}");
+    }
+    run.assert_logs_free_of_errors();
+    run.assert_restricted_pods();
+
+    // Deleting the CameraTuning removes everything it made.
+    expect_success(
+        plane
+            .kubectl([
+                "-n",
+                NS,
+                "delete",
+                "cameratuning",
+                NAME,
+                "--wait=true",
+                "--timeout=120s",
+            ])
+            .unwrap(),
+        "kubectl delete cameratuning",
+    )
+    .unwrap();
+    run.until_gone().await;
+    run.stage("kubectl delete: everything it made is gone");
+    run.write_figures();
+
+    drop(camera);
+    drop(models);
+    plane.stop();
+    let machine_after = MachineState::read();
+    machine_before.assert_same(&machine_after);
+}
+
+/// Iteration 1 promoted: the edge serves it and checks it; drift starts a new round and a second
+/// Job, which the operator judges.
+async fn serve_and_drift(
+    run: &mut Run<'_>,
+    camera: &mut Camera,
+    dir: &Path,
+    dataset: &Dataset,
+    model: ModelStatus,
+) {
     run.stage("the Job reported; the operator promoted iteration 1");
     eprintln!(
         "iteration 1: AP@[.5:.95] {:.3} (off the shelf {:?})",
         model.map, model.baseline_map
     );
     assert!(model.uri.ends_with("/1.onnx"), "{}", model.uri);
-
-    // Nothing lost or duplicated by the capture pod's deletion mid-capture.
-    dataset.assert_consistent();
 
     // The capture pod serves the tuned student: it swapped it in without a restart.
     let served = run
@@ -214,7 +277,7 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
 
     // Drift: the camera zooms out, the edge's checks fall below the threshold, the operator
     // starts a new round on what the camera sees now, and a second Job's pod trains on it.
-    camera.zoom_out(plane.dir());
+    camera.zoom_out(dir);
     let drift = run
         .until("drift detected", Duration::from_secs(300), |s, _| {
             let condition = s.conditions.iter().find(|c| c.type_ == "DriftDetected")?;
@@ -254,42 +317,6 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     run.stage("the operator judged iteration 2");
     // Still consistent after the training split rolled past `maxDatasetSize`.
     dataset.assert_consistent();
-
-    // Every pod's resolv.conf names the cluster DNS only, never the machine's resolver.
-    let resolv_confs = autotuner_tests::pod_resolv_confs();
-    assert!(!resolv_confs.is_empty());
-    for (sandbox, text) in resolv_confs {
-        let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("nameserver")).collect();
-        assert_eq!(servers, ["nameserver 10.96.0.10"], "{sandbox}: {text}");
-    }
-    run.assert_logs_free_of_errors();
-    run.assert_restricted_pods();
-
-    // Deleting the CameraTuning removes everything it made.
-    expect_success(
-        plane
-            .kubectl([
-                "-n",
-                NS,
-                "delete",
-                "cameratuning",
-                NAME,
-                "--wait=true",
-                "--timeout=120s",
-            ])
-            .unwrap(),
-        "kubectl delete cameratuning",
-    )
-    .unwrap();
-    run.until_gone().await;
-    run.stage("kubectl delete: everything it made is gone");
-    run.write_figures();
-
-    drop(camera);
-    drop(models);
-    plane.stop();
-    let machine_after = MachineState::read();
-    machine_before.assert_same(&machine_after);
 }
 
 /// One run: the control plane with its node, and the wall time of each stage.
