@@ -472,16 +472,44 @@ spec:
             if let Some(found) = probe(&status, &pods) {
                 return found;
             }
-            if Instant::now() > deadline {
+            // Failed is terminal until the spec changes: waiting on would only hide the cause.
+            let failed = status.phase == Some(Phase::Failed);
+            if failed || Instant::now() > deadline {
                 panic!(
-                    "{what}: not within {timeout:?}\nstatus: {}\n{}\n{}",
+                    "{what}: {}\nstatus: {}\n{}\n{}\n{}",
+                    if failed {
+                        "the CameraTuning failed".to_string()
+                    } else {
+                        format!("not within {timeout:?}")
+                    },
                     serde_json::to_string_pretty(&status).unwrap(),
                     self.kubectl(&["get", "pods,jobs,pvc", "-A", "-o", "wide"]),
                     self.kubectl(&["-n", NS, "get", "events", "--sort-by=.lastTimestamp"]),
+                    self.worker_logs(),
                 );
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
+    }
+
+    /// The last lines of every worker pod's log in the CameraTuning's namespace (failed
+    /// training attempts included), for a failure message that shows the cause.
+    fn worker_logs(&self) -> String {
+        let names = self.kubectl(&["-n", NS, "get", "pods", "-o", "name"]);
+        names
+            .lines()
+            .map(|pod| {
+                let logs = self
+                    .plane
+                    .kubectl(["-n", NS, "logs", pod, "--all-containers", "--tail=25"])
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                format!("--- {pod}\n{logs}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn delete_pods(&self, namespace: &str, selector: &str) {

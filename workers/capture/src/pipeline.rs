@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::picture;
 use crate::select::{self, Purpose, Sampling, Selector, Skipped};
 use crate::source::{Frame, Next, Source, SourceConfig};
-use crate::spool::{Entry, EntryMeta, Spool};
+use crate::spool::{Acquired, Entry, EntryMeta, Spool, WriterLock};
 use crate::teacher::{Teacher, TeacherError};
 
 #[derive(Debug, Clone)]
@@ -119,6 +119,20 @@ pub async fn run(
 ) -> anyhow::Result<CaptureSummary> {
     // The stream first: a wrong URL or a missing file fails before anything is created.
     let source = Source::start(config.source.clone()).context("open the video source")?;
+    let writer = {
+        let (dir, shutdown) = (config.spool_dir.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || {
+            WriterLock::acquire(&dir, Duration::from_millis(200), || {
+                shutdown.load(Ordering::SeqCst)
+            })
+        })
+        .await
+        .context("wait for the spool's writer lock")?
+        .context("take the spool's writer lock")?
+    };
+    let Acquired::Held(_writer) = writer else {
+        return Ok(CaptureSummary::default());
+    };
     let spool = Spool::open(
         &config.spool_dir,
         config.spool_max_entries,

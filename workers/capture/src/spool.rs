@@ -81,6 +81,63 @@ pub struct SpoolStats {
     pub corrupt: u64,
 }
 
+/// The one capture process that may use a spool (and, on a volume, the dataset beside it). A
+/// replaced pod's successor starts while the old one still stores its last batch; two writers
+/// would lose each other's annotation files and delete each other's half-written entries. The
+/// kernel releases the lock when its holder exits, however it exits, so it never goes stale.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+/// What [`WriterLock::acquire`] found.
+#[derive(Debug)]
+pub enum Acquired {
+    Held(WriterLock),
+    /// `stop` returned true before the other writer let go.
+    Stopped,
+}
+
+impl WriterLock {
+    pub const FILE: &'static str = ".writer.lock";
+
+    /// Takes the spool's writer lock in `dir`, waiting (and saying so once in the log) while
+    /// another process holds it; gives up when `stop()` is true, checked every `poll`.
+    pub fn acquire(
+        dir: &Path,
+        poll: std::time::Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<Acquired, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(Self::FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut said = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Acquired::Held(WriterLock { _file: file })),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+            }
+            if stop() {
+                return Ok(Acquired::Stopped);
+            }
+            if !said {
+                tracing::info!(
+                    spool = %dir.display(),
+                    "another capture process still uses this spool (a replaced pod storing its last batch): waiting for it to exit"
+                );
+                said = true;
+            }
+            std::thread::sleep(poll);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
@@ -285,6 +342,33 @@ mod tests {
             crops: vec![vec![1; size]],
             frame: vec![2; size],
         }
+    }
+
+    #[test]
+    fn a_second_writer_waits_until_the_first_lets_go_of_the_spool() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let poll = std::time::Duration::from_millis(5);
+        let Acquired::Held(first) = WriterLock::acquire(dir.path(), poll, || false).unwrap() else {
+            panic!("an unused spool is free");
+        };
+        // While the first holds it, a second gives up when told to stop, having waited.
+        let polls = AtomicUsize::new(0);
+        let stopped =
+            WriterLock::acquire(dir.path(), poll, || polls.fetch_add(1, Ordering::SeqCst) >= 3).unwrap();
+        assert!(matches!(stopped, Acquired::Stopped));
+        assert_eq!(polls.load(Ordering::SeqCst), 4);
+        // Once the first exits (here: drops it), the waiting one gets it.
+        let waiter = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || WriterLock::acquire(&dir, poll, || false).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "the second writer must wait");
+        drop(first);
+        assert!(matches!(waiter.join().unwrap(), Acquired::Held(_)));
+        // The lock file is not mistaken for an entry.
+        assert!(Spool::open(dir.path(), 10, 1 << 20).unwrap().is_empty());
     }
 
     #[test]
