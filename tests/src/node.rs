@@ -116,10 +116,15 @@ impl Saved {
         for (path, value) in &saved.sysctls {
             let _ = std::fs::write(path, value);
         }
-        for (program, rules) in [
-            ("iptables-restore", &saved.iptables),
-            ("ip6tables-restore", &saved.ip6tables),
+        for (program, save, rules) in [
+            ("iptables-restore", "iptables-save", &saved.iptables),
+            ("ip6tables-restore", "ip6tables-save", &saved.ip6tables),
         ] {
+            // iptables-restore replaces only the tables its input names: a table the node's
+            // components brought in (on a machine whose firewall was empty, all of them) is
+            // named empty, which flushes it and deletes its chains.
+            let now = run(save, &[]).unwrap_or_default();
+            let rules = with_empty_tables(rules, &now);
             let restored = Command::new(program)
                 .stdin(std::process::Stdio::piped())
                 .spawn()
@@ -632,6 +637,23 @@ pub fn pod_resolv_confs() -> Vec<(String, String)> {
         .collect()
 }
 
+/// `saved` (an `iptables-save` dump) followed by an empty entry for every table that `now` has
+/// and `saved` lacks.
+fn with_empty_tables(saved: &str, now: &str) -> String {
+    let tables = |dump: &str| -> BTreeSet<String> {
+        dump.lines()
+            .filter_map(|l| l.strip_prefix('*'))
+            .map(str::to_string)
+            .collect()
+    };
+    let before = tables(saved);
+    let mut rules = saved.to_string();
+    for table in tables(now).difference(&before) {
+        rules.push_str(&format!("*{table}\nCOMMIT\n"));
+    }
+    rules
+}
+
 /// Removes whatever a node left on this machine: its processes (shims and containers), mounts,
 /// cgroups, bridge, iptables chains, CNI state and directory. Safe when there is nothing.
 fn sweep() {
@@ -810,4 +832,25 @@ fn lock_exclusive(file: &File) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("locking the node");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_the_node_brought_in_are_restored_empty_and_the_saved_ones_as_saved() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.1.0.0/16 -j DROP\nCOMMIT\n";
+        let now = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n*filter\n:KUBE-FIREWALL - [0:0]\nCOMMIT\n\
+                   *nat\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+        assert_eq!(
+            with_empty_tables(saved, now),
+            format!("{saved}*mangle\nCOMMIT\n*nat\nCOMMIT\n")
+        );
+        // An empty firewall before: every table is named empty.
+        assert_eq!(
+            with_empty_tables("", now),
+            "*filter\nCOMMIT\n*mangle\nCOMMIT\n*nat\nCOMMIT\n"
+        );
+    }
 }

@@ -769,12 +769,24 @@ impl MachineState {
         let out = |program: &str, args: &[&str]| {
             String::from_utf8(Command::new(program).args(args).output().unwrap().stdout).unwrap()
         };
-        // Rules and chains, without the packet counters and the dump's timestamps.
+        // Rules and chains, each with its table, without the packet counters, the dump's
+        // comments and what an untouched table shows (the built-in chains accepting): a table
+        // the kernel loaded once stays listed, empty, and that is not something left behind.
         let iptables = ["iptables-save", "ip6tables-save"]
             .iter()
-            .flat_map(|p| out(p, &[]).lines().map(str::to_string).collect::<Vec<_>>())
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.split(" [").next().unwrap_or_default().to_string())
+            .flat_map(|program| {
+                let mut table = String::new();
+                let mut lines = Vec::new();
+                for line in out(program, &[]).lines() {
+                    let line = line.split(" [").next().unwrap_or_default();
+                    if let Some(name) = line.strip_prefix('*') {
+                        table = name.to_string();
+                    } else if !(line.starts_with('#') || line == "COMMIT" || is_builtin_accepting(line)) {
+                        lines.push(format!("{program} {table}: {line}"));
+                    }
+                }
+                lines
+            })
             .collect::<Vec<_>>()
             .join("\n");
         Self {
@@ -827,6 +839,13 @@ impl MachineState {
             String::from_utf8_lossy(&leftovers.stdout)
         );
     }
+}
+
+/// A built-in chain's declaration with the default policy, as `iptables-save` lists it.
+fn is_builtin_accepting(line: &str) -> bool {
+    ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]
+        .iter()
+        .any(|chain| line == format!(":{chain} ACCEPT"))
 }
 
 fn assets() -> PathBuf {
