@@ -18,6 +18,7 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     pub spool_entries: IntGauge,
     pub spool_dropped: IntCounter,
+    pub spool_superseded: IntCounter,
     pub dataset_images: IntGaugeVec,
     /// Samples ever stored by split, those a rolling dataset replaced since included.
     pub dataset_stored: IntCounterVec,
@@ -95,6 +96,12 @@ impl Metrics {
         let spool_dropped = IntCounter::new(
             "autotuner_capture_spool_dropped_total",
             "Spooled frames dropped because the spool was full (or damaged).",
+        )
+        .expect("metric");
+        let spool_superseded = IntCounter::new(
+            "autotuner_capture_spool_superseded_total",
+            "Spooled frames replaced by newer ones of their kind before the teacher labelled them: \
+             labelling lags behind selection, and more waited than the rolling dataset keeps.",
         )
         .expect("metric");
         let dataset_images = IntGaugeVec::new(
@@ -217,6 +224,7 @@ impl Metrics {
             Box::new(reconnects.clone()),
             Box::new(spool_entries.clone()),
             Box::new(spool_dropped.clone()),
+            Box::new(spool_superseded.clone()),
             Box::new(dataset_images.clone()),
             Box::new(dataset_stored.clone()),
             Box::new(edge_frames.clone()),
@@ -239,6 +247,7 @@ impl Metrics {
             reconnects,
             spool_entries,
             spool_dropped,
+            spool_superseded,
             dataset_images,
             dataset_stored,
             edge_frames,

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::picture;
 use crate::select::{self, Purpose, Sampling, Selector, Skipped};
 use crate::source::{Frame, Next, Source, SourceConfig};
-use crate::spool::{Acquired, Entry, EntryMeta, Spool, WriterLock};
+use crate::spool::{Acquired, Entry, EntryMeta, Spool, Waiting, WriterLock};
 use crate::teacher::{Teacher, TeacherError};
 
 #[derive(Debug, Clone)]
@@ -137,6 +137,11 @@ pub async fn run(
         &config.spool_dir,
         config.spool_max_entries,
         config.spool_max_bytes,
+        // No more wait than the rolling splits keep: more would be replaced once labelled.
+        config.dataset.rolling.map_or(Waiting::UNBOUNDED, |r| Waiting {
+            drift: r.drift,
+            samples: r.train.saturating_add(r.eval),
+        }),
     )
     .context("open the spool")?;
     let classes = config
@@ -557,6 +562,10 @@ fn select_frames(
             metrics
                 .spool_dropped
                 .inc_by(dropped.saturating_sub(metrics.spool_dropped.get()));
+            let superseded = spool.stats().superseded;
+            metrics
+                .spool_superseded
+                .inc_by(superseded.saturating_sub(metrics.spool_superseded.get()));
         }
         wake.notify_one();
     }
@@ -620,7 +629,7 @@ async fn annotate(
         let batch = spool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .oldest(batch_size)
+            .next_batch(batch_size)
             .context("read the spool")?;
         if batch.is_empty() {
             if selection_done.load(Ordering::SeqCst) || shutdown.load(Ordering::Relaxed) {

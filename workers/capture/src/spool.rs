@@ -4,7 +4,7 @@
 //! are named by their sample id: selecting the same frame again after a restart rewrites the same
 //! entry instead of adding one. When the bound is reached the oldest entries go, counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -74,11 +74,37 @@ struct Header {
 const MAGIC: &[u8; 8] = b"ATSPOOL1";
 const SUFFIX: &str = ".entry";
 
+/// How many entries of each kind may wait for the teacher before a newer one replaces the
+/// oldest of its kind (counted as superseded, not dropped). With a rolling dataset, labelling
+/// more than a split keeps would only have the newer ones replace the older ones once stored:
+/// when labelling lags behind selection (a slow or shared annotator), the frames labelled next
+/// are the latest the camera showed, not minutes of backlog, so a drift check scores what the
+/// camera shows now and a round after a drift trains on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiting {
+    /// Drift samples (labelled first).
+    pub drift: usize,
+    /// Training and evaluation samples.
+    pub samples: usize,
+}
+
+impl Waiting {
+    /// Every entry waits its turn (a file is labelled whole).
+    pub const UNBOUNDED: Waiting = Waiting {
+        drift: usize::MAX,
+        samples: usize::MAX,
+    };
+}
+/// A header names an id, times and a few crops: anything larger is damage.
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
 /// Counters of what the bound and damage cost.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolStats {
     pub dropped: u64,
     pub corrupt: u64,
+    /// Entries replaced by newer ones of their kind before they were labelled (see [`Waiting`]).
+    pub superseded: u64,
 }
 
 /// The one capture process that may use a spool (and, on a volume, the dataset beside it). A
@@ -145,21 +171,36 @@ pub struct Spool {
     max_bytes: u64,
     /// id -> file size, in id order (ids sort by time).
     entries: BTreeMap<String, u64>,
+    /// The ids of the entries that are drift samples.
+    drift: BTreeSet<String>,
+    waiting: Waiting,
     bytes: u64,
     stats: SpoolStats,
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, finding what an earlier run left.
-    pub fn open(dir: &Path, max_entries: usize, max_bytes: u64) -> Result<Spool, SpoolError> {
+    /// Drift samples are handed out first, and at most `waiting` of each kind wait (see
+    /// [`Waiting`]).
+    pub fn open(
+        dir: &Path,
+        max_entries: usize,
+        max_bytes: u64,
+        waiting: Waiting,
+    ) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir.join("tmp")).map_err(io(dir))?;
         let mut entries = BTreeMap::new();
+        let mut drift = BTreeSet::new();
         let mut bytes = 0;
         for item in std::fs::read_dir(dir).map_err(io(dir))? {
             let item = item.map_err(io(dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(SUFFIX) {
                 let size = item.metadata().map_err(io(&item.path()))?.len();
+                // An unreadable header is found again (and set aside) when the entry is read.
+                if read_header(&item.path()).is_ok_and(|h| h.meta.drift) {
+                    drift.insert(id.to_string());
+                }
                 entries.insert(id.to_string(), size);
                 bytes += size;
             }
@@ -174,6 +215,11 @@ impl Spool {
             max_entries: max_entries.max(1),
             max_bytes,
             entries,
+            drift,
+            waiting: Waiting {
+                drift: waiting.drift.max(1),
+                samples: waiting.samples.max(1),
+            },
             bytes,
             stats: SpoolStats::default(),
         })
@@ -232,6 +278,24 @@ impl Spool {
             self.bytes -= old;
         }
         self.bytes += size;
+        if entry.meta.drift {
+            self.drift.insert(entry.meta.id.clone());
+        }
+        loop {
+            let oldest = if entry.meta.drift {
+                (self.drift.len() > self.waiting.drift).then(|| self.drift.first().cloned())
+            } else {
+                (self.entries.len() - self.drift.len() > self.waiting.samples)
+                    .then(|| self.entries.keys().find(|id| !self.drift.contains(*id)).cloned())
+            };
+            let Some(Some(oldest)) = oldest else { break };
+            tracing::debug!(
+                id = oldest,
+                "a newer frame replaces the oldest of its kind waiting"
+            );
+            self.remove(&oldest)?;
+            self.stats.superseded += 1;
+        }
         while self.entries.len() > self.max_entries || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
             let (oldest, _) = self.entries.first_key_value().expect("not empty");
@@ -243,9 +307,11 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `n` of the oldest entries; unreadable ones are set aside and counted.
-    pub fn oldest(&mut self, n: usize) -> Result<Vec<Entry>, SpoolError> {
-        let ids: Vec<String> = self.entries.keys().take(n).cloned().collect();
+    /// Up to `n` entries to label next: the drift samples first, then the oldest others, each
+    /// in time order; unreadable ones are set aside and counted.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<Entry>, SpoolError> {
+        let others = self.entries.keys().filter(|id| !self.drift.contains(*id));
+        let ids: Vec<String> = self.drift.iter().chain(others).take(n).cloned().collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let path = self.path(&id);
@@ -259,6 +325,7 @@ impl Spool {
                     if let Some(size) = self.entries.remove(&id) {
                         self.bytes -= size;
                     }
+                    self.drift.remove(&id);
                     self.stats.corrupt += 1;
                 }
             }
@@ -284,6 +351,7 @@ impl Spool {
         if let Some(size) = self.entries.remove(id) {
             self.bytes -= size;
         }
+        self.drift.remove(id);
         Ok(())
     }
 }
@@ -294,10 +362,12 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn read_entry(path: &Path) -> std::io::Result<Entry> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// The header at the start of `bytes`, and where the pictures begin.
+fn parse_header(bytes: &[u8]) -> std::io::Result<(Header, usize)> {
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(bad("not a spool entry"));
     }
@@ -305,7 +375,33 @@ fn read_entry(path: &Path) -> std::io::Result<Entry> {
     let header: Header =
         serde_json::from_slice(bytes.get(12..12 + header_len).ok_or_else(|| bad("truncated"))?)
             .map_err(|e| bad(&e.to_string()))?;
-    let mut at = 12 + header_len;
+    Ok((header, 12 + header_len))
+}
+
+/// An entry's header alone, without reading its pictures.
+fn read_header(path: &Path) -> std::io::Result<Header> {
+    let mut file = File::open(path)?;
+    let mut start = [0u8; 12];
+    file.read_exact(&mut start)?;
+    let header_len = if &start[..8] == MAGIC {
+        u32::from_le_bytes(start[8..12].try_into().expect("4 bytes")) as usize
+    } else {
+        return Err(bad("not a spool entry"));
+    };
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad("header too large"));
+    }
+    let mut bytes = start.to_vec();
+    bytes.resize(12 + header_len, 0);
+    file.read_exact(&mut bytes[12..])?;
+    parse_header(&bytes).map(|(header, _)| header)
+}
+
+fn read_entry(path: &Path) -> std::io::Result<Entry> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    let (header, pictures) = parse_header(&bytes)?;
+    let mut at = pictures;
     let mut take = |n: usize| -> std::io::Result<Vec<u8>> {
         let part = bytes.get(at..at + n).ok_or_else(|| bad("truncated"))?.to_vec();
         at += n;
@@ -344,6 +440,62 @@ mod tests {
         }
     }
 
+    fn drift_entry(id: &str) -> Entry {
+        let mut e = entry(id, 10);
+        e.meta.drift = true;
+        e
+    }
+
+    #[test]
+    fn drift_samples_go_first_and_only_the_latest_of_each_kind_wait_when_labelling_lags() {
+        let dir = tempfile::tempdir().unwrap();
+        let waiting = Waiting { drift: 2, samples: 3 };
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20, waiting).unwrap();
+        for id in ["f00000001", "f00000002", "f00000004", "f00000006"] {
+            spool.push(&entry(id, 10)).unwrap();
+        }
+        for id in ["f00000003", "f00000005", "f00000007"] {
+            spool.push(&drift_entry(id)).unwrap();
+        }
+        // The oldest of each kind was replaced by a newer one, not dropped for lack of room.
+        assert_eq!(spool.stats().superseded, 2);
+        assert_eq!(spool.stats().dropped, 0);
+        assert_eq!(spool.len(), 5);
+        let ids = |batch: Vec<Entry>| batch.into_iter().map(|e| e.meta.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(spool.next_batch(3).unwrap()),
+            ["f00000005", "f00000007", "f00000002"]
+        );
+        // A restart finds the same: which entries are drift samples is read back from disk.
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20, waiting).unwrap();
+        assert_eq!(
+            ids(spool.next_batch(10).unwrap()),
+            ["f00000005", "f00000007", "f00000002", "f00000004", "f00000006"]
+        );
+        spool.remove("f00000005").unwrap();
+        assert_eq!(ids(spool.next_batch(1).unwrap()), ["f00000007"]);
+        spool.push(&entry("f00000008", 10)).unwrap();
+        assert_eq!(
+            ids(spool.next_batch(10).unwrap()),
+            ["f00000007", "f00000004", "f00000006", "f00000008"]
+        );
+        // Unbounded (a file, labelled whole): drift samples still go first, nothing is replaced.
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20, Waiting::UNBOUNDED).unwrap();
+        for id in ["f00000001", "f00000002", "f00000004"] {
+            spool.push(&entry(id, 10)).unwrap();
+        }
+        for id in ["f00000003", "f00000005", "f00000007"] {
+            spool.push(&drift_entry(id)).unwrap();
+        }
+        assert_eq!(spool.stats().superseded, 0);
+        assert_eq!(
+            ids(spool.next_batch(4).unwrap()),
+            ["f00000003", "f00000005", "f00000007", "f00000001"]
+        );
+    }
+
     #[test]
     fn a_second_writer_waits_until_the_first_lets_go_of_the_spool() {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -368,37 +520,41 @@ mod tests {
         drop(first);
         assert!(matches!(waiter.join().unwrap(), Acquired::Held(_)));
         // The lock file is not mistaken for an entry.
-        assert!(Spool::open(dir.path(), 10, 1 << 20).unwrap().is_empty());
+        assert!(
+            Spool::open(dir.path(), 10, 1 << 20, Waiting::UNBOUNDED)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn entries_survive_a_reopen_in_order_and_a_rewrite_does_not_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 10, 1 << 20).unwrap();
+        let mut spool = Spool::open(dir.path(), 10, 1 << 20, Waiting::UNBOUNDED).unwrap();
         spool.push(&entry("f00000002", 10)).unwrap();
         spool.push(&entry("f00000001", 10)).unwrap();
         spool.push(&entry("f00000002", 10)).unwrap();
         drop(spool);
-        let mut spool = Spool::open(dir.path(), 10, 1 << 20).unwrap();
-        let got = spool.oldest(5).unwrap();
+        let mut spool = Spool::open(dir.path(), 10, 1 << 20, Waiting::UNBOUNDED).unwrap();
+        let got = spool.next_batch(5).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], entry("f00000001", 10));
         spool.remove("f00000001").unwrap();
-        assert_eq!(spool.oldest(5).unwrap()[0].meta.id, "f00000002");
+        assert_eq!(spool.next_batch(5).unwrap()[0].meta.id, "f00000002");
     }
 
     #[test]
     fn the_bound_drops_the_oldest_and_counts_and_damage_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::open(dir.path(), 3, 1 << 20).unwrap();
+        let mut spool = Spool::open(dir.path(), 3, 1 << 20, Waiting::UNBOUNDED).unwrap();
         for i in 0..5 {
             spool.push(&entry(&format!("f{i:08}"), 10)).unwrap();
         }
         assert_eq!(spool.len(), 3);
         assert_eq!(spool.stats().dropped, 2);
-        assert_eq!(spool.oldest(1).unwrap()[0].meta.id, "f00000002");
+        assert_eq!(spool.next_batch(1).unwrap()[0].meta.id, "f00000002");
         std::fs::write(dir.path().join("f00000002.entry"), b"ATSPOOL1garbage").unwrap();
-        let got = spool.oldest(3).unwrap();
+        let got = spool.next_batch(3).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(spool.stats().corrupt, 1);
         assert!(dir.path().join("corrupt/f00000002.entry").exists());
