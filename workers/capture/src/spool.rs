@@ -307,11 +307,23 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `n` entries to label next: the drift samples first, then the oldest others, each
-    /// in time order; unreadable ones are set aside and counted.
+    /// Up to `n` entries to label next, each kind in time order: the drift samples first, but
+    /// no more than half of the batch while other entries wait, so that an annotator that cannot
+    /// keep up still labels training frames; unreadable ones are set aside and counted.
     pub fn next_batch(&mut self, n: usize) -> Result<Vec<Entry>, SpoolError> {
-        let others = self.entries.keys().filter(|id| !self.drift.contains(*id));
-        let ids: Vec<String> = self.drift.iter().chain(others).take(n).cloned().collect();
+        let drift: Vec<&String> = self.drift.iter().take(n).collect();
+        let others: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|id| !self.drift.contains(*id))
+            .take(n)
+            .collect();
+        let from_drift = drift.len().min(n.div_ceil(2).max(n - others.len()));
+        let ids: Vec<String> = drift[..from_drift]
+            .iter()
+            .chain(&others[..others.len().min(n - from_drift)])
+            .map(|id| (*id).clone())
+            .collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let path = self.path(&id);
@@ -490,9 +502,17 @@ mod tests {
             spool.push(&drift_entry(id)).unwrap();
         }
         assert_eq!(spool.stats().superseded, 0);
+        // Half of a batch at most while others wait; the whole of it once none do.
         assert_eq!(
             ids(spool.next_batch(4).unwrap()),
-            ["f00000003", "f00000005", "f00000007", "f00000001"]
+            ["f00000003", "f00000005", "f00000001", "f00000002"]
+        );
+        for id in ["f00000001", "f00000002", "f00000004"] {
+            spool.remove(id).unwrap();
+        }
+        assert_eq!(
+            ids(spool.next_batch(4).unwrap()),
+            ["f00000003", "f00000005", "f00000007"]
         );
     }
 
