@@ -95,6 +95,7 @@ impl Waiting {
         samples: usize::MAX,
     };
 }
+
 /// A header names an id, times and a few crops: anything larger is damage.
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -378,33 +379,32 @@ fn bad(what: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// The header at the start of `bytes`, and where the pictures begin.
-fn parse_header(bytes: &[u8]) -> std::io::Result<(Header, usize)> {
-    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+/// The header's length from an entry's first 12 bytes (magic, then a little-endian u32).
+fn header_len(start: &[u8]) -> std::io::Result<usize> {
+    if start.len() < 12 || &start[..8] != MAGIC {
         return Err(bad("not a spool entry"));
     }
-    let header_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-    let header: Header =
-        serde_json::from_slice(bytes.get(12..12 + header_len).ok_or_else(|| bad("truncated"))?)
-            .map_err(|e| bad(&e.to_string()))?;
-    Ok((header, 12 + header_len))
+    let len = u32::from_le_bytes(start[8..12].try_into().expect("4 bytes")) as usize;
+    if len > MAX_HEADER_BYTES {
+        return Err(bad("header too large"));
+    }
+    Ok(len)
+}
+
+/// The header at the start of `bytes`, and where the pictures begin.
+fn parse_header(bytes: &[u8]) -> std::io::Result<(Header, usize)> {
+    let end = 12 + header_len(bytes)?;
+    let header: Header = serde_json::from_slice(bytes.get(12..end).ok_or_else(|| bad("truncated"))?)
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok((header, end))
 }
 
 /// An entry's header alone, without reading its pictures.
 fn read_header(path: &Path) -> std::io::Result<Header> {
     let mut file = File::open(path)?;
-    let mut start = [0u8; 12];
-    file.read_exact(&mut start)?;
-    let header_len = if &start[..8] == MAGIC {
-        u32::from_le_bytes(start[8..12].try_into().expect("4 bytes")) as usize
-    } else {
-        return Err(bad("not a spool entry"));
-    };
-    if header_len > MAX_HEADER_BYTES {
-        return Err(bad("header too large"));
-    }
-    let mut bytes = start.to_vec();
-    bytes.resize(12 + header_len, 0);
+    let mut bytes = vec![0u8; 12];
+    file.read_exact(&mut bytes)?;
+    bytes.resize(12 + header_len(&bytes)?, 0);
     file.read_exact(&mut bytes[12..])?;
     parse_header(&bytes).map(|(header, _)| header)
 }
