@@ -115,7 +115,7 @@ struct Args {
     #[arg(long)]
     model: Option<String>,
     /// How to read the model's outputs: ssdRaw, yolo or tfObjectDetection.
-    #[arg(long, default_value = "ssdRaw", value_parser = parse_family)]
+    #[arg(long, default_value = "ssdRaw", value_parser = str::parse::<Family>)]
     model_family: Family,
     /// ONNX Runtime's shared library (libonnxruntime.so.<version>), for the student.
     #[arg(long, env = contract::ENV_ONNXRUNTIME)]
@@ -145,17 +145,6 @@ struct Args {
     mqtt_qos: u8,
     #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
-}
-
-fn parse_family(s: &str) -> Result<Family, String> {
-    match s {
-        "ssdRaw" => Ok(Family::SsdRaw),
-        "yolo" => Ok(Family::Yolo),
-        "tfObjectDetection" => Ok(Family::SsdPostprocessed),
-        other => Err(format!(
-            "unknown model family {other:?} (ssdRaw, yolo, tfObjectDetection)"
-        )),
-    }
 }
 
 /// The edge's settings from the flags (a cluster's spec overrides them).

@@ -9,49 +9,17 @@ use anyhow::Context;
 use autotuner_capture::picture;
 use autotuner_capture::source::{Source, SourceConfig};
 use autotuner_detect::eval::{self, Evaluation, GroundTruth, ImageDetection};
+use autotuner_detect::truth::Truth;
 use autotuner_detect::{
     BBox, DetectOptions, Detection, Detector, DevicePreference, Family, RgbImage, Runtime,
 };
 use autotuner_vision::Rect;
 use serde_json::{Value, json};
 
-/// Ground-truth boxes by frame (1-based), MOTChallenge's `gt.txt`: frame, id, x, y, w, h, flag,
-/// ...; flag 0 marks a region to ignore. Every box is a person (MOT's sequences).
-#[derive(Debug, Clone)]
-pub struct MotTruth {
-    pub boxes: Vec<(u64, BBox, bool)>,
-}
-
-pub fn read_mot(path: &Path) -> anyhow::Result<MotTruth> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut boxes = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let f: Vec<f64> = line
-            .split(',')
-            .map(|v| v.trim().parse::<f64>())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}:{}: not a MOT line", path.display(), n + 1))?;
-        anyhow::ensure!(f.len() >= 7, "{}:{}: fewer than 7 fields", path.display(), n + 1);
-        let b = BBox::xywh(f[2] as f32, f[3] as f32, f[4] as f32, f[5] as f32);
-        boxes.push((f[0] as u64, b, f[6] == 0.0));
-    }
-    Ok(MotTruth { boxes })
-}
-
-impl MotTruth {
-    fn of_frame(&self, frame: u64, width: f32, height: f32) -> impl Iterator<Item = (BBox, bool)> + '_ {
-        self.boxes
-            .iter()
-            .filter(move |(f, _, _)| *f == frame)
-            .map(move |(_, b, crowd)| (b.clip(width, height), *crowd))
-            .filter(|(b, _)| b.area() > 0.0)
-    }
-}
-
 /// Of the ground-truth boxes (not ignore regions) in the dataset's frames, the share with at least
 /// half its area inside the crops the teacher saw (the complement of the ignore boxes written for
 /// what it did not see). `None` when no frame has ground truth.
-pub fn coverage(dataset: &Path, truth: &MotTruth) -> anyhow::Result<Option<f64>> {
+pub fn coverage(dataset: &Path, truth: &Truth) -> anyhow::Result<Option<f64>> {
     let (mut covered, mut total) = (0usize, 0usize);
     for split in ["train", "eval"] {
         let path = dataset.join(split).join("annotations.json");
@@ -65,10 +33,6 @@ pub fn coverage(dataset: &Path, truth: &MotTruth) -> anyhow::Result<Option<f64>>
                 .and_then(|s| s.strip_prefix('f'))
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(u64::MAX);
-            let (w, h) = (
-                image["width"].as_f64().unwrap_or(0.0) as f32,
-                image["height"].as_f64().unwrap_or(0.0) as f32,
-            );
             let unseen: Vec<BBox> = coco["annotations"]
                 .as_array()
                 .into_iter()
@@ -83,10 +47,8 @@ pub fn coverage(dataset: &Path, truth: &MotTruth) -> anyhow::Result<Option<f64>>
                     Some(BBox::xywh(b[0], b[1], b[2], b[3]))
                 })
                 .collect();
-            for (b, crowd) in truth.of_frame(frame_index + 1, w, h) {
-                if crowd {
-                    continue;
-                }
+            for b in truth.frame(frame_index).iter().filter(|b| !b.ignore) {
+                let b = b.bbox;
                 total += 1;
                 let outside: f32 = unseen.iter().map(|u| b.intersection(u)).sum();
                 if outside <= b.area() / 2.0 {
@@ -110,18 +72,12 @@ pub struct HeldOut<'a> {
     pub teacher: &'a Mutex<Detector>,
     pub classes: &'a [u32],
     pub teacher_min_score: f32,
-    pub ground_truth: Option<&'a MotTruth>,
+    pub ground_truth: Option<&'a Truth>,
     pub pictures: &'a Path,
 }
 
 fn scored(e: &Evaluation) -> Value {
-    json!({
-        "ap": e.ap, "ap50": e.ap50, "ap75": e.ap75,
-        "perClass": e.per_class.iter().map(|c| json!({
-            "class": autotuner_detect::labels::name(c.class_id), "groundTruth": c.ground_truth,
-            "ap": c.ap, "ap50": c.ap50, "ap75": c.ap75,
-        })).collect::<Vec<_>>(),
-    })
+    crate::evaluate::scores_json(e)
 }
 
 fn gain(before: &Evaluation, after: &Evaluation) -> Option<f64> {
@@ -138,12 +94,12 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
     let (mut images, mut truth, mut pseudo) = (Vec::new(), Vec::new(), Vec::new());
     let (mut before, mut after, mut by_teacher) = (Vec::new(), Vec::new(), Vec::new());
     let evaluated = (h.last - h.first).div_ceil(h.step);
-    let drawn: Vec<usize> = (1..=3).map(|k| evaluated as usize * k / 4).collect();
+    let typical = evaluated as usize / 2;
+    let mut examples = Examples::default();
     let mut rgb = Vec::new();
     let mut progress = autotuner_trainer::train::Progress::new();
     let mut done = 0usize;
     std::fs::create_dir_all(h.pictures.join("pictures"))?;
-    let mut pictures: Vec<Value> = Vec::new();
     while let Some(frame) = source.next_frame() {
         let index = frame.index;
         if index >= h.last {
@@ -172,14 +128,7 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
             });
         }
         if let Some(gt) = h.ground_truth {
-            for (bbox, crowd) in gt.of_frame(id, w as f32, hgt as f32) {
-                truth.push(GroundTruth {
-                    image_id: id,
-                    class_id: 1,
-                    bbox,
-                    crowd,
-                });
-            }
+            truth.extend(gt.ground_truth(index, h.classes));
         }
         let tag = |list: &mut Vec<ImageDetection>, found: &[Detection]| {
             list.extend(found.iter().map(|&detection| ImageDetection {
@@ -190,9 +139,18 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
         tag(&mut before, &found_before);
         tag(&mut after, &found_after);
         tag(&mut by_teacher, &found_teacher);
-        if drawn.contains(&done) {
-            pictures.push(draw(h.pictures, id, &rgb, w, hgt, &found_before, &found_after)?);
-        }
+        // What tuning fixed and what it broke, judged on this frame against the ground truth
+        // when it covers the frame, else against the teacher's labels.
+        let reference: Vec<GroundTruth> = match h.ground_truth {
+            Some(gt) if gt.covers(index) => gt.ground_truth(index, h.classes),
+            _ => pseudo.iter().filter(|g| g.image_id == id).copied().collect(),
+        };
+        let frame = Judged {
+            frame: id,
+            before: FrameErrors::of(&reference, &found_before),
+            after: FrameErrors::of(&reference, &found_after),
+        };
+        examples.offer(frame, done == typical, &rgb, (w, hgt));
         done += 1;
         progress.update("held-out evaluation", done, evaluated as usize, "");
     }
@@ -201,6 +159,7 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
         return Err(e).context("read the held-out frames");
     }
     anyhow::ensure!(!images.is_empty(), "no held-out frame was decoded");
+    let pictures = examples.draw(h.pictures)?;
     let teacher_view =
         |detections: &[ImageDetection]| eval::evaluate(&images, h.classes, &pseudo, detections);
     let (b, a) = (teacher_view(&before), teacher_view(&after));
@@ -213,7 +172,17 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
         "pictures": pictures,
     });
     if h.ground_truth.is_some() {
-        let gt_view = |detections: &[ImageDetection]| eval::evaluate(&images, &[1], &truth, detections);
+        // Only the frames the ground truth covers (a COCO or YOLO ground truth may list a few).
+        let covered: Vec<u64> = images
+            .iter()
+            .copied()
+            .filter(|&id| h.ground_truth.is_some_and(|gt| gt.covers(id - 1)))
+            .collect();
+        anyhow::ensure!(
+            !covered.is_empty(),
+            "the ground truth covers none of the held-out frames"
+        );
+        let gt_view = |detections: &[ImageDetection]| eval::evaluate(&covered, h.classes, &truth, detections);
         let (b, a, t) = (gt_view(&before), gt_view(&after), gt_view(&by_teacher));
         let gap_closed = match (b.ap50, a.ap50, t.ap50) {
             (Some(b), Some(a), Some(t)) if t > b => Some((a - b) / (t - b)),
@@ -227,48 +196,145 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
     Ok(out)
 }
 
-/// Draws the detections (score >= 0.5) of both students on a frame; returns the pictures' names.
-fn draw(
-    dir: &Path,
-    id: u64,
-    rgb: &[u8],
-    width: usize,
-    height: usize,
-    before: &[Detection],
-    after: &[Detection],
-) -> anyhow::Result<Value> {
-    let mut names = Vec::new();
-    for (kind, found, colour) in [
-        ("before", before, [230u8, 60, 40]),
-        ("after", after, [40u8, 200, 60]),
-    ] {
-        let mut img =
-            image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).context("frame buffer")?;
-        for d in found.iter().filter(|d| d.score >= 0.5) {
-            let b = d.bbox.clip(width as f32, height as f32);
-            let (x0, y0, x1, y1) = (
-                b.x0 as u32,
-                b.y0 as u32,
-                (b.x1 as u32).min(width as u32 - 1),
-                (b.y1 as u32).min(height as u32 - 1),
-            );
-            for t in 0..2u32 {
-                for x in x0..=x1 {
-                    img.put_pixel(x, (y0 + t).min(y1), image::Rgb(colour));
-                    img.put_pixel(x, y1.saturating_sub(t).max(y0), image::Rgb(colour));
-                }
-                for y in y0..=y1 {
-                    img.put_pixel((x0 + t).min(x1), y, image::Rgb(colour));
-                    img.put_pixel(x1.saturating_sub(t).max(x0), y, image::Rgb(colour));
-                }
+/// Detections at a working threshold (score >= 0.5) matched to a frame's reference boxes at IoU
+/// 0.5, greedily by score as COCO does: hits, false boxes and missed objects. Detections mostly
+/// inside an ignore region are none of these.
+#[derive(Debug, Clone, Default)]
+struct FrameErrors {
+    hits: Vec<BBox>,
+    false_boxes: Vec<BBox>,
+    missed: Vec<BBox>,
+}
+
+impl FrameErrors {
+    fn of(reference: &[GroundTruth], found: &[Detection]) -> Self {
+        let mut found: Vec<&Detection> = found.iter().filter(|d| d.score >= 0.5).collect();
+        found.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut taken = vec![false; reference.len()];
+        let mut out = Self::default();
+        for d in found {
+            let best = reference
+                .iter()
+                .enumerate()
+                .filter(|(i, g)| !taken[*i] && !g.crowd && g.class_id == d.class_id)
+                .map(|(i, g)| (i, g.bbox.iou(&d.bbox)))
+                .filter(|&(_, iou)| iou >= 0.5)
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((i, _)) = best {
+                taken[i] = true;
+                out.hits.push(d.bbox);
+            } else if !reference
+                .iter()
+                .any(|g| g.crowd && g.bbox.intersection(&d.bbox) >= 0.5 * d.bbox.area())
+            {
+                out.false_boxes.push(d.bbox);
             }
         }
-        let name = format!("pictures/frame-{id:06}-{kind}.png");
-        img.save(dir.join(&name))
-            .with_context(|| format!("write {name}"))?;
-        names.push(name);
+        out.missed = reference
+            .iter()
+            .zip(&taken)
+            .filter(|(g, taken)| !g.crowd && !**taken)
+            .map(|(g, _)| g.bbox)
+            .collect();
+        out
     }
-    Ok(json!({"frame": id, "before": names[0], "after": names[1],
-        "detectionsBefore": before.iter().filter(|d| d.score >= 0.5).count(),
-        "detectionsAfter": after.iter().filter(|d| d.score >= 0.5).count()}))
+
+    fn errors(&self) -> usize {
+        self.false_boxes.len() + self.missed.len()
+    }
+}
+
+#[derive(Clone)]
+struct Judged {
+    frame: u64,
+    before: FrameErrors,
+    after: FrameErrors,
+}
+
+impl Judged {
+    /// Errors tuning removed from this frame (negative: added).
+    fn fixed(&self) -> i64 {
+        self.before.errors() as i64 - self.after.errors() as i64
+    }
+}
+
+/// The held-out frames worth looking at, kept while the frames stream by: the one tuning fixed
+/// most, the one it broke most, and one from the middle.
+#[derive(Default)]
+struct Examples {
+    fixed: Option<(Judged, Vec<u8>)>,
+    broke: Option<(Judged, Vec<u8>)>,
+    typical: Option<(Judged, Vec<u8>)>,
+    size: (usize, usize),
+}
+
+impl Examples {
+    fn offer(&mut self, frame: Judged, typical: bool, rgb: &[u8], size: (usize, usize)) {
+        self.size = size;
+        let delta = frame.fixed();
+        if delta > 0 && self.fixed.as_ref().is_none_or(|(f, _)| delta > f.fixed()) {
+            self.fixed = Some((frame.clone(), rgb.to_vec()));
+        }
+        if delta < 0 && self.broke.as_ref().is_none_or(|(f, _)| delta < f.fixed()) {
+            self.broke = Some((frame.clone(), rgb.to_vec()));
+        }
+        if typical {
+            self.typical = Some((frame, rgb.to_vec()));
+        }
+    }
+
+    /// Writes each kept frame twice (off-the-shelf, tuned) with hits green, false boxes red and
+    /// missed objects yellow; returns what the report shows.
+    fn draw(self, dir: &Path) -> anyhow::Result<Vec<Value>> {
+        let (width, height) = self.size;
+        let mut out = Vec::new();
+        for (kind, kept) in [
+            ("fixed", self.fixed),
+            ("broke", self.broke),
+            ("typical", self.typical),
+        ] {
+            let Some((judged, rgb)) = kept else { continue };
+            let mut names = Vec::new();
+            for (side, errors) in [("before", &judged.before), ("after", &judged.after)] {
+                let mut img = image::RgbImage::from_raw(width as u32, height as u32, rgb.clone())
+                    .context("frame buffer")?;
+                let corners =
+                    |boxes: &[BBox]| boxes.iter().map(|b| [b.x0, b.y0, b.x1, b.y1]).collect::<Vec<_>>();
+                crate::video_out::draw_boxes(
+                    &mut img,
+                    width,
+                    height,
+                    corners(&errors.missed),
+                    [250, 210, 20],
+                    2,
+                );
+                crate::video_out::draw_boxes(
+                    &mut img,
+                    width,
+                    height,
+                    corners(&errors.hits),
+                    [40, 200, 60],
+                    2,
+                );
+                crate::video_out::draw_boxes(
+                    &mut img,
+                    width,
+                    height,
+                    corners(&errors.false_boxes),
+                    [230, 40, 40],
+                    2,
+                );
+                let name = format!("pictures/frame-{:06}-{side}.png", judged.frame);
+                img.save(dir.join(&name))
+                    .with_context(|| format!("write {name}"))?;
+                names.push(name);
+            }
+            let counts = |e: &FrameErrors| json!({"hits": e.hits.len(), "falseBoxes": e.false_boxes.len(), "missed": e.missed.len()});
+            out.push(json!({
+                "kind": kind, "frame": judged.frame, "before": names[0], "after": names[1],
+                "errorsBefore": counts(&judged.before), "errorsAfter": counts(&judged.after),
+            }));
+        }
+        Ok(out)
+    }
 }

@@ -50,15 +50,76 @@ fn comparison(title: &str, r: &Value) -> String {
                 .map_or("n/a".into(), |x| format!("{:.1}%", x * 100.0))
         )
     };
+    let curves = pr_curves(r);
     format!(
         "<h2>{}</h2><table><tr><th>class</th><th>objects</th><th>AP before</th><th>AP after</th><th>AP@0.5 before</th><th>AP@0.5 after</th></tr>{rows}\
-         <tr><th>mean</th><td></td><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></table><p>AP change: <b>{}</b>.</p>{teacher}",
+         <tr><th>mean</th><td></td><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></table><p>AP change: <b>{}</b>.</p>{teacher}{curves}",
         esc(title),
         num(&r["offTheShelf"]["ap"], 3),
         num(&r["tuned"]["ap"], 3),
         num(&r["offTheShelf"]["ap50"], 3),
         num(&r["tuned"]["ap50"], 3),
         pct(&r["apRelativeGain"])
+    )
+}
+
+/// Precision against recall at IoU 0.5 per class, before (red), after (green) and, against the
+/// ground truth, the teacher (grey), as inline SVGs.
+fn pr_curves(r: &Value) -> String {
+    let (w, h, pad) = (360.0, 220.0, 32.0);
+    let mut out = String::new();
+    let curves = |who: &str| r[who]["pr50"].as_array().cloned().unwrap_or_default();
+    for (k, before) in curves("offTheShelf").iter().enumerate() {
+        let class = before["class"].as_str().unwrap_or("?");
+        let line = |curve: &Value, colour: &str| {
+            let points: Vec<String> = curve["precision"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    let p = p.as_f64()?;
+                    // Past the highest recall reached the curve is 0: stop there.
+                    (p > 0.0).then(|| {
+                        format!(
+                            "{:.1},{:.1}",
+                            pad + i as f64 / 100.0 * (w - 2.0 * pad),
+                            h - pad - p * (h - 2.0 * pad)
+                        )
+                    })
+                })
+                .collect();
+            format!(
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+                points.join(" ")
+            )
+        };
+        let teacher = curves("teacher")
+            .get(k)
+            .map_or(String::new(), |t| line(t, "#999"));
+        let after = curves("tuned").get(k).map_or(String::new(), |a| line(a, "#393"));
+        out += &format!(
+            "<svg width=\"{w}\" height=\"{h}\" style=\"border:1px solid #ccc;margin-right:8px\"><title>{class}</title>\
+             <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#000\"/><line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#000\"/>\
+             {teacher}{}{after}<text x=\"{pad}\" y=\"20\">{class}: precision vs recall, IoU 0.5</text>\
+             <text x=\"{x1}\" y=\"{yl}\" text-anchor=\"end\">recall 1</text><text x=\"4\" y=\"{pad}\">1</text></svg>",
+            line(before, "#c33"),
+            class = esc(class),
+            y0 = h - pad,
+            x1 = w - pad,
+            yl = h - 8.0,
+        );
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "<p>{out}</p><p>Off-the-shelf <span style=\"color:#c33\">red</span>, tuned <span style=\"color:#393\">green</span>{}.</p>",
+        if r["teacher"].is_null() {
+            ""
+        } else {
+            ", teacher <span style=\"color:#999\">grey</span>"
+        }
     )
 }
 
@@ -106,15 +167,43 @@ pub fn render(r: &Value) -> String {
     let t = &r["training"];
     let mut pictures = String::new();
     for p in r["heldOut"]["pictures"].as_array().into_iter().flatten() {
+        let what = match p["kind"].as_str() {
+            Some("fixed") => "the frame tuning fixed most",
+            Some("broke") => "the frame tuning broke most",
+            _ => "a frame from the middle",
+        };
+        let counts = |e: &Value| {
+            format!(
+                "{} hits, {} false, {} missed",
+                e["hits"], e["falseBoxes"], e["missed"]
+            )
+        };
         pictures += &format!(
-            "<figure><img src=\"{}\" width=\"384\"><img src=\"{}\" width=\"384\"><figcaption>frame {}: off-the-shelf ({} detections, red) and tuned ({} detections, green), score &ge; 0.5</figcaption></figure>",
+            "<figure><img src=\"{}\" width=\"384\"><img src=\"{}\" width=\"384\"><figcaption>Frame {}, {what}: off-the-shelf ({}) and tuned ({})</figcaption></figure>",
             esc(p["before"].as_str().unwrap_or("")),
             esc(p["after"].as_str().unwrap_or("")),
             p["frame"],
-            p["detectionsBefore"],
-            p["detectionsAfter"]
+            counts(&p["errorsBefore"]),
+            counts(&p["errorsAfter"]),
         );
     }
+    if !pictures.is_empty() {
+        pictures = format!(
+            "<p>Detections with score &ge; 0.5 matched at IoU 0.5 to the ground truth (or, where there is none, the teacher's labels): \
+             <span style=\"color:#393\">green</span> found, <span style=\"color:#c33\">red</span> false, \
+             <span style=\"color:#b90\">yellow</span> missed.</p>{pictures}"
+        );
+    }
+    let stages = &r["stages"];
+    let stage_rows: String = ["capture", "training", "heldOut"]
+        .iter()
+        .zip([
+            "capture (motion, crops, teacher labels)",
+            "fine-tune",
+            "held-out evaluation",
+        ])
+        .map(|(key, name)| format!("<tr><th>{name}</th><td>{} s</td></tr>", num(&stages[*key], 0)))
+        .collect();
     let coverage = m["groundTruthCoverage"]
         .as_f64()
         .map_or("no ground truth".into(), |c| format!("{:.1}%", c * 100.0));
@@ -130,7 +219,7 @@ pub fn render(r: &Value) -> String {
          <tr><th>every decoded frame whole (estimate)</th><td>{}x more</td></tr><tr><th>ground-truth boxes inside the crops</th><td>{}</td></tr>\
          <tr><th>dataset: train / eval images</th><td>{} / {}</td></tr></table>\
          <h2>Training</h2><p>{} layers, {} epochs requested, exported epoch {}; {:.0} s.</p>{}\
-         <h2>Before and after</h2>{}<p>Run time: {:.0} s. Figures: <code>report.json</code>; the trainer's report: <code>training/report.json</code>.</p></body></html>",
+         <h2>Before and after</h2>{}<h2>Time per stage</h2><table>{stage_rows}</table><p>Run time: {:.0} s. Figures: <code>report.json</code>; the trainer's report: <code>training/report.json</code>.</p></body></html>",
         esc(r["video"].as_str().unwrap_or("")),
         r["frames"]["tuning"][0],
         r["frames"]["tuning"][1],

@@ -2,10 +2,17 @@
 //! no cluster: the capture pipeline over the first part of a video with the teacher in this
 //! process (or at a URL), the dataset, the fine-tune, and the evaluation of the off-the-shelf and
 //! the tuned student on the held-out rest of the video; then a report (JSON and HTML).
+//! `autotuner detect` runs a model over footage, `autotuner eval` scores detections or a model
+//! against ground truth, `autotuner serve` serves a student's detections as the edge does.
 
+mod detect;
+mod evaluate;
+mod footage;
+mod footage_args;
 mod heldout;
 mod html;
 mod serve;
+mod video_out;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +25,7 @@ use autotuner_api::contract::defaults;
 use autotuner_capture::dataset::DatasetConfig;
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::select::Sampling;
-use autotuner_capture::source::{Source, SourceConfig};
+use autotuner_capture::source::SourceConfig;
 use autotuner_capture::teacher::Teacher;
 use autotuner_capture::{CaptureConfig, CaptureSummary};
 use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, Runtime};
@@ -40,6 +47,11 @@ struct Cli {
 enum Command {
     /// Tune the student on the first part of a video and evaluate it on the rest.
     Tune(TuneArgs),
+    /// Run a model over a video, a stream or a folder of images: detections as COCO JSON or
+    /// CSV, and an annotated MP4.
+    Detect(detect::DetectArgs),
+    /// Score detections, or a model, against ground truth (COCO JSON, MOTChallenge, YOLO).
+    Eval(evaluate::EvalArgs),
     /// Run a student on a video or stream and serve its detections like the camera's node
     /// does: metrics, JSON, Server-Sent Events, MQTT.
     Serve(serve::ServeArgs),
@@ -51,9 +63,10 @@ struct TuneArgs {
     /// (PETS09-S2L1) from the assets step.
     #[arg(long)]
     video: Option<String>,
-    /// MOTChallenge gt.txt of the video: the held-out part is then also scored against it.
-    #[arg(long)]
-    ground_truth: Option<PathBuf>,
+    /// Ground truth of the video (COCO JSON, MOTChallenge gt.txt or YOLO labels): the held-out
+    /// part is then also scored against it.
+    #[command(flatten)]
+    truth: footage_args::TruthArgs,
     /// Where the dataset, the training run and the report go.
     #[arg(long, default_value = "autotuner-tune")]
     output: PathBuf,
@@ -116,6 +129,34 @@ fn main() -> ExitCode {
         .init();
     let args = match Cli::parse().command {
         Command::Tune(args) => args,
+        Command::Detect(args) => {
+            return match detect::detect(&args) {
+                Ok(done) => {
+                    eprintln!(
+                        "autotuner detect: {} detections in {} frames{}",
+                        done.detections,
+                        done.frames,
+                        done.annotated_codec
+                            .map_or(String::new(), |c| format!(", annotated video in {c}"))
+                    );
+                    println!("{}", done.output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("autotuner detect: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Eval(args) => {
+            return match evaluate::run(&args) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("autotuner eval: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
             return match runtime.block_on(serve::serve(args)) {
@@ -140,24 +181,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Counts a video's frames by decoding it (container frame counts are often missing or wrong),
-/// and finds the stream time of each frame, for splitting by time.
-fn count_frames(video: &str, limit: Option<u64>) -> anyhow::Result<(u64, Vec<i64>)> {
-    let source = Source::start(SourceConfig::new(video)).context("open the video")?;
-    let mut times = Vec::new();
-    while let Some(frame) = source.next_frame() {
-        times.push(frame.pts_ms.unwrap_or(frame.index as i64 * 40));
-        source.recycle(frame);
-        if limit.is_some_and(|l| times.len() as u64 >= l) {
-            break;
-        }
-    }
-    if let Some(e) = source.take_error() {
-        return Err(e).context("read the video");
-    }
-    Ok((times.len() as u64, times))
 }
 
 fn stage(text: &str) {
@@ -213,13 +236,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "--tune-fraction must be between 0 and 1, got {}",
         args.tune_fraction
     );
-    let class_ids = autotuner_detect::labels::ids(&args.classes).map_err(anyhow::Error::msg)?;
-    let ground_truth = args
-        .ground_truth
-        .as_deref()
-        .map(heldout::read_mot)
-        .transpose()
-        .context("read the ground truth")?;
+    let class_ids = footage_args::class_ids(&args.classes)?;
     std::fs::create_dir_all(&args.output).with_context(|| format!("create {}", args.output.display()))?;
     let output = args.output.canonicalize()?;
     let dataset_dir = output.join("dataset");
@@ -232,7 +249,9 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "counting the frames of {}",
         autotuner_capture::source::redact(&video)
     ));
-    let (total, times) = count_frames(&video, args.max_frames)?;
+    let probe = footage::Footage::Video(video.clone()).probe(args.max_frames)?;
+    let ground_truth = args.truth.read(&probe).context("the ground truth")?;
+    let (total, times) = (probe.frames(), probe.times_ms);
     let split = args
         .tune_frames
         .unwrap_or((total as f64 * args.tune_fraction).round() as u64)
@@ -394,6 +413,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "evaluation on the held-out frames {}-{total}",
         split + 1
     ));
+    let held_out_started = Instant::now();
     let held_out = heldout::evaluate(&heldout::HeldOut {
         video: &video,
         first: split,
@@ -411,13 +431,18 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
 
     let report = json!({
         "video": autotuner_capture::source::redact(&video),
-        "groundTruth": args.ground_truth.as_ref().map(|p| p.display().to_string()),
+        "groundTruth": args.truth.ground_truth.as_ref().map(|p| p.display().to_string()),
         "classes": args.classes,
         "teacherMinScore": args.min_score,
         "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
         "motion": motion,
         "training": training_summary(&training),
         "heldOut": held_out,
+        "stages": {
+            "capture": motion.seconds,
+            "training": training.timing.total_seconds,
+            "heldOut": held_out_started.elapsed().as_secs_f64(),
+        },
         "seconds": started.elapsed().as_secs_f64(),
     });
     let json_path = output.join("report.json");

@@ -86,17 +86,96 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     let teacher_view = &r["heldOut"]["againstTeacher"];
     unit(&teacher_view["tuned"]["ap"]);
 
+    // Precision-recall curves at IoU 0.5: 101 recall points, precision non-increasing.
+    for who in ["offTheShelf", "tuned", "teacher"] {
+        let curve = gt[who]["pr50"][0]["precision"].as_array().unwrap();
+        assert_eq!(curve.len(), 101);
+        let p: Vec<f64> = curve.iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(
+            p.windows(2).all(|w| w[0] >= w[1]),
+            "interpolated precision: {p:?}"
+        );
+        assert!(p[0] > 0.5, "{who} starts precise: {}", p[0]);
+    }
+
+    // Example frames: what tuning fixed most and broke most (when it did), and one from the
+    // middle, drawn before and after with hits, false boxes and misses marked.
     let pictures = r["heldOut"]["pictures"].as_array().unwrap();
-    assert_eq!(pictures.len(), 3);
+    assert!(pictures.iter().any(|p| p["kind"] == "typical"), "{pictures:?}");
     for p in pictures {
         for side in ["before", "after"] {
             let path = dir.path().join(p[side].as_str().unwrap());
             let (w, h) = image::image_dimensions(&path).unwrap();
             assert_eq!((w, h), (768, 576));
         }
+        // The same objects are judged before and after: found + missed is the frame's count.
+        let objects = |e: &Value| e["hits"].as_u64().unwrap() + e["missed"].as_u64().unwrap();
+        assert_eq!(objects(&p["errorsBefore"]), objects(&p["errorsAfter"]), "{p}");
+        let errors = |e: &Value| e["falseBoxes"].as_u64().unwrap() + e["missed"].as_u64().unwrap();
+        match p["kind"].as_str().unwrap() {
+            "fixed" => assert!(errors(&p["errorsAfter"]) < errors(&p["errorsBefore"]), "{p}"),
+            "broke" => assert!(errors(&p["errorsAfter"]) > errors(&p["errorsBefore"]), "{p}"),
+            _ => {}
+        }
+    }
+    let stages = &r["stages"];
+    for stage in ["capture", "training", "heldOut"] {
+        assert!(stages[stage].as_f64().unwrap() > 0.0, "{stages}");
     }
     let page = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(page.contains("Tuning report") && page.contains("<svg") && page.contains("pictures/frame-"));
+    assert!(
+        page.contains("precision vs recall") && page.contains("Time per stage"),
+        "{page}"
+    );
+
+    // As a person sees it: rendered by a real browser, the curves and the example frames show.
+    let shot = screenshot(&dir.path().join("report.html"), &dir.path().join("report.png"));
+    let near = |want: [u8; 3]| {
+        shot.pixels()
+            .filter(|p| p.0.iter().zip(want).all(|(&c, w)| c.abs_diff(w) < 40))
+            .count()
+    };
+    assert!(
+        near([204, 51, 51]) > 200 && near([51, 153, 51]) > 200,
+        "the red and green curves are drawn"
+    );
+    let pictured = shot.pixels().filter(|p| p.0.iter().all(|&c| c < 200)).count();
+    assert!(
+        pictured > (shot.width() * shot.height()) as usize / 20,
+        "the example frames load: {pictured} dark pixels"
+    );
+}
+
+/// Renders `page` with headless Chromium (Debian's `chromium-headless-shell`, installed by
+/// `scripts/setup --tests`) in a network namespace of its own, so it reaches nothing, not even a
+/// resolver; returns the screenshot.
+fn screenshot(page: &std::path::Path, png: &std::path::Path) -> image::RgbImage {
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "unshare",
+            "--net",
+            "chromium-headless-shell",
+            "--no-sandbox",
+            "--headless",
+            "--disable-gpu",
+        ])
+        .args([
+            "--hide-scrollbars",
+            "--window-size=1000,3200",
+            "--allow-file-access-from-files",
+        ])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium-headless-shell (scripts/setup --tests installs it)");
+    assert!(
+        png.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image::open(png).unwrap().into_rgb8()
 }
 
 #[test]

@@ -30,6 +30,21 @@ pub enum Family {
     SsdPostprocessed,
 }
 
+impl std::str::FromStr for Family {
+    type Err = String;
+    /// The CameraTuning API's names (`ssdRaw`, `yolo`, `tfObjectDetection`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ssdRaw" => Ok(Self::SsdRaw),
+            "yolo" => Ok(Self::Yolo),
+            "tfObjectDetection" => Ok(Self::SsdPostprocessed),
+            other => Err(format!(
+                "unknown model family {other:?} (ssdRaw, yolo, tfObjectDetection)"
+            )),
+        }
+    }
+}
+
 /// What a detection call keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectOptions {

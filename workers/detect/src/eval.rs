@@ -40,6 +40,9 @@ pub struct Evaluation {
     pub ap50: Option<f64>,
     pub ap75: Option<f64>,
     pub per_class: Vec<ClassAp>,
+    /// Per class with ground truth: the interpolated precision at IoU 0.5 at the 101 recall
+    /// points 0, 0.01, ..., 1 (0 past the highest recall reached): the precision-recall curve.
+    pub curves50: Vec<(u32, Vec<f64>)>,
 }
 
 const MAX_DETECTIONS: usize = 100;
@@ -170,6 +173,7 @@ pub fn evaluate(
     classes.sort_unstable();
     classes.dedup();
     let mut per_class = Vec::new();
+    let mut curves50 = Vec::new();
     // precision[t][k][r], -1 where a class has no ground truth (pycocotools' convention).
     let mut precision = vec![vec![[-1.0f64; RECALL_POINTS]; classes.len()]; thresholds.len()];
     for (k, &class) in classes.iter().enumerate() {
@@ -241,6 +245,7 @@ pub fn evaluate(
             let values: Vec<f64> = ts.iter().flat_map(|&t| precision[t][k].iter().copied()).collect();
             values.iter().sum::<f64>() / values.len() as f64
         };
+        curves50.push((class, precision[0][k].to_vec()));
         per_class.push(ClassAp {
             class_id: class,
             ground_truth: counted,
@@ -262,6 +267,7 @@ pub fn evaluate(
         ap50: overall(&[0]),
         ap75: overall(&[5]),
         per_class,
+        curves50,
     }
 }
 
@@ -314,6 +320,13 @@ mod tests {
             &[dt(1, 0.0, 0.9)],
         );
         assert!((e.ap50.unwrap() - 51.0 / 101.0).abs() < 1e-12, "{e:?}");
+        // Its curve: precision 1 up to recall 0.5, nothing past it.
+        let (class, curve) = &e.curves50[0];
+        assert_eq!((*class, curve.len()), (1, 101));
+        assert!(
+            curve[..=50].iter().all(|&p| (p - 1.0).abs() < 1e-9) && curve[51..].iter().all(|&p| p == 0.0),
+            "{curve:?}"
+        );
         // A higher-scored false positive halves the precision at every recall.
         let e = evaluate(
             &[1],

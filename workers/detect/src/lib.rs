@@ -11,6 +11,7 @@ pub mod labels;
 mod network;
 pub mod onnx;
 mod preprocess;
+pub mod truth;
 
 pub use detector::{
     DetectError, DetectOptions, Detector, Device, DevicePreference, Family, LoadOptions, RawOutput, Runtime,
