@@ -295,8 +295,11 @@ async fn require_token(State(state): State<Arc<AppState>>, request: Request, nex
     next.run(request).await
 }
 
+/// Equal without a timing signal of where they differ (`subtle`, the constant-time comparison
+/// rustls itself uses); only the length can show.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -784,4 +787,17 @@ async fn oip_infer(
               "data": found.iter().map(|d| labels::name(d.class_id).unwrap_or("unknown")).collect::<Vec<_>>() },
         ],
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn only_the_same_token_matches() {
+        assert!(constant_time_eq(b"s3cret-token", b"s3cret-token"));
+        assert!(!constant_time_eq(b"s3cret-token", b"s3cret-tokem"), "last byte");
+        assert!(!constant_time_eq(b"s3cret-token", b"s3cret"), "a prefix");
+        assert!(!constant_time_eq(b"", b"s3cret-token"));
+    }
 }

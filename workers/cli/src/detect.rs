@@ -105,46 +105,50 @@ pub fn detect(args: &DetectArgs) -> anyhow::Result<Detected> {
     let (mut frames, mut detections) = (0u64, 0usize);
     let mut canvas = Vec::new();
     let end = args.max_frames.unwrap_or(u64::MAX);
-    footage.for_each(0..end, args.step, |frame| {
-        let image = RgbImage::new(frame.rgb, frame.width, frame.height)?;
-        let found = detector.detect(&[image], &options)?.remove(0);
-        writer.frame(&frame, &found)?;
-        if let Some(path) = &args.annotated {
-            let mp4 = match &mut annotated {
-                Some(mp4) => mp4,
-                None => annotated.insert(Mp4Writer::create(
-                    path,
-                    frame.width as u32,
-                    frame.height as u32,
-                    fps / args.step as f64,
-                )?),
-            };
-            canvas.clear();
-            canvas.extend_from_slice(frame.rgb);
-            for d in &found {
-                let b = d.bbox;
-                draw_boxes(
-                    &mut canvas,
-                    frame.width,
-                    frame.height,
-                    [[b.x0, b.y0, b.x1, b.y1]],
-                    class_colour(d.class_id),
-                    2,
-                );
+    footage.for_each(
+        end,
+        |i| i.is_multiple_of(args.step),
+        |frame| {
+            let image = RgbImage::new(frame.rgb, frame.width, frame.height)?;
+            let found = detector.detect(&[image], &options)?.remove(0);
+            writer.frame(&frame, &found)?;
+            if let Some(path) = &args.annotated {
+                let mp4 = match &mut annotated {
+                    Some(mp4) => mp4,
+                    None => annotated.insert(Mp4Writer::create(
+                        path,
+                        frame.width as u32,
+                        frame.height as u32,
+                        fps / args.step as f64,
+                    )?),
+                };
+                canvas.clear();
+                canvas.extend_from_slice(frame.rgb);
+                for d in &found {
+                    let b = d.bbox;
+                    draw_boxes(
+                        &mut canvas,
+                        frame.width,
+                        frame.height,
+                        [[b.x0, b.y0, b.x1, b.y1]],
+                        class_colour(d.class_id),
+                        2,
+                    );
+                }
+                mp4.push(&canvas)?;
             }
-            mp4.push(&canvas)?;
-        }
-        frames += 1;
-        detections += found.len();
-        let total = total.map_or(0, |t| t.div_ceil(args.step)) as usize;
-        progress.update(
-            "detect",
-            frames as usize,
-            total.max(frames as usize),
-            &format!("{detections} detections"),
-        );
-        Ok(true)
-    })?;
+            frames += 1;
+            detections += found.len();
+            let total = total.map_or(0, |t| t.div_ceil(args.step)) as usize;
+            progress.update(
+                "detect",
+                frames as usize,
+                total.max(frames as usize),
+                &format!("{detections} detections"),
+            );
+            Ok(true)
+        },
+    )?;
     anyhow::ensure!(frames > 0, "{}: no frame was read", footage.describe());
     writer.finish()?;
     let annotated_codec = annotated

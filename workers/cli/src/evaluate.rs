@@ -129,21 +129,22 @@ fn run_model(
     let mut progress = Progress::new();
     let (mut out, mut done) = (Vec::new(), 0usize);
     let end = frames.last().map_or(0, |l| l + 1);
-    footage.for_each(0..end, 1, |frame| {
-        if frames.binary_search(&frame.index).is_err() {
-            return Ok(true);
-        }
-        let image = RgbImage::new(frame.rgb, frame.width, frame.height)?;
-        for detection in detector.detect(&[image], &options)?.remove(0) {
-            out.push(ImageDetection {
-                image_id: frame.index + 1,
-                detection,
-            });
-        }
-        done += 1;
-        progress.update("eval", done, frames.len(), "");
-        Ok(true)
-    })?;
+    footage.for_each(
+        end,
+        |i| frames.binary_search(&i).is_ok(),
+        |frame| {
+            let image = RgbImage::new(frame.rgb, frame.width, frame.height)?;
+            for detection in detector.detect(&[image], &options)?.remove(0) {
+                out.push(ImageDetection {
+                    image_id: frame.index + 1,
+                    detection,
+                });
+            }
+            done += 1;
+            progress.update("eval", done, frames.len(), "");
+            Ok(true)
+        },
+    )?;
     Ok(out)
 }
 

@@ -107,15 +107,15 @@ impl Footage {
         }
     }
 
-    /// Calls `each` with every frame from `first` (0-based) up to `last` (exclusive), every
-    /// `step`th; stops early when `each` returns false.
+    /// Calls `each` with every frame before `end` (0-based) that `wanted` picks, in order; stops
+    /// early when `each` returns false. Frames not picked are decoded (a video is read in order)
+    /// but not converted.
     pub fn for_each(
         &self,
-        range: std::ops::Range<u64>,
-        step: u64,
+        end: u64,
+        wanted: impl Fn(u64) -> bool,
         mut each: impl FnMut(RgbFrame<'_>) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
-        let wanted = |i: u64| range.contains(&i) && (i - range.start).is_multiple_of(step.max(1));
         let mut rgb = Vec::new();
         match self {
             Self::Video(url) => {
@@ -123,7 +123,7 @@ impl Footage {
                     .with_context(|| format!("open {}", self.describe()))?;
                 while let Some(frame) = source.next_frame() {
                     let index = frame.index;
-                    if index >= range.end {
+                    if index >= end {
                         source.recycle(frame);
                         break;
                     }
@@ -152,7 +152,7 @@ impl Footage {
             Self::Images(images) => {
                 for (index, path) in images.iter().enumerate() {
                     let index = index as u64;
-                    if index >= range.end {
+                    if index >= end {
                         break;
                     }
                     if !wanted(index) {
