@@ -221,7 +221,10 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     };
 
     // The capture pod: the operator's environment, with time compressed (2-second split blocks,
-    // one selected frame in 3 a drift sample instead of 1 in 10).
+    // one selected frame in 2 a drift sample instead of 1 in 10). At 120 uploads a minute that is
+    // a new drift sample a second, so a check's 16 samples are all of the new scene about 16 s
+    // (under two checks) after the switch; at 1 in 3 it took 24 s plus the labelling, and a CI
+    // run saw the fourth check still at 0.87.
     let capture_log = std::fs::File::create(dir.path().join("capture.log")).unwrap();
     let _capture = Process(
         capture_in_cluster(&lp.kubeconfig, &ns, NAME, annotator_port, dir.path())
@@ -230,7 +233,7 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
                 "--split-block-seconds",
                 "2",
                 "--drift-every",
-                "3",
+                "2",
                 "--inference-threads",
                 "1",
             ])
