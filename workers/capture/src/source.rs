@@ -122,6 +122,11 @@ fn scheme(url: &str) -> Result<Scheme, SourceError> {
     }
 }
 
+/// Whether `url` names a local file (a path or `file://`), which ends, rather than a stream.
+pub fn is_file(url: &str) -> bool {
+    matches!(scheme(url), Ok(Scheme::File))
+}
+
 /// The URL without user information and without query or fragment (cameras and signed URLs
 /// carry passwords and tokens there), for logs and reports.
 pub fn redact(url: &str) -> String {

@@ -92,7 +92,7 @@ pub fn detect(args: &DetectArgs) -> anyhow::Result<Detected> {
     // A file's length, for the progress bar and to fail on an unreadable one before any work; a
     // stream is not probed (it may not end).
     let (total, fps) = match &footage {
-        Footage::Video(url) if is_stream(url) => (args.max_frames, 25.0),
+        Footage::Video(url) if !autotuner_capture::source::is_file(url) => (args.max_frames, 25.0),
         _ => {
             let probe = footage.probe(args.max_frames)?;
             (Some(probe.frames()), probe.frame_rate())
@@ -161,14 +161,6 @@ pub fn detect(args: &DetectArgs) -> anyhow::Result<Detected> {
         output: args.output.clone(),
         annotated_codec,
     })
-}
-
-fn is_stream(url: &str) -> bool {
-    [
-        "rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "srt://",
-    ]
-    .iter()
-    .any(|scheme| url.starts_with(scheme))
 }
 
 /// A colour per class, far apart for the first few COCO ids.
