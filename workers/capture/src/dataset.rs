@@ -27,6 +27,8 @@ pub enum DatasetError {
     },
     #[error("dataset {path} is not a COCO file this worker wrote: {message}")]
     Format { path: PathBuf, message: String },
+    #[error("dataset: {0}")]
+    Write(#[from] autotuner_store::StoreError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
@@ -315,7 +317,7 @@ impl Dataset {
         }
         let file_name = format!("images/{}.jpg", sample.id);
         let image_path = self.root.join(split.dir()).join(&file_name);
-        write_atomically(&image_path, sample.jpeg)?;
+        autotuner_store::write_atomically(&image_path, sample.jpeg)?;
         let category = |name: &str| self.classes.iter().find(|(_, n)| n == name).map(|(id, _)| *id);
         let first_class = self.classes.first().map_or(1, |(id, _)| *id);
         let mut annotations = Vec::new();
@@ -366,7 +368,7 @@ impl Dataset {
             let file = self.file_mut(split);
             if file.dirty {
                 let bytes = serde_json::to_vec(&file.coco).expect("COCO serialises");
-                write_atomically(&file.path, &bytes)?;
+                autotuner_store::write_atomically(&file.path, &bytes)?;
                 file.dirty = false;
             }
             // A crash before this leaves an image nothing names: harmless, and the next
@@ -388,17 +390,6 @@ impl Dataset {
     pub fn annotations_path(&self, split: Split) -> PathBuf {
         self.file(split).path.clone()
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 #[cfg(test)]

@@ -6,15 +6,14 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::Context;
-use autotuner_capture::picture;
-use autotuner_capture::source::{Source, SourceConfig};
 use autotuner_detect::eval::{self, Evaluation, GroundTruth, ImageDetection};
 use autotuner_detect::truth::Truth;
 use autotuner_detect::{
     BBox, DetectOptions, Detection, Detector, DevicePreference, Family, RgbImage, Runtime,
 };
-use autotuner_vision::Rect;
 use serde_json::{Value, json};
+
+use crate::footage::Footage;
 
 /// Of the ground-truth boxes (not ignore regions) in the dataset's frames, the share with at least
 /// half its area inside the crops the teacher saw (the complement of the ignore boxes written for
@@ -90,74 +89,62 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
     let mut student = Detector::load(h.runtime, h.student, Family::SsdRaw, DevicePreference::Cpu)?;
     let mut tuned = Detector::load(h.runtime, h.tuned, Family::SsdRaw, DevicePreference::Cpu)?;
     let mut teacher = h.teacher.lock().unwrap_or_else(|e| e.into_inner());
-    let source = Source::start(SourceConfig::new(h.video))?;
     let (mut images, mut truth, mut pseudo) = (Vec::new(), Vec::new(), Vec::new());
     let (mut before, mut after, mut by_teacher) = (Vec::new(), Vec::new(), Vec::new());
     let evaluated = (h.last - h.first).div_ceil(h.step);
     let typical = evaluated as usize / 2;
     let mut examples = Examples::default();
-    let mut rgb = Vec::new();
     let mut progress = autotuner_trainer::train::Progress::new();
     let mut done = 0usize;
     std::fs::create_dir_all(h.pictures.join("pictures"))?;
-    while let Some(frame) = source.next_frame() {
-        let index = frame.index;
-        if index >= h.last {
-            source.recycle(frame);
-            break;
-        }
-        if index < h.first || !(index - h.first).is_multiple_of(h.step) {
-            source.recycle(frame);
-            continue;
-        }
-        let (w, hgt) = (frame.width, frame.height);
-        picture::region_rgb(&frame, Rect::new(0, 0, w as u32, hgt as u32), &mut rgb);
-        source.recycle(frame);
-        let image = RgbImage::new(&rgb, w, hgt)?;
-        let id = index + 1;
-        images.push(id);
-        let found_before = student.detect(&[image], &options)?.remove(0);
-        let found_after = tuned.detect(&[image], &options)?.remove(0);
-        let found_teacher = teacher.detect(&[image], &options)?.remove(0);
-        for d in found_teacher.iter().filter(|d| d.score >= h.teacher_min_score) {
-            pseudo.push(GroundTruth {
-                image_id: id,
-                class_id: d.class_id,
-                bbox: d.bbox,
-                crowd: false,
-            });
-        }
-        if let Some(gt) = h.ground_truth {
-            truth.extend(gt.ground_truth(index, h.classes));
-        }
-        let tag = |list: &mut Vec<ImageDetection>, found: &[Detection]| {
-            list.extend(found.iter().map(|&detection| ImageDetection {
-                image_id: id,
-                detection,
-            }))
-        };
-        tag(&mut before, &found_before);
-        tag(&mut after, &found_after);
-        tag(&mut by_teacher, &found_teacher);
-        // What tuning fixed and what it broke, judged on this frame against the ground truth
-        // when it covers the frame, else against the teacher's labels.
-        let reference: Vec<GroundTruth> = match h.ground_truth {
-            Some(gt) if gt.covers(index) => gt.ground_truth(index, h.classes),
-            _ => pseudo.iter().filter(|g| g.image_id == id).copied().collect(),
-        };
-        let frame = Judged {
-            frame: id,
-            before: FrameErrors::of(&reference, &found_before),
-            after: FrameErrors::of(&reference, &found_after),
-        };
-        examples.offer(frame, done == typical, &rgb, (w, hgt));
-        done += 1;
-        progress.update("held-out evaluation", done, evaluated as usize, "");
-    }
+    let held_out = |index: u64| index >= h.first && (index - h.first).is_multiple_of(h.step);
+    Footage::Video(h.video.to_string())
+        .for_each(h.last, held_out, |frame| {
+            let (index, w, hgt) = (frame.index, frame.width, frame.height);
+            let image = RgbImage::new(frame.rgb, w, hgt)?;
+            let id = index + 1;
+            images.push(id);
+            let found_before = student.detect(&[image], &options)?.remove(0);
+            let found_after = tuned.detect(&[image], &options)?.remove(0);
+            let found_teacher = teacher.detect(&[image], &options)?.remove(0);
+            for d in found_teacher.iter().filter(|d| d.score >= h.teacher_min_score) {
+                pseudo.push(GroundTruth {
+                    image_id: id,
+                    class_id: d.class_id,
+                    bbox: d.bbox,
+                    crowd: false,
+                });
+            }
+            if let Some(gt) = h.ground_truth {
+                truth.extend(gt.ground_truth(index, h.classes));
+            }
+            let tag = |list: &mut Vec<ImageDetection>, found: &[Detection]| {
+                list.extend(found.iter().map(|&detection| ImageDetection {
+                    image_id: id,
+                    detection,
+                }))
+            };
+            tag(&mut before, &found_before);
+            tag(&mut after, &found_after);
+            tag(&mut by_teacher, &found_teacher);
+            // What tuning fixed and what it broke, judged on this frame against the ground
+            // truth when it covers the frame, else against the teacher's labels.
+            let reference: Vec<GroundTruth> = match h.ground_truth {
+                Some(gt) if gt.covers(index) => gt.ground_truth(index, h.classes),
+                _ => pseudo.iter().filter(|g| g.image_id == id).copied().collect(),
+            };
+            let judged = Judged {
+                frame: id,
+                before: FrameErrors::of(&reference, &found_before),
+                after: FrameErrors::of(&reference, &found_after),
+            };
+            examples.offer(judged, done == typical, frame.rgb, (w, hgt));
+            done += 1;
+            progress.update("held-out evaluation", done, evaluated as usize, "");
+            Ok(true)
+        })
+        .context("read the held-out frames")?;
     eprintln!();
-    if let Some(e) = source.take_error() {
-        return Err(e).context("read the held-out frames");
-    }
     anyhow::ensure!(!images.is_empty(), "no held-out frame was decoded");
     let pictures = examples.draw(h.pictures)?;
     let teacher_view =

@@ -85,19 +85,28 @@ struct TuneArgs {
     /// The teacher's confidence threshold for a label.
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
+    /// The teacher's uncertain band: its detections scored from this up to --min-score are
+    /// ignore regions in training, taught neither as objects nor as background (equal to
+    /// --min-score: no band).
+    #[arg(long, default_value_t = UNCERTAIN_MIN_SCORE)]
+    uncertain_min_score: f32,
     /// Label through an annotator at this URL instead of running the teacher here.
     #[arg(long)]
     teacher_url: Option<String>,
+    /// How much the teacher in this process may enlarge a small crop: crops are packed at up to
+    /// this scale into canvases of the teacher's input size, one call per canvas.
+    #[arg(long, default_value_t = autotuner_capture::teacher::DEFAULT_MAX_SCALE)]
+    teacher_crop_scale: f32,
     /// The teacher (YOLO family ONNX). Default: YOLOv12n from the assets step.
     #[arg(long)]
     teacher: Option<PathBuf>,
     /// The student (SSD-MobileNetV2 raw-head ONNX). Default: from the assets step.
     #[arg(long)]
     student: Option<PathBuf>,
-    #[arg(long, default_value = "boxRegression")]
+    /// Layers trained, epochs, learning rate and batch size default to the CRD's defaults (one
+    /// source: `autotuner_api::contract::defaults` and `TrainableLayers::default()`).
+    #[arg(long, default_value = Trainable::default().as_str())]
     trainable_layers: Trainable,
-    /// Epochs, learning rate and batch size default to the CRD's defaults (one source:
-    /// `autotuner_api::contract::defaults`).
     #[arg(long, default_value_t = defaults::EPOCHS as usize)]
     epochs: usize,
     #[arg(long, default_value_t = defaults::LEARNING_RATE)]
@@ -120,6 +129,10 @@ struct TuneArgs {
     #[arg(long, env = autotuner_api::contract::ENV_ONNXRUNTIME)]
     onnxruntime: Option<PathBuf>,
 }
+
+/// The default low edge of the teacher's uncertain band (chosen by measurement, see
+/// bench-results/tune-default.json).
+const UNCERTAIN_MIN_SCORE: f32 = 0.5;
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
@@ -227,6 +240,16 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         args.min_score
     );
     anyhow::ensure!(
+        (0.0..=args.min_score).contains(&args.uncertain_min_score),
+        "--uncertain-min-score must be in [0, --min-score], got {}",
+        args.uncertain_min_score
+    );
+    anyhow::ensure!(
+        args.teacher_crop_scale > 0.0 && args.teacher_crop_scale.is_finite(),
+        "--teacher-crop-scale must be a positive number, got {}",
+        args.teacher_crop_scale
+    );
+    anyhow::ensure!(
         args.eval_share > 0.0 && args.eval_share <= 0.5,
         "--eval-share must be in (0, 0.5], got {}",
         args.eval_share
@@ -275,15 +298,16 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
                 Default::default(),
             )?,
             classes: args.classes.clone(),
-            min_score: args.min_score,
+            min_score: args.uncertain_min_score,
         },
         None => Teacher::InProcess {
             detector: teacher_detector.clone(),
             options: DetectOptions {
-                min_score: args.min_score,
+                min_score: args.uncertain_min_score,
                 classes: Some(class_ids.clone()),
                 ..DetectOptions::default()
             },
+            max_scale: args.teacher_crop_scale,
         },
     };
 
@@ -395,6 +419,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
             .unwrap_or(Schedule::default_for(args.trainable_layers)),
         load: LoadOptions {
             skip_unknown_classes: true,
+            object_min_score: (args.uncertain_min_score < args.min_score).then_some(args.min_score),
             ..LoadOptions::default()
         },
         ..TrainConfig::new(
@@ -434,6 +459,8 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "groundTruth": args.truth.ground_truth.as_ref().map(|p| p.display().to_string()),
         "classes": args.classes,
         "teacherMinScore": args.min_score,
+        "teacherUncertainMinScore": args.uncertain_min_score,
+        "teacherCropScale": args.teacher_crop_scale,
         "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
         "motion": motion,
         "training": training_summary(&training),

@@ -26,6 +26,10 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
             "120",
             "--epochs",
             "2",
+            // The heads alone: this test is of the report; every layer (the default) in a
+            // test build takes minutes.
+            "--trainable-layers",
+            "boxRegression",
             "--eval-step",
             "2",
             "--output",

@@ -8,6 +8,7 @@ mod detector;
 pub mod eval;
 mod geometry;
 pub mod labels;
+pub mod mosaic;
 mod network;
 pub mod onnx;
 mod preprocess;

@@ -591,46 +591,23 @@ pub fn trailing_number(name: &str) -> Option<u64> {
     stem[start..].parse().ok()
 }
 
-/// `names` of a YOLO `data.yaml`: `names: [a, b]`, `names:` followed by `- a` lines, or by
-/// `0: a` lines. (A YAML parser for three shapes of one key is not worth a dependency here.)
+/// `names` of a YOLO `data.yaml`: a list (`names: [a, b]` or `- a` lines) or a map from class
+/// index to name (`0: a` lines).
 fn yaml_names(text: &str) -> Option<Vec<String>> {
-    let unquote = |s: &str| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.trim_start().strip_prefix("names:") else {
-            continue;
-        };
-        let rest = rest.trim();
-        if let Some(inline) = rest.strip_prefix('[') {
-            return Some(
-                inline
-                    .trim_end_matches(']')
-                    .split(',')
-                    .map(unquote)
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            );
+    use serde_yaml_ng::Value;
+    let doc: Value = serde_yaml_ng::from_str(text).ok()?;
+    match doc.get("names")? {
+        Value::Sequence(items) => items.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+        Value::Mapping(map) => {
+            let mut indexed = map
+                .iter()
+                .map(|(k, v)| Some((k.as_u64()?, v.as_str()?.to_string())))
+                .collect::<Option<Vec<_>>>()?;
+            indexed.sort();
+            Some(indexed.into_iter().map(|(_, name)| name).collect())
         }
-        let mut names = Vec::new();
-        for line in lines.by_ref() {
-            let item = line.trim();
-            if item.is_empty() || item.starts_with('#') {
-                continue;
-            }
-            if let Some(name) = item.strip_prefix("- ") {
-                names.push(unquote(name));
-            } else if let Some((index, name)) = item.split_once(':')
-                && index.trim().parse::<usize>().is_ok()
-                && line.starts_with([' ', '\t'])
-            {
-                names.push(unquote(name));
-            } else {
-                break;
-            }
-        }
-        return Some(names);
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]

@@ -408,7 +408,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
-    std::fs::write(&tmp, bytes).map_err(io)?;
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        // On disk before the rename, so that a crash leaves the old content or the new one,
+        // never an empty file under the final name.
+        file.sync_all().map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(io)
 }
 

@@ -54,6 +54,9 @@ struct CocoAnnotation {
     bbox: [f64; 4],
     #[serde(default)]
     iscrowd: u8,
+    /// The teacher's confidence, on labels the capture worker wrote.
+    #[serde(default)]
+    score: Option<f32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +135,10 @@ pub struct LoadOptions {
     pub skip_unknown_classes: bool,
     /// Fail when more than this fraction of the images is unusable.
     pub max_bad_fraction: f64,
+    /// Labels the teacher scored below this are ignore regions, neither objects nor
+    /// background: its uncertain band (small, partly hidden or ambiguous objects), which taught
+    /// as background would train the student to miss them. Labels without a score are objects.
+    pub object_min_score: Option<f32>,
 }
 
 impl Default for LoadOptions {
@@ -139,6 +146,7 @@ impl Default for LoadOptions {
         Self {
             skip_unknown_classes: false,
             max_bad_fraction: 0.5,
+            object_min_score: None,
         }
     }
 }
@@ -223,7 +231,11 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Dataset, DatasetError> 
         if clipped != raw {
             skipped.boxes_clipped += 1;
         }
-        if a.iscrowd != 0 {
+        let uncertain = a
+            .score
+            .zip(options.object_min_score)
+            .is_some_and(|(score, min)| score < min);
+        if a.iscrowd != 0 || uncertain {
             sample.ignore.push(clipped);
             continue;
         }
@@ -271,4 +283,46 @@ pub fn read_rgb(sample: &Sample) -> Result<Vec<u8>, String> {
         return Err(format!("{}: size changed", sample.file.display()));
     }
     Ok(rgb.into_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_in_the_teachers_uncertain_band_are_ignore_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        image::RgbImage::new(64, 48)
+            .save(dir.path().join("frame.png"))
+            .unwrap();
+        let coco = serde_json::json!({
+            "images": [{"id": 1, "file_name": "frame.png", "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "person"}],
+            "annotations": [
+                {"image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 20], "score": 0.9},
+                {"image_id": 1, "category_id": 1, "bbox": [20, 1, 10, 20], "score": 0.3},
+                {"image_id": 1, "category_id": 1, "bbox": [40, 1, 10, 20]},
+            ],
+        });
+        let path = dir.path().join("annotations.json");
+        std::fs::write(&path, coco.to_string()).unwrap();
+        let load = |object_min_score| {
+            let dataset = super::load(
+                &path,
+                LoadOptions {
+                    object_min_score,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+            let sample = &dataset.samples[0];
+            (sample.labels.len(), sample.ignore.len())
+        };
+        assert_eq!(load(None), (3, 0), "without a threshold every label is an object");
+        assert_eq!(
+            load(Some(0.5)),
+            (2, 1),
+            "the 0.3 label is ignored; the unscored one stays an object"
+        );
+    }
 }

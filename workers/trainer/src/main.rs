@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use autotuner_api::TrainableLayers;
 use autotuner_api::contract::{self, TrainingSettings};
 use autotuner_store::Location;
 use autotuner_trainer::cluster::{self, JobContext};
@@ -101,15 +100,10 @@ struct Settings {
 
 impl Settings {
     fn of(args: &Args, job: Option<&TrainingSettings>) -> Self {
-        let trainable = |layers: TrainableLayers| match layers {
-            TrainableLayers::BoxRegression => Trainable::BoxRegression,
-            TrainableLayers::Top => Trainable::Top,
-            TrainableLayers::Unfrozen => Trainable::Unfrozen,
-        };
         Self {
             trainable: args
                 .trainable_layers
-                .unwrap_or_else(|| job.map_or(Trainable::BoxRegression, |j| trainable(j.trainable_layers))),
+                .unwrap_or_else(|| job.map_or(Trainable::default(), |j| j.trainable_layers.into())),
             epochs: args
                 .epochs
                 .unwrap_or_else(|| job.map_or(contract::defaults::EPOCHS, |j| j.epochs) as usize),
@@ -265,6 +259,7 @@ fn main() -> ExitCode {
         load: LoadOptions {
             skip_unknown_classes: args.skip_unknown_classes,
             max_bad_fraction: args.max_bad_fraction,
+            ..LoadOptions::default()
         },
         device,
         backend,

@@ -15,17 +15,35 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{ConvNode, GraphError, OnnxGraph};
 
 /// Which layers a fine-tune changes (the CameraTuning's `training.trainableLayers`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Trainable {
     /// The box-predictor heads only.
-    #[default]
     BoxRegression,
     /// The heads and the last blocks of the feature extractor: everything after the 19x19
     /// feature map (blocks 13-16, the 1280-channel layer, the extra SSD layers).
     Top,
     /// Every layer.
     Unfrozen,
+}
+
+impl From<autotuner_api::TrainableLayers> for Trainable {
+    fn from(layers: autotuner_api::TrainableLayers) -> Self {
+        use autotuner_api::TrainableLayers;
+        match layers {
+            TrainableLayers::BoxRegression => Self::BoxRegression,
+            TrainableLayers::Top => Self::Top,
+            TrainableLayers::Unfrozen => Self::Unfrozen,
+        }
+    }
+}
+
+/// The CRD's default (`training.trainableLayers`): one source for the Job, `autotuner tune` and
+/// the library.
+impl Default for Trainable {
+    fn default() -> Self {
+        autotuner_api::TrainableLayers::default().into()
+    }
 }
 
 impl Trainable {
