@@ -86,10 +86,10 @@ struct TuneArgs {
     #[arg(long, default_value_t = 0.5)]
     min_score: f32,
     /// The teacher's uncertain band: its detections scored from this up to --min-score are
-    /// ignore regions in training, taught neither as objects nor as background (equal to
-    /// --min-score: no band).
-    #[arg(long, default_value_t = UNCERTAIN_MIN_SCORE)]
-    uncertain_min_score: f32,
+    /// ignore regions in training, taught neither as objects nor as background. Default: no
+    /// band (on PETS09 a band from 0.25 changed nothing, bench-results/tune-default.json).
+    #[arg(long)]
+    uncertain_min_score: Option<f32>,
     /// Label through an annotator at this URL instead of running the teacher here.
     #[arg(long)]
     teacher_url: Option<String>,
@@ -129,10 +129,6 @@ struct TuneArgs {
     #[arg(long, env = autotuner_api::contract::ENV_ONNXRUNTIME)]
     onnxruntime: Option<PathBuf>,
 }
-
-/// The default low edge of the teacher's uncertain band (chosen by measurement, see
-/// bench-results/tune-default.json).
-const UNCERTAIN_MIN_SCORE: f32 = 0.5;
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
@@ -239,10 +235,12 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "--min-score must be in [0, 1], got {}",
         args.min_score
     );
+    // The lowest score the teacher is asked for: the band's low edge, or the label threshold.
+    let teacher_min_score = args.uncertain_min_score.unwrap_or(args.min_score);
     anyhow::ensure!(
-        (0.0..=args.min_score).contains(&args.uncertain_min_score),
-        "--uncertain-min-score must be in [0, --min-score], got {}",
-        args.uncertain_min_score
+        (0.0..=args.min_score).contains(&teacher_min_score),
+        "--uncertain-min-score must be in [0, --min-score ({})], got {teacher_min_score}",
+        args.min_score
     );
     anyhow::ensure!(
         args.teacher_crop_scale > 0.0 && args.teacher_crop_scale.is_finite(),
@@ -298,12 +296,12 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
                 Default::default(),
             )?,
             classes: args.classes.clone(),
-            min_score: args.uncertain_min_score,
+            min_score: teacher_min_score,
         },
         None => Teacher::InProcess {
             detector: teacher_detector.clone(),
             options: DetectOptions {
-                min_score: args.uncertain_min_score,
+                min_score: teacher_min_score,
                 classes: Some(class_ids.clone()),
                 ..DetectOptions::default()
             },
@@ -419,7 +417,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
             .unwrap_or(Schedule::default_for(args.trainable_layers)),
         load: LoadOptions {
             skip_unknown_classes: true,
-            object_min_score: (args.uncertain_min_score < args.min_score).then_some(args.min_score),
+            object_min_score: (teacher_min_score < args.min_score).then_some(args.min_score),
             ..LoadOptions::default()
         },
         ..TrainConfig::new(
@@ -459,7 +457,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "groundTruth": args.truth.ground_truth.as_ref().map(|p| p.display().to_string()),
         "classes": args.classes,
         "teacherMinScore": args.min_score,
-        "teacherUncertainMinScore": args.uncertain_min_score,
+        "teacherUncertainMinScore": teacher_min_score,
         "teacherCropScale": args.teacher_crop_scale,
         "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
         "motion": motion,

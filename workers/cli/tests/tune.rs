@@ -201,6 +201,9 @@ fn settings_out_of_range_are_refused_before_any_work() {
         ["--min-score", "1.5"],
         ["--tune-fraction", "1"],
         ["--eval-share", "0.9"],
+        // Above the default --min-score (0.5): a band must lie under the label threshold.
+        ["--uncertain-min-score", "0.6"],
+        ["--teacher-crop-scale", "0"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_autotuner"))
             .arg("tune")
