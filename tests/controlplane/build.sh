@@ -11,7 +11,7 @@
 #
 # Prints the bin directory on stdout. Usage: build.sh [component...]
 #   components: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3
-#               kubelet kube-proxy coredns pause
+#               kubelet kube-proxy coredns pause gitops-health
 #   (default: all)
 set -euo pipefail
 
@@ -36,7 +36,7 @@ mkdir -p "$bin"
 components=("$@")
 if [ ${#components[@]} -eq 0 ]; then
   components=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm s3
-              kubelet kube-proxy coredns pause)
+              kubelet kube-proxy coredns pause gitops-health)
 fi
 
 # Kubernetes' own build flags: no cgo (static binaries), trimmed paths, no debug info, and the
@@ -82,6 +82,10 @@ for c in "${components[@]}"; do
     s3) build "gofakes3-$s3_version" "$here/../s3" github.com/johannesboyne/gofakes3/cmd/gofakes3 "-s -w" ;;
     coredns|coredns-*) build "coredns-$coredns_version" "$here/../coredns" github.com/coredns/coredns "-s -w" ;;
     pause) build_pause ;;
+    gitops-health|gitops-health-*)
+      gitops_hash=$(cat "$here/../gitops/main.go" "$here/../gitops/go.mod" "$here/../gitops/go.sum" | sha256sum | cut -c1-12)
+      build "gitops-health-$gitops_hash" "$here/../gitops" . "-s -w"
+      ln -sfn "gitops-health-$gitops_hash" "$bin/gitops-health" ;;
     *) echo "unknown component: $c" >&2; exit 2 ;;
   esac
 done

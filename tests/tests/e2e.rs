@@ -389,6 +389,21 @@ impl<'a> Run<'a> {
         )
         .unwrap();
         expect_success(output, "helm install").unwrap();
+        // The chart's own test: a pod of the operator's image reaches its Service through
+        // cluster DNS and finds it ready.
+        let output = helm(
+            self.plane,
+            &[
+                "test",
+                "edge-autotuner",
+                "--namespace",
+                RELEASE_NS,
+                "--timeout",
+                "2m",
+            ],
+        )
+        .unwrap();
+        expect_success(output, "helm test").unwrap();
     }
 
     /// A PersistentVolume for the dataset claim the operator makes: a folder on the node (there

@@ -167,7 +167,8 @@ pub struct CameraSpec {
     #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Compute resources of the capture pod (decoding and motion detection).
+    /// Compute resources of the capture pod (decoding, motion detection, edge inference). Unset:
+    /// requests 250m CPU and 256Mi, memory limit 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -475,7 +476,8 @@ pub struct TeacherSpec {
     #[schemars(extend("maxProperties" = 16))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Compute resources of the annotator pod, besides the GPUs.
+    /// Compute resources of the annotator pod, besides the GPUs. Unset: requests 500m CPU and
+    /// 512Mi, memory limit 2Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }
@@ -704,7 +706,7 @@ pub struct TrainingSpec {
     #[schemars(range(min = 0, max = 10))]
     pub max_retries: u32,
 
-    /// Compute resources of the fine-tuning Job.
+    /// Compute resources of the fine-tuning Job. Unset: requests 500m CPU and 1Gi, memory limit 6Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 }

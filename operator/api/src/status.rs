@@ -47,7 +47,9 @@ pub struct CameraTuningStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, Progressing, Degraded and DriftDetected; one entry per type.
+    /// Ready, Progressing, Degraded and DriftDetected; one entry per type. Also Reconciling and
+    /// Stalled, the two conditions kstatus (Flux, kpt) reads: Reconciling is True while the loop
+    /// works towards a tuned student, Stalled when it stopped and needs a person.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]

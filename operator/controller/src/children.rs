@@ -69,6 +69,81 @@ pub mod names {
     }
 }
 
+/// Requests and limits of a worker whose spec sets none (`spec.camera.resources`,
+/// `spec.annotation.teacher.resources`, `spec.training.resources`): the requests place it (small
+/// enough that a camera's three workers fit a 2-core node beside the operator: the capture
+/// worker uses 0.3-0.6 of a core at 25 fps, bench-results/edge-cpu.json); the
+/// memory limit leaves room over the peaks measured in the tuning-loop test (capture 403 MiB at
+/// 768x576 with one inference thread; the trainer 1.5 GiB training every layer at batch 8, so
+/// about 3 GiB at the default 16); no CPU limit, since a throttled decoder drops frames and a
+/// throttled trainer only runs longer.
+pub mod default_resources {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn of(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+        let quantity = |q: &str| Quantity(q.into());
+        ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), quantity(cpu)),
+                ("memory".into(), quantity(memory)),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), quantity(memory_limit))])),
+            ..ResourceRequirements::default()
+        }
+    }
+
+    pub fn capture() -> ResourceRequirements {
+        of("250m", "256Mi", "1Gi")
+    }
+
+    pub fn annotator() -> ResourceRequirements {
+        of("500m", "512Mi", "2Gi")
+    }
+
+    pub fn trainer() -> ResourceRequirements {
+        of("500m", "1Gi", "6Gi")
+    }
+}
+
+/// Health checks of the workers that serve HTTP (the trainer, a Job, serves none).
+mod probes {
+    use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use serde_json::Value;
+
+    fn get(path: &str, period_seconds: i32, failure_threshold: i32) -> Value {
+        serde_json::to_value(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("http".into()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(period_seconds),
+            failure_threshold: Some(failure_threshold),
+            ..Probe::default()
+        })
+        .expect("a probe serializes")
+    }
+
+    /// Liveness is held back until the worker first answers: the annotator answers only once it
+    /// has fetched and loaded its model (a large teacher over HTTP or S3), so allow 5 minutes.
+    pub fn startup(path: &str) -> Value {
+        get(path, 5, 60)
+    }
+
+    /// Three missed answers, 30 s: the process is stuck and restarting it is the fix.
+    pub fn liveness(path: &str) -> Value {
+        get(path, 10, 3)
+    }
+
+    pub fn readiness(path: &str) -> Value {
+        get(path, 5, 1)
+    }
+}
+
 /// The teacher's identity for sharing: CameraTunings of a namespace whose teacher specs are
 /// equal share one annotator. FNV-1a over the canonical JSON, so it is stable across releases.
 pub fn teacher_hash(teacher: &TeacherSpec) -> String {
@@ -431,7 +506,7 @@ fn worker_pod(
     tuning: &CameraTuning,
     worker: &str,
     vars: Vec<Value>,
-    resources: Option<&ResourceRequirements>,
+    resources: ResourceRequirements,
     dataset: &Dataset,
     config: &Config,
 ) -> Value {
@@ -443,7 +518,7 @@ fn worker_pod(
             "image": config.worker_image,
             "args": [worker],
             "env": vars,
-            "resources": resources.map_or(json!({}), |r| serde_json::to_value(r).expect("resources serialize")),
+            "resources": resources,
             "securityContext": container_security_context(),
             "volumeMounts": dataset.mounts(),
         }],
@@ -501,12 +576,20 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
         tuning,
         "capture",
         vars,
-        spec.camera.resources.as_ref(),
+        spec.camera
+            .resources
+            .clone()
+            .unwrap_or_else(default_resources::capture),
         dataset,
         config,
     );
-    // Metrics, the detections (JSON and Server-Sent Events) and health, on one port.
-    pod_spec["containers"][0]["ports"] = json!([{ "name": "http", "containerPort": contract::CAPTURE_PORT }]);
+    // Metrics, the detections (JSON and Server-Sent Events) and health, on one port. Ready once
+    // the student serves (when spec.inference asks for one).
+    let container = &mut pod_spec["containers"][0];
+    container["ports"] = json!([{ "name": "http", "containerPort": contract::CAPTURE_PORT }]);
+    container["startupProbe"] = probes::startup("/healthz");
+    container["livenessProbe"] = probes::liveness("/healthz");
+    container["readinessProbe"] = probes::readiness("/readyz");
     if dataset.claim.is_none() {
         let spool = Volume {
             name: "spool".into(),
@@ -565,11 +648,13 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
     let name = names::annotator(&hash);
     let ModelRef { uri, family } = &teacher.model;
     let family = serde_json::to_value(family).unwrap();
-    let mut resources = teacher
-        .resources
-        .clone()
-        .map(|r| serde_json::to_value(r).unwrap())
-        .unwrap_or(json!({}));
+    let mut resources = serde_json::to_value(
+        teacher
+            .resources
+            .clone()
+            .unwrap_or_else(default_resources::annotator),
+    )
+    .expect("resources serialize");
     let mut pod_spec = json!({
         // The annotator needs no Kubernetes API access.
         "automountServiceAccountToken": false,
@@ -580,7 +665,10 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
             "args": ["annotator"],
             "env": [env(contract::ENV_TEACHER_URI, uri.as_str()), env(contract::ENV_TEACHER_FAMILY, family)],
             "ports": [{ "name": "http", "containerPort": ANNOTATOR_PORT }],
-            "readinessProbe": { "httpGet": { "path": "/v2/health/ready", "port": "http" }, "periodSeconds": 5 },
+            // Ready, and alive, while its inference thread runs: a stopped one is restarted.
+            "startupProbe": probes::startup("/v2/health/live"),
+            "livenessProbe": probes::liveness("/v2/health/ready"),
+            "readinessProbe": probes::readiness("/v2/health/ready"),
             "securityContext": container_security_context(),
             "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
         }],
@@ -654,7 +742,10 @@ fn training_job(
         tuning,
         "trainer",
         vars,
-        spec.training.resources.as_ref(),
+        spec.training
+            .resources
+            .clone()
+            .unwrap_or_else(default_resources::trainer),
         dataset,
         config,
     );
@@ -822,8 +913,59 @@ mod tests {
             json!({ "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" }, "gpus": 0 } } }),
         );
         let pod = serde_json::to_value(&build_all(&cpu).annotator.unwrap().deployment.spec.template).unwrap();
-        assert!(pod["spec"]["containers"][0]["resources"].get("limits").is_none());
+        let resources = &pod["spec"]["containers"][0]["resources"];
+        assert!(resources["limits"].get("nvidia.com/gpu").is_none(), "{resources}");
         assert!(pod["spec"].get("tolerations").is_none());
+    }
+
+    #[test]
+    fn every_worker_that_serves_http_is_probed_on_the_port_it_exposes_and_the_trainer_is_not() {
+        let pods: BTreeMap<String, Value> = pods(&build_all(&tuning(json!({})))).into_iter().collect();
+        let container = |worker: &str| pods[worker]["spec"]["containers"][0].clone();
+        let (capture, annotator) = (container("capture"), container("annotator"));
+        for (worker, ready) in [(&capture, "/readyz"), (&annotator, "/v2/health/ready")] {
+            assert_eq!(worker["ports"][0]["name"], "http");
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                assert_eq!(worker[probe]["httpGet"]["port"], "http", "{probe}: {worker}");
+            }
+            assert_eq!(worker["readinessProbe"]["httpGet"]["path"], ready);
+            // Started within 5 minutes; a stuck one restarted after 30 s.
+            let startup = &worker["startupProbe"];
+            assert_eq!(
+                startup["periodSeconds"].as_i64().unwrap() * startup["failureThreshold"].as_i64().unwrap(),
+                300
+            );
+        }
+        let trainer = container("trainer");
+        assert!(trainer.get("livenessProbe").is_none() && trainer.get("ports").is_none());
+    }
+
+    #[test]
+    fn a_worker_without_resources_in_the_spec_gets_requests_and_a_memory_limit_and_the_spec_wins_where_set() {
+        let defaults: BTreeMap<String, Value> = pods(&build_all(&tuning(json!({})))).into_iter().collect();
+        for (worker, pod) in &defaults {
+            let resources = &pod["spec"]["containers"][0]["resources"];
+            for key in ["cpu", "memory"] {
+                assert!(resources["requests"][key].is_string(), "{worker}: {resources}");
+            }
+            assert!(resources["limits"]["memory"].is_string(), "{worker}: {resources}");
+            // No CPU limit: throttling a decoder drops frames.
+            assert!(resources["limits"].get("cpu").is_none(), "{worker}: {resources}");
+        }
+        assert_eq!(defaults.len(), 3);
+        let set = json!({ "requests": { "cpu": "2" } });
+        let pods: BTreeMap<String, Value> = pods(&build_all(&tuning(json!({
+            "camera": { "url": "rtsp://cam/stream", "nodeName": "edge-1", "resources": set },
+            "training": { "student": { "uri": "file:///m/ssd.onnx", "family": "ssdRaw" }, "resources": set },
+        }))))
+        .into_iter()
+        .collect();
+        for worker in ["capture", "trainer"] {
+            assert_eq!(
+                pods[worker]["spec"]["containers"][0]["resources"], set,
+                "{worker}"
+            );
+        }
     }
 
     #[test]

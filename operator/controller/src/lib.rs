@@ -253,7 +253,7 @@ pub async fn run_elected(
         }
     };
     let (tunings, run) = controller(client, config, probes.metrics.clone(), until);
-    *probes.tunings.write().expect("store lock") = Some(tunings);
+    *probes.tunings.write() = Some(tunings);
     run.await;
     if lost_flag.load(std::sync::atomic::Ordering::Relaxed) {
         error!(identity = %election.identity, "lost the leader Lease");

@@ -27,6 +27,10 @@ struct Args {
     /// Reconcile the CameraTunings of this namespace only (default: all namespaces).
     #[arg(long, env = contract::ENV_WATCH_NAMESPACE)]
     watch_namespace: Option<String>,
+    /// Name of the leader-election Lease (the chart's release-derived name, so that two releases
+    /// elect their leaders apart).
+    #[arg(long, default_value = autotuner_operator::rbac::NAME)]
+    lease_name: String,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "autotuner-operator")]
     identity: String,
@@ -36,11 +40,27 @@ struct Args {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
+    /// Instead of running: GET this http:// URL and exit 0 on a 2xx answer, 1 otherwise (the
+    /// chart's `helm test` pod runs the operator's image this way; the image has no curl).
+    #[arg(long)]
+    check_url: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(url) = &args.check_url {
+        return match http::check(url).await {
+            Ok(status) => {
+                println!("{url}: {status}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{url}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     if args.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
@@ -79,7 +99,7 @@ async fn run(args: Args) -> anyhow::Result<Ended> {
     };
     let election = Election {
         lease_namespace: args.lease_namespace,
-        lease_name: autotuner_operator::rbac::NAME.into(),
+        lease_name: args.lease_name,
         identity: args.identity,
         lease_seconds: args.lease_seconds,
     };

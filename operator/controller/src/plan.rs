@@ -275,6 +275,7 @@ pub fn plan(
                 rolled_back: models.rolled_back_reason(),
             },
             now,
+            generation,
         ),
         dataset: Some(DatasetStatus {
             deadline: Some(Time(deadline)),
@@ -478,9 +479,18 @@ struct Reasons {
     rolled_back: Option<String>,
 }
 
-/// Ready, Progressing, Degraded and DriftDetected for this phase; a condition whose status does
-/// not change keeps its lastTransitionTime.
-fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) -> Vec<Condition> {
+/// Ready, Progressing, Degraded and DriftDetected for this phase, and kstatus' two abnormal-true
+/// conditions (Reconciling: the loop is working towards a tuned student; Stalled: it stopped
+/// and needs a person), from which Flux and Argo CD compute health without custom code. A
+/// condition whose status does not change keeps its lastTransitionTime; every one says which
+/// generation of the spec it describes.
+fn conditions(
+    old: &[Condition],
+    phase: Phase,
+    why: &Reasons,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Vec<Condition> {
     let phase_name = format!("{phase:?}");
     let ready = matches!(phase, Phase::Deployed | Phase::Monitoring);
     let progressing = matches!(
@@ -512,12 +522,37 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
                 "no tuned student deployed yet".to_string()
             },
         ),
-        ("Progressing", progressing, phase_name.clone(), progress_message),
+        (
+            "Progressing",
+            progressing,
+            phase_name.clone(),
+            progress_message.clone(),
+        ),
         match (&why.failure, &why.rolled_back) {
             (Some(failure), _) => ("Degraded", true, "TrainingFailed".into(), failure.clone()),
             (None, Some(rollback)) => ("Degraded", true, "ModelRolledBack".into(), rollback.clone()),
             (None, None) => ("Degraded", false, "AsExpected".into(), "no failure".into()),
         },
+        (
+            "Reconciling",
+            progressing,
+            phase_name.clone(),
+            progress_message.clone(),
+        ),
+        (
+            "Stalled",
+            phase == Phase::Failed,
+            if phase == Phase::Failed {
+                "TrainingFailed".to_string()
+            } else {
+                "AsExpected".to_string()
+            },
+            match (phase, &why.failure) {
+                (Phase::Failed, Some(failure)) => failure.clone(),
+                (Phase::Failed, None) => "stopped".into(),
+                _ => "not stalled".into(),
+            },
+        ),
         (
             "DriftDetected",
             why.drift,
@@ -547,7 +582,7 @@ fn conditions(old: &[Condition], phase: Phase, why: &Reasons, now: Timestamp) ->
                 reason,
                 message,
                 last_transition_time: since,
-                observed_generation: None,
+                observed_generation: generation,
             }
         })
         .collect()
@@ -737,6 +772,47 @@ mod tests {
         let plan = run(&t, &with_job(1, JobState::Succeeded));
         assert_eq!(plan.status.phase, Some(Phase::Evaluating));
         assert_eq!(plan.requeue_after, SHORT);
+    }
+
+    #[test]
+    fn kstatus_reads_a_collecting_tuning_as_reconciling_a_failed_one_as_stalled_and_a_serving_one_as_neither()
+    {
+        let holds = |plan: &Plan, type_: &str| condition(plan, type_).status == "True";
+        let capturing = run(&tuning(json!({})), &capturing());
+        assert_eq!(capturing.status.phase, Some(Phase::Capturing));
+        assert!(holds(&capturing, "Reconciling") && !holds(&capturing, "Stalled"));
+        assert_eq!(
+            condition(&capturing, "Reconciling").message,
+            condition(&capturing, "Progressing").message
+        );
+        let failed = run(
+            &tuning(json!({ "phase": "Training", "observedGeneration": 1 })),
+            &with_job(
+                1,
+                JobState::Failed {
+                    message: "backoff limit".into(),
+                },
+            ),
+        );
+        assert_eq!(failed.status.phase, Some(Phase::Failed));
+        assert!(holds(&failed, "Stalled") && !holds(&failed, "Reconciling"));
+        assert!(condition(&failed, "Stalled").message.contains("kubectl logs"));
+        let serving = run(
+            &tuning(json!({ "phase": "Training", "iteration": 0,
+                            "candidateModel": { "version": 1, "uri": "file:///data/models/1.onnx", "map": 0.40,
+                                                "baselineMap": 0.28, "trainedAt": "2026-11-26T11:59:00Z" } })),
+            &with_job(1, JobState::Succeeded),
+        );
+        assert_eq!(serving.status.phase, Some(Phase::Deployed));
+        assert!(holds(&serving, "Ready") && !holds(&serving, "Reconciling") && !holds(&serving, "Stalled"));
+        // Every condition says which spec it describes.
+        assert!(
+            serving
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(1))
+        );
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub const NAMESPACE_RULES: &[Rule] = &[Rule {
     verbs: &["get", "create", "patch"],
 }];
 
-/// Name of the ClusterRole, Role, their bindings and the ServiceAccount.
+/// Name of the ClusterRole, Role, their bindings, the ServiceAccount and the Lease in the plain
+/// manifests (the chart derives its names from the release, so that two releases never collide).
 pub const NAME: &str = "autotuner-operator";
 
 fn rules_yaml(rules: &[Rule]) -> String {
@@ -95,14 +96,14 @@ fn rules_yaml(rules: &[Rule]) -> String {
         .collect()
 }
 
-/// ServiceAccount, ClusterRole + binding and the Lease Role + binding, for `namespace` (a plain
-/// name, or a Helm expression for the chart).
-pub fn manifest(namespace: &str, labels: &str) -> String {
+/// ServiceAccount, ClusterRole + binding and the Lease Role + binding, all called `name`, for
+/// `namespace` (each a plain value, or a Helm expression for the chart).
+pub fn manifest(name: &str, namespace: &str, labels: &str) -> String {
     format!(
         "apiVersion: v1
 kind: ServiceAccount
 metadata:
-  name: {NAME}
+  name: {name}
   namespace: {namespace}
   labels:
 {labels}
@@ -110,7 +111,7 @@ metadata:
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
-  name: {NAME}
+  name: {name}
   labels:
 {labels}
 rules:
@@ -118,22 +119,22 @@ rules:
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
-  name: {NAME}
+  name: {name}
   labels:
 {labels}
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: ClusterRole
-  name: {NAME}
+  name: {name}
 subjects:
   - kind: ServiceAccount
-    name: {NAME}
+    name: {name}
     namespace: {namespace}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata:
-  name: {NAME}
+  name: {name}
   namespace: {namespace}
   labels:
 {labels}
@@ -142,17 +143,17 @@ rules:
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
 metadata:
-  name: {NAME}
+  name: {name}
   namespace: {namespace}
   labels:
 {labels}
 roleRef:
   apiGroup: rbac.authorization.k8s.io
   kind: Role
-  name: {NAME}
+  name: {name}
 subjects:
   - kind: ServiceAccount
-    name: {NAME}
+    name: {name}
     namespace: {namespace}
 ",
         cluster = rules_yaml(CLUSTER_RULES),
@@ -168,7 +169,11 @@ pub fn generated_files() -> Vec<(&'static str, String)> {
             "manifests/operator/rbac.yaml",
             format!(
                 "{header}{}",
-                manifest("autotuner-system", "    app.kubernetes.io/name: edge-autotuner")
+                manifest(
+                    NAME,
+                    "autotuner-system",
+                    "    app.kubernetes.io/name: edge-autotuner"
+                )
             ),
         ),
         (
@@ -176,6 +181,7 @@ pub fn generated_files() -> Vec<(&'static str, String)> {
             format!(
                 "{header}{}",
                 manifest(
+                    "{{ include \"edge-autotuner.fullname\" . }}",
                     "{{ .Release.Namespace }}",
                     "    {{- include \"edge-autotuner.labels\" . | nindent 4 }}"
                 )

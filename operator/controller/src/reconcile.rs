@@ -1,7 +1,7 @@
 //! The one impure step: read what exists, plan, then apply children, status and events.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autotuner_api::contract::OPERATOR_FIELD_MANAGER;
@@ -17,6 +17,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -141,7 +142,7 @@ pub fn error_policy(tuning: Arc<CameraTuning>, error: &Error, ctx: Arc<Context>)
     if error.is_invalid_spec() {
         return Action::await_change();
     }
-    let mut failures = ctx.failures.lock().expect("failures lock");
+    let mut failures = ctx.failures.lock();
     let count = failures.entry(ObjectRef::from_obj(&*tuning)).or_insert(0);
     *count = (*count + 1).min(10);
     Action::requeue(Duration::from_secs(5 * 2u64.pow(*count - 1)).min(Duration::from_secs(300)))
@@ -174,10 +175,7 @@ async fn apply(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
     binding?;
     retired?;
     status?;
-    ctx.failures
-        .lock()
-        .expect("failures lock")
-        .remove(&ObjectRef::from_obj(tuning));
+    ctx.failures.lock().remove(&ObjectRef::from_obj(tuning));
     Ok(Action::requeue(plan.requeue_after))
 }
 
@@ -366,7 +364,6 @@ where
         None => ctx
             .applied
             .lock()
-            .expect("applied lock")
             .get(&key)
             .is_some_and(|(h, at)| *h == hash && at.elapsed() < ctx.config.reapply_after),
     };
@@ -386,10 +383,7 @@ where
         &Patch::Apply(&object),
     )
     .await?;
-    ctx.applied
-        .lock()
-        .expect("applied lock")
-        .insert(key, (hash, Instant::now()));
+    ctx.applied.lock().insert(key, (hash, Instant::now()));
     Ok(())
 }
 
@@ -450,7 +444,7 @@ async fn remove_unused_annotators(
             .await
             .map(|_| ())
             .or_else(ignore_not_found)?;
-        let mut applied = ctx.applied.lock().expect("applied lock");
+        let mut applied = ctx.applied.lock();
         applied.remove(&format!("Service/{namespace}/{name}"));
     }
     Ok(())
