@@ -10,7 +10,9 @@ mod controlplane;
 mod node;
 pub mod operator;
 mod pki;
+pub mod plot;
 mod process;
+pub mod prometheus;
 pub mod workers;
 
 use std::path::{Path, PathBuf};
@@ -63,17 +65,54 @@ pub fn binaries(components: &[&str]) -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
+/// The Prometheus Operator release whose CRDs (ServiceMonitor, PodMonitor, PrometheusRule...)
+/// the chart's monitoring objects are checked against.
+pub const PROMETHEUS_OPERATOR: &str = "github.com/prometheus-operator/prometheus-operator@v0.85.0";
+
+/// The directory of the Prometheus Operator's CRDs (`example/prometheus-operator-crd` of its
+/// module, from the Go module proxy into Go's module cache, so fetched once per machine).
+pub fn prometheus_operator_crds() -> Result<PathBuf> {
+    let outside_any_module = std::env::temp_dir();
+    let output = Command::new("go")
+        .args(["mod", "download", "-json", PROMETHEUS_OPERATOR])
+        .current_dir(outside_any_module)
+        .output()
+        .context("running go mod download")?;
+    let module: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "go mod download {PROMETHEUS_OPERATOR}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    match module["Dir"].as_str() {
+        Some(dir) => Ok(Path::new(dir).join("example/prometheus-operator-crd")),
+        None => bail!("go mod download {PROMETHEUS_OPERATOR}: {}", module["Error"]),
+    }
+}
+
+/// The directory holding Debian's `prometheus` and `promtool`: `AUTOTUNER_PROMETHEUS_BIN`, else
+/// what `scripts/prometheus` unpacks into the cache.
+pub fn prometheus_binaries() -> Result<PathBuf> {
+    directory_from_env_or_script("AUTOTUNER_PROMETHEUS_BIN", "scripts/prometheus", &[])
+}
+
 /// The directory holding the project's image archives (`operator.oci.tar`, `workers.oci.tar`):
 /// `AUTOTUNER_IMAGES`, else `scripts/images --profile dev` builds them (the binaries the tests
 /// build anyway).
 pub fn images() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("AUTOTUNER_IMAGES") {
+    directory_from_env_or_script("AUTOTUNER_IMAGES", "scripts/images", &["--profile", "dev"])
+}
+
+/// The directory `variable` names, else the one the repository's `script` prints on stdout (its
+/// progress goes to the test's stderr).
+fn directory_from_env_or_script(variable: &str, script: &str, args: &[&str]) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(variable) {
         return Ok(PathBuf::from(dir));
     }
-    let script = repo_root().join("scripts/images");
+    let script = repo_root().join(script);
     let output = Command::new("bash")
         .arg(&script)
-        .args(["--profile", "dev"])
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
@@ -121,8 +160,14 @@ pub async fn install_crd(client: &kube::Client) -> Result<CustomResourceDefiniti
         &Patch::Apply(&crd),
     )
     .await?;
+    established(client, &name).await
+}
+
+/// Waits (up to 30 s) until the API server serves the CRD `name`, and returns it.
+pub async fn established(client: &kube::Client, name: &str) -> Result<CustomResourceDefinition> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     wait_for(Duration::from_secs(30), || async {
-        let crd = api.get(&name).await.ok()?;
+        let crd = api.get(name).await.ok()?;
         let established = crd
             .status
             .as_ref()?

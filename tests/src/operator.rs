@@ -40,6 +40,16 @@ pub async fn install_rbac(plane: &ControlPlane) {
 
 /// Starts a replica that reconciles `namespace` only.
 pub async fn start(plane: &ControlPlane, namespace: &str, identity: &str) -> Operator {
+    start_configured(plane, namespace, identity, |_| {}).await
+}
+
+/// [`start`], with the test's configuration changed by `configure` first.
+pub async fn start_configured(
+    plane: &ControlPlane,
+    namespace: &str,
+    identity: &str,
+    configure: impl FnOnce(&mut Config),
+) -> Operator {
     install_rbac(plane).await;
     // The operator's logs, shown with a failing test's output.
     let _ = tracing_subscriber::fmt()
@@ -49,11 +59,12 @@ pub async fn start(plane: &ControlPlane, namespace: &str, identity: &str) -> Ope
     let client = service_account_client(plane, OPERATOR_NAMESPACE, "autotuner-operator")
         .await
         .unwrap();
-    let config = Config {
+    let mut config = Config {
         worker_image: WORKER_IMAGE.into(),
         namespace: Some(namespace.to_string()),
         ..Config::default()
     };
+    configure(&mut config);
     let election = Election {
         lease_namespace: OPERATOR_NAMESPACE.into(),
         lease_name: format!("operator-{namespace}"),

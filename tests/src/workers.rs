@@ -43,6 +43,7 @@ pub async fn tuning_with_worker_identity(
         &Rollout {
             deployed_model_uri: "file:///m/ssd.onnx",
             train_iteration,
+            round_started_at: None,
         },
         &Config::default(),
     );

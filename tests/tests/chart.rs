@@ -2,15 +2,15 @@
 //! only when they are absent, so it must not share an API server where the CRD already exists).
 
 use autotuner_api::CameraTuning;
-use autotuner_tests::{ControlPlane, Options, expect_success, helm, repo_root, wait_for};
+use autotuner_tests::{ControlPlane, Options, established, expect_success, helm, repo_root};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The chart as released before this one: 0.1.0, whose objects all had fixed names
 /// (`helm package` of charts/edge-autotuner at commit 727e7c3).
@@ -106,16 +106,7 @@ async fn chart_lints_installs_the_crd_and_renders_objects_the_server_accepts() {
     )
     .unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for(Duration::from_secs(30), || async {
-        let crd = crds.get("cameratunings.autotuner.io").await.ok()?;
-        crd.status?
-            .conditions?
-            .into_iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    established(&client, "cameratunings.autotuner.io").await.unwrap();
     // The installed API serves the typed resource.
     let tunings: Api<CameraTuning> = Api::namespaced(client.clone(), "autotuner-system");
     assert!(tunings.list(&Default::default()).await.unwrap().items.is_empty());
@@ -205,6 +196,100 @@ async fn chart_lints_installs_the_crd_and_renders_objects_the_server_accepts() {
     );
 }
 
+/// With everything a monitored production install turns on (ServiceMonitor, PodMonitor,
+/// PrometheusRule, dashboards, NetworkPolicies), the chart installs on a real API server that has
+/// the Prometheus Operator's own CRDs, whose schemas then validate every monitoring object.
+#[tokio::test]
+async fn with_monitoring_on_the_chart_installs_against_the_prometheus_operators_crds() {
+    let plane = ControlPlane::start(Options::default()).await.unwrap();
+    let crds = autotuner_tests::prometheus_operator_crds().unwrap();
+    for kind in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        let file = crds.join(format!("monitoring.coreos.com_{kind}.yaml"));
+        expect_success(
+            plane
+                .kubectl(["apply", "--server-side", "-f", file.to_str().unwrap()])
+                .unwrap(),
+            &format!("the Prometheus Operator's {kind} CRD"),
+        )
+        .unwrap();
+    }
+    let client = plane.client().await.unwrap();
+    for kind in ["servicemonitors", "podmonitors", "prometheusrules"] {
+        established(&client, &format!("{kind}.monitoring.coreos.com"))
+            .await
+            .unwrap();
+    }
+    let chart = chart();
+    expect_success(
+        helm(
+            &plane,
+            &[
+                "install",
+                "autotuner",
+                chart.to_str().unwrap(),
+                "--namespace",
+                "autotuner-system",
+                "--create-namespace",
+                "--set",
+                "serviceMonitor.enabled=true",
+                "--set",
+                "podMonitor.enabled=true",
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "grafanaDashboards.enabled=true",
+            ],
+        )
+        .unwrap(),
+        "helm install with monitoring on",
+    )
+    .unwrap();
+    let installed = expect_success(
+        plane
+            .kubectl([
+                "-n",
+                "autotuner-system",
+                "get",
+                "servicemonitors,podmonitors,prometheusrules,configmaps,networkpolicies",
+                "-o",
+                "name",
+            ])
+            .unwrap(),
+        "kubectl get",
+    )
+    .unwrap();
+    for object in [
+        "servicemonitor.monitoring.coreos.com/autotuner-edge-autotuner",
+        "podmonitor.monitoring.coreos.com/autotuner-edge-autotuner-workers",
+        "prometheusrule.monitoring.coreos.com/autotuner-edge-autotuner",
+        "configmap/autotuner-edge-autotuner-dashboard-fleet",
+        "configmap/autotuner-edge-autotuner-dashboard-camera",
+        "networkpolicy.networking.k8s.io/autotuner-edge-autotuner",
+    ] {
+        assert!(
+            installed.lines().any(|l| l == object),
+            "{object} not installed:\n{installed}"
+        );
+    }
+    // The operator is told to give each annotator its NetworkPolicy.
+    let deployment = Api::<Deployment>::namespaced(client, "autotuner-system")
+        .get("autotuner-edge-autotuner")
+        .await
+        .unwrap();
+    let args = deployment.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    let peers = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--annotator-ingress-from="))
+        .expect("--annotator-ingress-from");
+    let peers: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer> =
+        serde_json::from_str(peers).unwrap();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    plane.stop();
+}
+
 /// `helm install` on a cluster where the images were loaded from `scripts/images`' archives (kind
 /// load, k3s ctr import) finds them: the chart names exactly the references the archives carry,
 /// with a pull policy that uses a loaded image rather than pulling.
@@ -269,16 +354,7 @@ async fn an_upgrade_from_the_previous_chart_keeps_the_crd_and_every_cameratuning
     .concat();
     expect_success(helm(&plane, &install).unwrap(), "helm install of 0.1.0").unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for(Duration::from_secs(30), || async {
-        let crd = crds.get("cameratunings.autotuner.io").await.ok()?;
-        crd.status?
-            .conditions?
-            .into_iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    established(&client, "cameratunings.autotuner.io").await.unwrap();
     expect_success(
         plane.kubectl(["create", "namespace", "cams"]).unwrap(),
         "namespace",
@@ -442,4 +518,132 @@ fn the_plain_manifests_are_the_chart_rendered() {
         .output()
         .unwrap();
     expect_success(output, "scripts/manifests --check").unwrap();
+}
+
+/// `prometheusRule.enabled` ships `rules/alerts.yaml` as it is (the file promtool tests), with
+/// the labels a Prometheus selects rules by; off by default.
+#[test]
+fn the_prometheus_rule_is_the_tested_rules_file() {
+    let rendered = template(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.labels.release=monitoring",
+        "--show-only",
+        "templates/prometheusrule.yaml",
+    ]);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rule: serde_json::Value = serde_yaml_ng::from_slice(&rendered.stdout).unwrap();
+    let file: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart().join("rules/alerts.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(rule["spec"]["groups"], file["groups"]);
+    assert_eq!(rule["metadata"]["labels"]["release"], "monitoring");
+
+    let default = template(&[]);
+    assert!(default.status.success());
+    assert!(!String::from_utf8_lossy(&default.stdout).contains("kind: PrometheusRule"));
+}
+
+/// `grafanaDashboards.enabled` ships each of `dashboards/*.json` (what `dashboards/gen` writes)
+/// verbatim in a ConfigMap with the label Grafana's sidecar watches for; off by default.
+#[test]
+fn the_dashboard_config_maps_hold_the_generated_dashboards() {
+    let rendered = template(&[
+        "--set",
+        "grafanaDashboards.enabled=true",
+        "--set",
+        "grafanaDashboards.annotations.grafana_folder=Cameras",
+        "--show-only",
+        "templates/dashboards.yaml",
+    ]);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let maps = objects::<ConfigMap>(&String::from_utf8_lossy(&rendered.stdout));
+    let mut shipped: Vec<String> = Vec::new();
+    for map in &maps {
+        let labels = map.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["grafana_dashboard"], "1");
+        assert_eq!(
+            map.metadata.annotations.as_ref().unwrap()["grafana_folder"],
+            "Cameras"
+        );
+        for (file, text) in map.data.as_ref().unwrap() {
+            let committed = std::fs::read_to_string(chart().join("dashboards").join(file)).unwrap();
+            assert_eq!(
+                text.trim_end(),
+                committed.trim_end(),
+                "{file} is not shipped verbatim"
+            );
+            let dashboard: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert!(dashboard["uid"].as_str().unwrap().starts_with("edge-autotuner-"));
+            shipped.push(file.clone());
+        }
+    }
+    shipped.sort();
+    assert_eq!(shipped, ["camera.json", "fleet.json"]);
+
+    let default = template(&[]);
+    assert!(default.status.success());
+    assert!(!String::from_utf8_lossy(&default.stdout).contains("grafana_dashboard"));
+}
+
+/// The labels the dashboards and alerts select by: the operator's ServiceMonitor keeps the
+/// `namespace` its per-CameraTuning gauges carry, and the workers' PodMonitor labels their series
+/// with the pod's CameraTuning.
+#[test]
+fn the_monitors_label_series_as_the_dashboards_select_them() {
+    let rendered = template(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "podMonitor.enabled=true",
+        "--set",
+        "podMonitor.labels.release=monitoring",
+    ]);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let docs: Vec<serde_json::Value> = objects(&String::from_utf8_lossy(&rendered.stdout));
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let service_monitor = of_kind("ServiceMonitor");
+    assert_eq!(service_monitor["spec"]["endpoints"][0]["honorLabels"], true);
+    let pod_monitor = of_kind("PodMonitor");
+    assert_eq!(pod_monitor["metadata"]["labels"]["release"], "monitoring");
+    assert_eq!(pod_monitor["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        pod_monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+        autotuner_operator::children::labels::MANAGER
+    );
+    let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "http");
+    let relabelled: Vec<(&str, &str)> = endpoint["relabelings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["sourceLabels"][0].as_str().unwrap(),
+                r["targetLabel"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(relabelled.contains(&(
+        "__meta_kubernetes_pod_label_app_kubernetes_io_instance",
+        "cameratuning"
+    )));
 }

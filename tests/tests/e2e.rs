@@ -18,6 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autotuner_api::{CameraTuning, CameraTuningStatus, ModelStatus, Phase};
+use autotuner_tests::plot;
+use autotuner_tests::prometheus::{
+    Prometheus, alert_queries, dashboard_queries, legend, metrics_read, with_variables,
+};
 use autotuner_tests::workers::{FileServer, encode_vtest, wait_for_listener_on};
 use autotuner_tests::{
     ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, Options, dns_query, expect_success, helm,
@@ -73,6 +77,12 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     );
     run.install_chart();
     run.stage("helm install: the operator runs");
+    let discovered = plane.dir().join("prometheus-targets");
+    std::fs::create_dir_all(&discovered).unwrap();
+    let discovery = tokio::spawn(discover(run.admin.clone(), discovered.clone()));
+    let prometheus = Prometheus::start(plane.dir(), "5s", &scrape_configs(&discovered))
+        .await
+        .unwrap();
 
     let mut camera = Camera::start(plane.dir());
     let models = FileServer::start_on(&assets().join("models"), NODE_IP);
@@ -126,6 +136,25 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
         "{annotator_url}"
     );
 
+    // The annotator admits the capture pods of its namespace and the metrics scraper only (the
+    // test node's bridge network does not enforce policies; the object is what is checked).
+    let policy: Value = serde_json::from_str(&run.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "networkpolicy",
+        "-l",
+        "app.kubernetes.io/component=annotator",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let from = &policy["items"][0]["spec"]["ingress"][0]["from"];
+    assert_eq!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "capture",
+        "{policy:#}"
+    );
+
     // Faults mid-capture: each pod is replaced, and the loop goes on where it was.
     let before = run.pods().await;
     let replaced = [before.name_of("capture"), before.name_of("annotator")];
@@ -174,7 +203,12 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     // Nothing lost or duplicated by the capture pod's deletion mid-capture.
     dataset.assert_consistent();
     match promoted {
-        Some(model) => serve_and_drift(&mut run, &mut camera, plane.dir(), &dataset, model).await,
+        Some(model) => {
+            serve_and_drift(&mut run, &mut camera, plane.dir(), &dataset, model).await;
+            assert_monitoring(&prometheus).await;
+            picture_dashboards(&prometheus, plane.dir(), run.started.elapsed()).await;
+            run.stage("Prometheus: every dashboard panel and alert reads series of the real pods");
+        }
         None => {
             run.stage("the Job reported; the gate rejected iteration 1");
             let status = run.status().await;
@@ -190,6 +224,7 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
         let servers: Vec<&str> = text.lines().filter(|l| l.starts_with("nameserver")).collect();
         assert_eq!(servers, ["nameserver 10.96.0.10"], "{sandbox}: {text}");
     }
+    discovery.abort();
     run.assert_logs_free_of_errors();
     run.assert_restricted_pods();
 
@@ -317,6 +352,235 @@ async fn serve_and_drift(
     run.stage("the operator judged iteration 2");
     // Still consistent after the training split rolled past `maxDatasetSize`.
     dataset.assert_consistent();
+}
+
+/// Scrape jobs of what the Prometheus Operator makes of the chart's ServiceMonitor
+/// (`honorLabels`: the operator's per-CameraTuning labels stand) and PodMonitor. Debian builds
+/// Prometheus without Kubernetes service discovery, so [`discover`] stands in for it.
+fn scrape_configs(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        r#"  - job_name: operator
+    honor_labels: true
+    file_sd_configs: [{{ files: ["{dir}/operator.json"], refresh_interval: 5s }}]
+  - job_name: workers
+    file_sd_configs: [{{ files: ["{dir}/workers.json"], refresh_interval: 5s }}]
+"#
+    )
+}
+
+/// Lists the pods every 2 s and writes them as Prometheus file-discovery targets: the operator's
+/// on its metrics port, the capture and annotator pods on their `http` port labelled as the
+/// chart's PodMonitor relabels them (namespace, pod, cameratuning from
+/// `app.kubernetes.io/instance`, component). `chart.rs` pins the monitors to these labels.
+async fn discover(client: Client, dir: PathBuf) {
+    let pods: Api<Pod> = Api::all(client);
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for job in ["operator", "workers"] {
+                let targets: Vec<Value> = list
+                    .items
+                    .iter()
+                    .filter_map(scrape_target)
+                    .filter(|(of, _)| *of == job)
+                    .map(|(_, target)| target)
+                    .collect();
+                let staged = dir.join(format!(".{job}.json"));
+                std::fs::write(&staged, Value::from(targets).to_string()).unwrap();
+                std::fs::rename(&staged, dir.join(format!("{job}.json"))).unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The scrape job and file-discovery target of a pod the monitors select, if it is one.
+fn scrape_target(pod: &Pod) -> Option<(&'static str, Value)> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    let port_named = |name: &str| {
+        pod.spec.as_ref()?.containers.iter().find_map(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+        })
+    };
+    let name = pod.metadata.name.as_deref()?;
+    let managed = labels.get("app.kubernetes.io/managed-by").map(String::as_str)
+        == Some(autotuner_operator::children::labels::MANAGER);
+    match labels.get("app.kubernetes.io/component").map(String::as_str)? {
+        "operator" => {
+            let port = port_named("http-metrics")?;
+            let target =
+                serde_json::json!({ "targets": [format!("{ip}:{port}")], "labels": { "pod": name } });
+            Some(("operator", target))
+        }
+        component @ ("capture" | "annotator") if managed => {
+            let port = port_named("http")?;
+            let mut target_labels = serde_json::json!({
+                "namespace": pod.metadata.namespace, "pod": name, "component": component,
+            });
+            if let Some(instance) = labels.get("app.kubernetes.io/instance") {
+                target_labels["cameratuning"] = Value::from(instance.as_str());
+            }
+            let target = serde_json::json!({ "targets": [format!("{ip}:{port}")], "labels": target_labels });
+            Some(("workers", target))
+        }
+        _ => None,
+    }
+}
+
+/// After a whole loop in pods: Prometheus scraped the operator, the annotator and the capture
+/// pod; every `/metrics` passes `promtool check metrics`; every metric each dashboard panel,
+/// variable and alert reads has series (a camera panel's under this CameraTuning's labels); every
+/// expression is valid PromQL; and every panel shows data.
+async fn assert_monitoring(prometheus: &Prometheus) {
+    let targets = prometheus.targets().await.unwrap();
+    for (job, component) in [
+        ("operator", None),
+        ("workers", Some("capture")),
+        ("workers", Some("annotator")),
+    ] {
+        let up = targets.iter().any(|t| {
+            t["labels"]["job"] == job
+                && component.is_none_or(|c| t["labels"]["component"] == c)
+                && t["health"] == "up"
+        });
+        assert!(up, "no {job} {component:?} target up: {targets:#?}");
+    }
+    let promtool = autotuner_tests::prometheus_binaries().unwrap().join("promtool");
+    for target in targets.iter().filter(|t| t["health"] == "up") {
+        let url = target["scrapeUrl"].as_str().unwrap();
+        let body = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+            .and_then(|answer| answer.error_for_status())
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .text()
+            .await
+            .unwrap();
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        check.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+        let output = check.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool check metrics on {url}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let variables = [("namespace", NS), ("cameratuning", NAME)];
+    let camera = format!("namespace=\"{NS}\", cameratuning=\"{NAME}\"");
+    let annotators = format!("namespace=\"{NS}\", component=\"annotator\"");
+    let mut missing = Vec::new();
+    let mut panels_with_data = BTreeSet::new();
+    let queries: Vec<_> = dashboard_queries().into_iter().chain(alert_queries()).collect();
+    for query in &queries {
+        for name in metrics_read(&query.expr) {
+            // A camera panel's series are the CameraTuning's, or its namespace's annotators'.
+            let labels = match query.file.as_str() {
+                "camera.json" if name.starts_with("autotuner_annotator_") => annotators.as_str(),
+                "camera.json" => camera.as_str(),
+                _ => "",
+            };
+            let selector = format!("count({{__name__=~\"{name}(_bucket)?\", {labels}}})");
+            if prometheus.query(&selector).await.unwrap().is_empty() {
+                missing.push(format!(
+                    "{} {:?} reads {name}{{{labels}}}: no series",
+                    query.file, query.title
+                ));
+            }
+        }
+        if query.panel || query.file == "alerts.yaml" {
+            let expr = with_variables(&query.expr, &variables);
+            let result = prometheus
+                .query(&expr)
+                .await
+                .unwrap_or_else(|e| panic!("{} {:?}: not valid PromQL: {e}", query.file, query.title));
+            if query.panel && !result.is_empty() {
+                panels_with_data.insert((query.file.clone(), query.title.clone()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+    let blank: BTreeSet<_> = queries
+        .iter()
+        .filter(|q| q.panel)
+        .map(|q| (q.file.clone(), q.title.clone()))
+        .filter(|panel| !panels_with_data.contains(panel))
+        .collect();
+    assert!(blank.is_empty(), "dashboard panels with no data: {blank:#?}");
+    eprintln!(
+        "prometheus: {} targets, {} queries, {} panels with data",
+        targets.len(),
+        queries.len(),
+        panels_with_data.len()
+    );
+}
+
+/// A PNG per dashboard row, `bench-results/dashboards/<dashboard>-<row>.png`, plotted from what
+/// Prometheus holds of this run: what a user would see in Grafana.
+async fn picture_dashboards(prometheus: &Prometheus, dir: &Path, span: Duration) {
+    let out = repo_root().join("bench-results/dashboards");
+    std::fs::create_dir_all(&out).unwrap();
+    let variables = [("namespace", NS), ("cameratuning", NAME)];
+    let queries: Vec<_> = dashboard_queries().into_iter().filter(|q| q.panel).collect();
+    // The run's start, in Prometheus' time (seconds since the epoch).
+    let origin = (std::time::SystemTime::now() - span)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut rows: Vec<(String, String)> = queries.iter().map(|q| (q.file.clone(), q.row.clone())).collect();
+    rows.dedup();
+    for (file, row) in rows {
+        let mut panels: Vec<plot::Panel> = Vec::new();
+        for query in queries.iter().filter(|q| q.file == file && q.row == row) {
+            if panels.last().is_none_or(|p| p.title != query.title) {
+                panels.push(plot::Panel {
+                    title: query.title.clone(),
+                    unit: query.unit.clone(),
+                    series: Vec::new(),
+                });
+            }
+            let expr = with_variables(&query.expr, &variables);
+            let series = prometheus
+                .query_range(&expr, span, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let panel = panels.last_mut().unwrap();
+            for s in series {
+                let points = s.points.iter().map(|&(t, v)| (t - origin, v)).collect();
+                panel.series.push((legend(&query.legend, &s.labels), points));
+            }
+        }
+        let stem = format!(
+            "{}-{}",
+            file.trim_end_matches(".json"),
+            row.to_lowercase().replace(' ', "-")
+        );
+        let title = format!("Edge AutoTuner / {}: {row}", file.trim_end_matches(".json"));
+        plot::row(
+            &title,
+            &panels,
+            &dir.join(format!("{stem}.svg")),
+            &out.join(format!("{stem}.png")),
+        )
+        .unwrap();
+    }
 }
 
 /// One run: the control plane with its node, and the wall time of each stage.
@@ -492,17 +756,19 @@ spec:
             // Failed is terminal until the spec changes: waiting on would only hide the cause.
             let failed = status.phase == Some(Phase::Failed);
             if failed || Instant::now() > deadline {
+                // The workers' logs first: a CI summary that keeps only the start of a failure
+                // then still shows its cause (a training Job's error, say).
                 panic!(
-                    "{what}: {}\nstatus: {}\n{}\n{}\n{}",
+                    "{what}: {}\n{}\nstatus: {}\n{}\n{}",
                     if failed {
                         "the CameraTuning failed".to_string()
                     } else {
                         format!("not within {timeout:?}")
                     },
+                    self.worker_logs(),
                     serde_json::to_string_pretty(&status).unwrap(),
                     self.kubectl(&["get", "pods,jobs,pvc", "-A", "-o", "wide"]),
                     self.kubectl(&["-n", NS, "get", "events", "--sort-by=.lastTimestamp"]),
-                    self.worker_logs(),
                 );
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -513,8 +779,11 @@ spec:
     /// training attempts included), for a failure message that shows the cause.
     fn worker_logs(&self) -> String {
         let names = self.kubectl(&["-n", NS, "get", "pods", "-o", "name"]);
+        // Training pods first: when a Job fails, its pods' logs hold the cause.
+        let mut names: Vec<&str> = names.lines().collect();
+        names.sort_by_key(|pod| !pod.contains("-train-"));
         names
-            .lines()
+            .into_iter()
             .map(|pod| {
                 let logs = self
                     .plane
@@ -584,7 +853,7 @@ spec:
                 "-n",
                 NS,
                 "get",
-                "deployments,services,jobs,pvc,pods,configmaps,secrets",
+                "deployments,services,networkpolicies,jobs,pvc,pods,configmaps,secrets",
                 "-o",
                 "name",
             ]);

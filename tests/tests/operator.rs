@@ -24,6 +24,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -111,6 +112,16 @@ impl Harness {
             .iter()
             .map(|d| d.name_any())
             .collect()
+    }
+
+    /// The capture worker's count of the current round: `train` images selected since it began.
+    async fn round(&self, name: &str, train: u64) -> Value {
+        let status = self.tunings().get(name).await.unwrap().status.unwrap_or_default();
+        let since = status
+            .dataset
+            .and_then(|d| d.round_started_at)
+            .expect("a round after drift");
+        json!({ "since": since, "train": train, "eval": 2 })
     }
 
     /// Plays the kubelet for a Job's pod: its container exits with `phase`.
@@ -227,14 +238,18 @@ async fn the_loop_follows_worker_reports_and_survives_restarts_in_every_phase() 
     op = restart(&h, op, "gate", 1).await;
 
     // A drift check below the threshold starts a new round of collection: iteration 2 trains
-    // once the round has stored `trainSize` (10) more training images.
-    let drifted = |stored: u64| {
+    // once the capture worker counts `trainSize` (10) training images selected since the round
+    // began (at the check that saw the drift).
+    let checked_at = Timestamp::now().to_string();
+    let drifted = |round: Value| {
         json!({
-        "dataset": { "framesSeen": 2000, "framesSelected": 90, "annotated": 30, "train": 25, "eval": 2, "trainStored": stored },
+        "dataset": { "framesSeen": 2000, "framesSelected": 90, "annotated": 30, "train": 25, "eval": 2,
+                     "trainStored": 60, "round": round },
         "inference": { "model": { "version": 1, "uri": "s3://datasets/models/gate-1.onnx", "since": Timestamp::now().to_string() } },
-        "lastDriftCheck": { "time": Timestamp::now().to_string(), "relativeAccuracy": 0.55, "sampleSize": 50 } })
+        "lastDriftCheck": { "time": checked_at, "relativeAccuracy": 0.55, "sampleSize": 50 } })
     };
-    h.report("gate", CAPTURE_FIELD_MANAGER, drifted(25)).await;
+    h.report("gate", CAPTURE_FIELD_MANAGER, drifted(Value::Null))
+        .await;
     let t = h.phase("gate", Phase::Retraining).await;
     let status = t.status.unwrap();
     let drift = status
@@ -243,14 +258,37 @@ async fn the_loop_follows_worker_reports_and_survives_restarts_in_every_phase() 
         .find(|c| c.type_ == "DriftDetected")
         .unwrap();
     assert_eq!(drift.status, "True");
-    assert_eq!(status.dataset.unwrap().round_start, Some(25));
+    let started = status
+        .dataset
+        .unwrap()
+        .round_started_at
+        .expect("the round's start");
+    // Kubernetes times have second precision.
+    assert_eq!(
+        Some(started.0.as_second()),
+        status.last_drift_check.as_ref().map(|c| c.time.0.as_second()),
+        "the round begins at the check that saw the drift"
+    );
+    // 60 images stored in all, 9 of them selected since the round began: not yet.
+    h.report(
+        "gate",
+        CAPTURE_FIELD_MANAGER,
+        drifted(json!({ "since": started, "train": 9, "eval": 2 })),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         h.jobs("gate").await,
         ["gate-train-1"],
         "no Job before the round is full"
     );
     op = restart(&h, op, "gate", 1).await;
-    h.report("gate", CAPTURE_FIELD_MANAGER, drifted(35)).await;
+    h.report(
+        "gate",
+        CAPTURE_FIELD_MANAGER,
+        drifted(json!({ "since": started, "train": 10, "eval": 2 })),
+    )
+    .await;
     let api = h.tunings();
     wait_for(WAIT, || async { (h.jobs("gate").await.len() == 2).then_some(()) })
         .await
@@ -296,14 +334,14 @@ async fn promote(h: &Harness, name: &str, version: u32, map: f64, baseline: f64)
 }
 
 /// The capture worker's report: what it serves, what it refused, its last drift check.
-fn capture_report(serving: u32, refused: Option<u32>, stored: u64, check: Value) -> Value {
+fn capture_report(serving: u32, refused: Option<u32>, round: Value, check: Value) -> Value {
     let model = |v: u32| format!("s3://datasets/models/roll-{v}.onnx");
     let mut inference = json!({ "model": { "version": serving, "uri": model(serving), "since": Timestamp::now().to_string() } });
     if let Some(v) = refused {
         inference["refusedModel"] = json!({ "version": v, "uri": model(v),
             "reason": "the model does not load: protobuf parsing failed", "time": Timestamp::now().to_string() });
     }
-    json!({ "dataset": { "train": 10, "eval": 2, "trainStored": stored }, "inference": inference, "lastDriftCheck": check })
+    json!({ "dataset": { "train": 10, "eval": 2, "trainStored": 10, "round": round }, "inference": inference, "lastDriftCheck": check })
 }
 
 #[tokio::test]
@@ -321,7 +359,7 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     h.phase("roll", Phase::Training).await;
     promote(&h, "roll", 1, 0.40, 0.28).await;
     let now = || Timestamp::now().to_string();
-    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None, 10,
+    h.report("roll", CAPTURE_FIELD_MANAGER, capture_report(1, None, Value::Null,
         json!({ "time": now(), "relativeAccuracy": 0.95, "sampleSize": 50, "modelVersion": 1, "ap50": 0.76 }))).await;
     h.phase("roll", Phase::Monitoring).await;
 
@@ -331,14 +369,14 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     h.report(
         "roll",
         CAPTURE_FIELD_MANAGER,
-        capture_report(1, None, 10, drifting()),
+        capture_report(1, None, Value::Null, drifting()),
     )
     .await;
     h.phase("roll", Phase::Retraining).await;
     h.report(
         "roll",
         CAPTURE_FIELD_MANAGER,
-        capture_report(1, None, 20, drifting()),
+        capture_report(1, None, h.round("roll", 10).await, drifting()),
     )
     .await;
     promote(&h, "roll", 2, 0.45, 0.41).await;
@@ -347,7 +385,7 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     h.report(
         "roll",
         CAPTURE_FIELD_MANAGER,
-        capture_report(1, Some(2), 20, drifting()),
+        capture_report(1, Some(2), h.round("roll", 10).await, drifting()),
     )
     .await;
     let api = h.tunings();
@@ -372,7 +410,7 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
     h.report(
         "roll",
         CAPTURE_FIELD_MANAGER,
-        capture_report(1, None, 30, drifting()),
+        capture_report(1, None, h.round("roll", 10).await, drifting()),
     )
     .await;
     promote(&h, "roll", 3, 0.47, 0.41).await;
@@ -382,7 +420,7 @@ async fn a_new_model_is_rolled_back_when_the_node_refuses_it_or_it_falls_behind_
         capture_report(
             3,
             None,
-            30,
+            h.round("roll", 10).await,
             json!({ "time": now(), "relativeAccuracy": 0.6, "sampleSize": 50, "modelVersion": 3, "ap50": 0.52,
                 "previousModelAp50": 0.74 }),
         ),
@@ -413,7 +451,7 @@ async fn the_deadline_trains_on_enough_images_and_says_when_there_are_too_few() 
     h.report(
         "yard",
         CAPTURE_FIELD_MANAGER,
-        json!({ "dataset": { "train": 3 } }),
+        json!({ "dataset": { "train": 3, "eval": 2 } }),
     )
     .await;
     let api = h.tunings();
@@ -430,16 +468,40 @@ async fn the_deadline_trains_on_enough_images_and_says_when_there_are_too_few() 
     .await
     .expect("the status explains why training has not started");
     assert!(
-        progressing.message.contains("only 3 of the 5 images"),
+        progressing
+            .message
+            .contains("only 3 of 1000 training images, 2 of 2 evaluation images")
+            && progressing.message.contains("at least 5 and 2"),
         "{}",
         progressing.message
     );
     assert!(h.jobs("yard").await.is_empty());
 
+    // Enough training images, but the evaluation split lost one: still no Job, and the status
+    // says which split is short.
     h.report(
         "yard",
         CAPTURE_FIELD_MANAGER,
-        json!({ "dataset": { "train": 6 } }),
+        json!({ "dataset": { "train": 6, "eval": 1 } }),
+    )
+    .await;
+    wait_for(WAIT, || async {
+        let t = api.get("yard").await.ok()?;
+        let c = t
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")?;
+        c.message.contains("1 of 2 evaluation images").then_some(())
+    })
+    .await
+    .expect("the status says the evaluation split is short");
+    assert!(h.jobs("yard").await.is_empty());
+
+    h.report(
+        "yard",
+        CAPTURE_FIELD_MANAGER,
+        json!({ "dataset": { "train": 6, "eval": 2 } }),
     )
     .await;
     h.phase("yard", Phase::Training).await;
@@ -456,7 +518,7 @@ async fn a_failing_job_is_retried_then_the_tuning_fails_with_an_explanation() {
     h.report(
         "dock",
         CAPTURE_FIELD_MANAGER,
-        json!({ "dataset": { "train": 10 } }),
+        json!({ "dataset": { "train": 10, "eval": 2 } }),
     )
     .await;
     h.phase("dock", Phase::Training).await;
@@ -636,6 +698,53 @@ async fn tunings_share_an_annotator_and_deletion_removes_everything_they_made() 
 }
 
 #[tokio::test]
+async fn the_annotator_admits_capture_pods_and_scrapers_only_and_its_policy_goes_when_turned_off() {
+    let h = setup("annotator-policy").await;
+    let scrapers: Vec<NetworkPolicyPeer> = serde_json::from_value(json!([
+        { "namespaceSelector": {}, "podSelector": { "matchLabels": { "app.kubernetes.io/name": "prometheus" } } }
+    ]))
+    .unwrap();
+    let op = operator::start_configured(h.plane, &h.ns, "policy", |config| {
+        config.annotator_ingress_from = Some(scrapers.clone());
+    })
+    .await;
+    h.apply("gate", spec(10)).await;
+    h.phase("gate", Phase::Capturing).await;
+    let annotator = h
+        .deployments("app.kubernetes.io/component=annotator")
+        .await
+        .remove(0);
+    let policies: Api<NetworkPolicy> = Api::namespaced(h.admin.clone(), &h.ns);
+    let policy = wait_for(WAIT, || async { policies.get_opt(&annotator).await.ok()? })
+        .await
+        .expect("the annotator's NetworkPolicy");
+    let spec = policy.spec.unwrap();
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let peers: Vec<NetworkPolicyPeer> = spec
+        .ingress
+        .unwrap()
+        .into_iter()
+        .flat_map(|rule| rule.from.unwrap_or_default())
+        .collect();
+    assert!(peers.contains(&scrapers[0]), "{peers:#?}");
+    assert_eq!(peers.len(), 2, "the capture pods and the scrapers: {peers:#?}");
+
+    // The operator restarted without the option: the policy goes, the annotator stays.
+    op.task.abort();
+    let op = h.operator("policy").await;
+    wait_for(WAIT, || async {
+        policies.get_opt(&annotator).await.ok()?.is_none().then_some(())
+    })
+    .await
+    .expect("the policy is deleted once nothing asks for it");
+    assert_eq!(
+        h.deployments("app.kubernetes.io/component=annotator").await,
+        [annotator]
+    );
+    op.task.abort();
+}
+
+#[tokio::test]
 async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
     let h = setup("election").await;
     let first = h.operator("replica-a").await;
@@ -660,6 +769,18 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
         second.probes.ready.load(std::sync::atomic::Ordering::Relaxed),
         "the standby is ready"
     );
+    let leader = |op: &Operator| {
+        let cache = op.probes.tunings.read().clone();
+        op.probes
+            .metrics
+            .render(cache.as_ref())
+            .lines()
+            .any(|line| line == "autotuner_operator_leader 1")
+    };
+    assert!(
+        leader(&first) && !leader(&second),
+        "only the leader says it leads"
+    );
 
     first.task.abort();
     wait_for(WAIT, || async {
@@ -671,6 +792,7 @@ async fn one_replica_leads_and_a_standby_takes_over_when_it_dies() {
     h.apply("west", spec(10)).await;
     h.phase("west", Phase::Capturing).await;
     assert!(second.metrics.reconciliations.get() > 0);
+    assert!(leader(&second), "the new leader says it leads");
     second.task.abort();
 }
 
@@ -697,6 +819,16 @@ async fn metrics_and_probes_are_served() {
             "autotuner_dataset_images{{cameratuning=\"lobby\",namespace=\"{}\",split=\"train\"}} 4",
             h.ns
         ),
+        // What the chart's alert rules read.
+        format!(
+            "autotuner_cameratuning_phase{{cameratuning=\"lobby\",namespace=\"{}\",phase=\"Capturing\"}} 1",
+            h.ns
+        ),
+        format!(
+            "autotuner_cameratuning_condition{{cameratuning=\"lobby\",namespace=\"{}\",reason=\"Capturing\",status=\"false\",type=\"Ready\"}} 1",
+            h.ns
+        ),
+        "autotuner_operator_leader 1".to_string(),
     ];
     let count = |body: &str, name: &str| -> f64 {
         body.lines()
@@ -709,13 +841,30 @@ async fn metrics_and_probes_are_served() {
     wait_for(WAIT, || async {
         let (status, body) = get(address, "/metrics").await;
         (status == 200
-            && expected.iter().all(|line| body.contains(line.as_str()))
+            && expected.iter().all(|line| body.lines().any(|l| l == line))
             && count(&body, "autotuner_operator_reconciliations_total") >= 2.0
             && count(&body, "autotuner_operator_reconcile_duration_seconds_count") >= 2.0)
             .then_some(body)
     })
     .await
     .unwrap_or_else(|_| panic!("/metrics never showed {expected:?} and two timed reconciliations"));
+    let deadline = h
+        .tunings()
+        .get("lobby")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .dataset
+        .unwrap()
+        .deadline;
+    let deadline = deadline.expect("the round has a deadline").0.as_second() as f64;
+    let (_, body) = get(address, "/metrics").await;
+    let series = format!(
+        "autotuner_cameratuning_deadline_timestamp_seconds{{cameratuning=\"lobby\",namespace=\"{}\"}}",
+        h.ns
+    );
+    assert_eq!(count(&body, &series), deadline, "{body}");
     assert_eq!(get(address, "/healthz").await.0, 200);
     assert_eq!(get(address, "/readyz").await.0, 200);
     op.task.abort();

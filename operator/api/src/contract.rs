@@ -4,6 +4,7 @@
 //!
 //! Every environment variable a worker reads is named here and nowhere else.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
 use crate::{CameraTuningSpec, TrainableLayers};
@@ -44,6 +45,7 @@ pub const DEVELOPMENT_VARIABLES: &[&str] = &[
     "AUTOTUNER_ASSETS",
     "AUTOTUNER_CONTROLPLANE_BIN",
     "AUTOTUNER_IMAGES",
+    "AUTOTUNER_PROMETHEUS_BIN",
     "AUTOTUNER_VISION_SIMD",
 ];
 
@@ -88,10 +90,20 @@ pub struct TrainingSettings {
     pub batch_size: u32,
     pub learning_rate: f64,
     pub trainable_layers: TrainableLayers,
+    /// `status.dataset.roundStartedAt` of the round this Job trains on (unset for the first):
+    /// the Job judges the candidate, and the model it starts from, on the eval images selected
+    /// since, the scene the camera shows now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_started_at: Option<Time>,
 }
 
 impl TrainingSettings {
-    pub fn new(spec: &CameraTuningSpec, iteration: u32, base_model_uri: &str) -> Self {
+    pub fn new(
+        spec: &CameraTuningSpec,
+        iteration: u32,
+        base_model_uri: &str,
+        round_started_at: Option<&Time>,
+    ) -> Self {
         Self {
             iteration,
             base_model_uri: base_model_uri.to_string(),
@@ -100,6 +112,7 @@ impl TrainingSettings {
             batch_size: spec.training.batch_size,
             learning_rate: spec.training.learning_rate,
             trainable_layers: spec.training.trainable_layers,
+            round_started_at: round_started_at.cloned(),
         }
     }
 
@@ -111,6 +124,18 @@ impl TrainingSettings {
     pub fn from_env_value(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|e| format!("{ENV_TRAINING}: {e}"))
     }
+}
+
+/// A time as the workers record when a frame was decoded: milliseconds since the Unix epoch
+/// (`None` before it).
+pub fn epoch_ms(time: &Time) -> Option<u64> {
+    u64::try_from(time.0.as_millisecond()).ok()
+}
+
+/// The inverse of [`epoch_ms`] (`None` past the range of a Kubernetes time).
+pub fn time_at_epoch_ms(ms: u64) -> Option<Time> {
+    let ms = i64::try_from(ms).ok()?;
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok().map(Time)
 }
 
 /// The defaults the CRD writes into a spec and the standalone run (`autotuner tune`) and the
@@ -130,6 +155,13 @@ pub mod defaults {
 /// them and the trainer reads them (image paths are relative to each file).
 pub const DATASET_TRAIN_FILE: &str = "train/annotations.json";
 pub const DATASET_EVAL_FILE: &str = "eval/annotations.json";
+/// Every split a training Job needs: it trains on one and judges its candidate on the other.
+pub const DATASET_SPLIT_FILES: [&str; 2] = [DATASET_TRAIN_FILE, DATASET_EVAL_FILE];
+
+/// The trainer's exit status when the dataset lacks a split it needs (capture has not written
+/// it yet). The Job's pod failure policy does not count such an attempt against
+/// `training.maxRetries`: the next attempt takes a new snapshot (EX_TEMPFAIL of sysexits.h).
+pub const EXIT_DATASET_INCOMPLETE: i32 = 75;
 
 /// Where the trainer of `iteration` keeps its checkpoints and report, under the dataset.
 pub fn training_run_dir(iteration: u32) -> String {

@@ -653,6 +653,31 @@ pub enum TrainableLayers {
     Unfrozen,
 }
 
+impl TrainableLayers {
+    /// The name the CRD and the workers' flags use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BoxRegression => "boxRegression",
+            Self::Top => "top",
+            Self::Unfrozen => "unfrozen",
+        }
+    }
+}
+
+impl std::str::FromStr for TrainableLayers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "boxRegression" => Ok(Self::BoxRegression),
+            "top" => Ok(Self::Top),
+            "unfrozen" => Ok(Self::Unfrozen),
+            other => Err(format!(
+                "trainable layers {other:?}: expected boxRegression, top or unfrozen"
+            )),
+        }
+    }
+}
+
 /// Fine-tuning of the student.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.student.family == 'ssdRaw'")
@@ -701,6 +726,15 @@ pub struct TrainingSpec {
     #[schemars(range(min = 1, max = 1000000))]
     pub min_train_size: u32,
 
+    /// At the deadline, train only when the evaluation split holds at least this many of the
+    /// round's images as well (at most `dataset.evalSize` are asked for): a candidate is judged
+    /// on them, and a Job without them could not judge it. Otherwise the round keeps capturing,
+    /// and the Progressing condition says which split is short. Before the deadline a round
+    /// waits for `dataset.trainSize` training and `dataset.evalSize` evaluation images.
+    #[serde(default = "default_min_eval_size")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub min_eval_size: u32,
+
     /// Failed training attempts retried before the CameraTuning fails.
     #[serde(default = "default_max_retries")]
     #[schemars(range(min = 0, max = 10))]
@@ -729,6 +763,10 @@ fn default_deadline() -> String {
 
 fn default_min_train_size() -> u32 {
     100
+}
+
+fn default_min_eval_size() -> u32 {
+    20
 }
 
 fn default_max_retries() -> u32 {

@@ -114,23 +114,57 @@ pub struct DatasetStatus {
     /// Training images stored since capture began, those replaced since included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_stored: Option<u64>,
-    /// `trainStored` when this round of collection began: 0 for the first round; drift starts
-    /// a new one, which trains once `dataset.trainSize` images have been stored since.
+    /// When this round of collection began, by the camera node's clock: the time of the drift
+    /// check that started it (written by the operator). Unset in the first round, which counts
+    /// every image. A round counts, and its Job judges on, only frames decoded since: frames
+    /// selected before, still waiting for the teacher when the round began, are of the scene
+    /// that drifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub round_start: Option<u64>,
-    /// The round trains at this time even if it has not collected `dataset.trainSize` images
-    /// (with at least `training.minTrainSize`).
+    pub round_started_at: Option<Time>,
+    /// The images of this round, as the capture worker counted them for `roundStartedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<RoundImages>,
+    /// The round trains at this time even if it has not collected `dataset.trainSize` training
+    /// and `dataset.evalSize` evaluation images (with at least `training.minTrainSize` and
+    /// `training.minEvalSize`). Unset while a training Job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
 }
 
+/// The images of a round of collection in each split, those decoded since `since`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundImages {
+    /// The `roundStartedAt` these counts are for.
+    pub since: Time,
+    pub train: u64,
+    pub eval: u64,
+}
+
 impl DatasetStatus {
-    /// Training images stored in this round of collection.
+    /// Training images of this round: every stored one in the first round; after a drift, those
+    /// the capture worker counted since the round began (none until it has counted for this
+    /// round, so a count of the last round never starts training early).
     pub fn round_images(&self) -> u64 {
-        self.train_stored
-            .or(self.train)
-            .unwrap_or(0)
-            .saturating_sub(self.round_start.unwrap_or(0))
+        match &self.round_started_at {
+            None => self.train_stored.or(self.train).unwrap_or(0),
+            Some(started) => self.round_count(started).map_or(0, |r| r.train),
+        }
+    }
+
+    /// Evaluation images of this round, on the volume now: the whole split in the first round;
+    /// after a drift, those the capture worker counted since the round began (the Job judges its
+    /// candidate on these).
+    pub fn round_eval_images(&self) -> u64 {
+        match &self.round_started_at {
+            None => self.eval.unwrap_or(0),
+            Some(started) => self.round_count(started).map_or(0, |r| r.eval),
+        }
+    }
+
+    /// The worker's count, when it is for the round that began at `started`.
+    fn round_count(&self, started: &Time) -> Option<&RoundImages> {
+        self.round.as_ref().filter(|r| r.since == *started)
     }
 }
 
@@ -238,4 +272,42 @@ pub struct RefusedModel {
     pub retrying: Option<bool>,
     /// When it was refused.
     pub time: Time,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn the_first_round_counts_every_stored_image_and_a_later_one_only_its_own() {
+        let mut dataset = DatasetStatus {
+            train: Some(40),
+            train_stored: Some(130),
+            eval: Some(7),
+            ..DatasetStatus::default()
+        };
+        assert_eq!(dataset.round_images(), 130);
+        assert_eq!(dataset.round_eval_images(), 7);
+        dataset.round_started_at = Some(at(1_000));
+        assert_eq!(dataset.round_images(), 0, "not counted for this round yet");
+        assert_eq!(dataset.round_eval_images(), 0, "not counted for this round yet");
+        dataset.round = Some(RoundImages {
+            since: at(900),
+            train: 40,
+            eval: 20,
+        });
+        assert_eq!(dataset.round_images(), 0, "a count of the last round");
+        assert_eq!(dataset.round_eval_images(), 0, "a count of the last round");
+        dataset.round = Some(RoundImages {
+            since: at(1_000),
+            train: 12,
+            eval: 5,
+        });
+        assert_eq!(dataset.round_images(), 12);
+        assert_eq!(dataset.round_eval_images(), 5);
+    }
 }

@@ -15,10 +15,13 @@ use k8s_openapi::api::core::v1::{
     EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     ResourceRequirements, Service, ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -167,12 +170,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// An annotator Deployment and its Service.
+/// An annotator Deployment, its Service and, where the operator is configured for it, the
+/// NetworkPolicy that admits only the capture pods of its namespace and its metrics scraper.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Annotator {
     pub teacher_hash: String,
     pub deployment: Deployment,
     pub service: Service,
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Everything one CameraTuning wants, at one moment of its loop.
@@ -198,6 +203,8 @@ pub struct Rollout<'a> {
     pub deployed_model_uri: &'a str,
     /// Start a training Job for this iteration.
     pub train_iteration: Option<u32>,
+    /// When the round the Job trains on began (`status.dataset.roundStartedAt`).
+    pub round_started_at: Option<&'a Time>,
 }
 
 pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> Children {
@@ -219,16 +226,9 @@ pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> C
             .teacher
             .as_ref()
             .map(|teacher| annotator(teacher, config)),
-        training_job: rollout.train_iteration.map(|iteration| {
-            training_job(
-                tuning,
-                &owner,
-                &dataset,
-                iteration,
-                rollout.deployed_model_uri,
-                config,
-            )
-        }),
+        training_job: rollout
+            .train_iteration
+            .map(|iteration| training_job(tuning, &owner, &dataset, iteration, rollout, config)),
     }
 }
 
@@ -709,10 +709,56 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
             "ports": [{ "name": "http", "port": ANNOTATOR_PORT, "targetPort": "http" }]
         }
     }));
+    let network_policy = config
+        .annotator_ingress_from
+        .as_ref()
+        .map(|scrapers| annotator_network_policy(&deployment, scrapers));
     Annotator {
         teacher_hash: hash,
         deployment,
         service,
+        network_policy,
+    }
+}
+
+/// The teacher's API answers the capture pods of the annotator's namespace; its metrics, on the
+/// same port, `scrapers`; nothing else reaches it. Egress stays open: the annotator fetches its
+/// model from wherever the spec's URI says.
+fn annotator_network_policy(deployment: &Deployment, scrapers: &[NetworkPolicyPeer]) -> NetworkPolicy {
+    let capture_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                (labels::COMPONENT.to_string(), "capture".to_string()),
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+            ])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let selector = deployment.spec.selector.clone();
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: deployment.metadata.name.clone(),
+            labels: deployment.metadata.labels.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(
+                    std::iter::once(capture_pods)
+                        .chain(scrapers.iter().cloned())
+                        .collect(),
+                ),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::String("http".to_string())),
+                    protocol: Some("TCP".to_string()),
+                    ..NetworkPolicyPort::default()
+                }]),
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
     }
 }
 
@@ -721,7 +767,7 @@ fn training_job(
     owner: &OwnerReference,
     dataset: &Dataset,
     iteration: u32,
-    base_model_uri: &str,
+    rollout: &Rollout<'_>,
     config: &Config,
 ) -> Job {
     let name = tuning.name_any();
@@ -729,7 +775,13 @@ fn training_job(
     let mut vars = worker_env(tuning, dataset);
     vars.push(env(
         contract::ENV_TRAINING,
-        TrainingSettings::new(spec, iteration, base_model_uri).to_env_value(),
+        TrainingSettings::new(
+            spec,
+            iteration,
+            rollout.deployed_model_uri,
+            rollout.round_started_at,
+        )
+        .to_env_value(),
     ));
     let mut meta = metadata(
         &names::training_job(&name, iteration),
@@ -760,6 +812,12 @@ fn training_job(
         "spec": {
             // Kubernetes retries the pod this many times before it marks the Job Failed.
             "backoffLimit": spec.training.max_retries,
+            // An attempt that found a split missing (the capture worker had not written it yet)
+            // is not a failure of the training: the next attempt takes a new snapshot.
+            "podFailurePolicy": { "rules": [{
+                "action": "Ignore",
+                "onExitCodes": { "operator": "In", "values": [contract::EXIT_DATASET_INCOMPLETE] }
+            }] },
             "template": { "metadata": { "labels": meta["labels"] }, "spec": pod_spec }
         }
     }))
@@ -793,9 +851,59 @@ mod tests {
             &Rollout {
                 deployed_model_uri: "file:///m/ssd.onnx",
                 train_iteration: Some(1),
+                round_started_at: None,
             },
             &Config::default(),
         )
+    }
+
+    #[test]
+    fn an_annotator_admits_only_its_namespaces_capture_pods_and_the_configured_scrapers() {
+        let t = tuning(json!({}));
+        assert!(
+            build_all(&t).annotator.unwrap().network_policy.is_none(),
+            "no policy unless configured"
+        );
+        let scraper: NetworkPolicyPeer = serde_json::from_value(json!({
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } }
+        }))
+        .unwrap();
+        let config = Config {
+            annotator_ingress_from: Some(vec![scraper.clone()]),
+            ..Config::default()
+        };
+        let rollout = Rollout {
+            deployed_model_uri: "file:///m/ssd.onnx",
+            train_iteration: None,
+            round_started_at: None,
+        };
+        let annotator = build(&t, &rollout, &config).annotator.unwrap();
+        let policy = annotator.network_policy.unwrap();
+        assert_eq!(policy.metadata.name, annotator.deployment.metadata.name);
+        let spec = policy.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector,
+            Some(annotator.deployment.spec.selector.clone()),
+            "the policy selects the annotator's pods"
+        );
+        assert_eq!(
+            spec.policy_types.unwrap(),
+            ["Ingress"],
+            "egress stays open for the model download"
+        );
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 1);
+        let from = rules[0].from.clone().unwrap();
+        let capture = from[0].pod_selector.clone().unwrap().match_labels.unwrap();
+        assert_eq!(capture[labels::COMPONENT], "capture");
+        assert!(
+            from[0].namespace_selector.is_none(),
+            "capture pods of its own namespace only"
+        );
+        assert_eq!(from[1], scraper);
+        assert_eq!(from.len(), 2);
+        let ports = rules[0].ports.clone().unwrap();
+        assert_eq!(ports[0].port, Some(IntOrString::String("http".into())));
     }
 
     /// Every pod template, as JSON.
@@ -1011,6 +1119,26 @@ mod tests {
         assert_eq!(
             find(contract::ENV_ANNOTATOR_TOKEN)["valueFrom"]["secretKeyRef"]["name"],
             "teacher-token"
+        );
+    }
+
+    #[test]
+    fn a_training_attempt_that_found_the_dataset_incomplete_is_not_counted_as_a_retry() {
+        let t = tuning(json!({ "training": {
+            "student": { "uri": "file:///m/ssd.onnx", "family": "ssdRaw" }, "maxRetries": 3 } }));
+        let job = build_all(&t).training_job.unwrap().spec.unwrap();
+        assert_eq!(job.backoff_limit, Some(3));
+        assert_eq!(
+            job.template.spec.unwrap().restart_policy.as_deref(),
+            Some("Never")
+        );
+        let rules = job.pod_failure_policy.unwrap().rules;
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].action, "Ignore");
+        let codes = rules[0].on_exit_codes.as_ref().unwrap();
+        assert_eq!(
+            (codes.operator.as_str(), codes.values.as_slice()),
+            ("In", &[contract::EXIT_DATASET_INCOMPLETE][..])
         );
     }
 

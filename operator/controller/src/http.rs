@@ -52,10 +52,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, probes: Probes) -> std:
 
 async fn metrics(State(probes): State<Probes>) -> String {
     let store = probes.tunings.read().clone();
-    match store {
-        Some(store) => probes.metrics.render(&store),
-        None => probes.metrics.render(&kube::runtime::reflector::store().0),
-    }
+    probes.metrics.render(store.as_ref())
 }
 
 async fn readyz(State(probes): State<Probes>) -> (StatusCode, &'static str) {

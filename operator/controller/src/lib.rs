@@ -47,6 +47,9 @@ pub struct Config {
     pub reconcile_timeout: Duration,
     /// Watch only this namespace (a namespace-scoped install); `None`: every namespace.
     pub namespace: Option<String>,
+    /// With `Some`, each annotator gets a NetworkPolicy that admits the capture pods of its
+    /// namespace and these peers (its metrics scraper) and nothing else; `None`: no policy.
+    pub annotator_ingress_from: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             concurrency: 1,
             reconcile_timeout: Duration::from_secs(30),
             namespace: None,
+            annotator_ingress_from: None,
         }
     }
 }
@@ -77,6 +81,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Error::metric_label`] gives, so the error metric has each series from the
+    /// start.
+    pub const METRIC_LABELS: [&'static str; 5] =
+        ["kube", "finalizer", "invalid_spec", "not_namespaced", "timeout"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",

@@ -40,10 +40,24 @@ struct Args {
     /// Log as JSON lines (for log collectors) instead of text.
     #[arg(long, env = contract::ENV_LOG_JSON)]
     log_json: bool,
+    /// Give each annotator a NetworkPolicy admitting the capture pods of its namespace and these
+    /// peers (a JSON list of NetworkPolicyPeers: its metrics scraper) only.
+    #[arg(long, value_parser = parse_peers)]
+    annotator_ingress_from: Option<Peers>,
     /// Instead of running: GET this http:// URL and exit 0 on a 2xx answer, 1 otherwise (the
     /// chart's `helm test` pod runs the operator's image this way; the image has no curl).
     #[arg(long)]
     check_url: Option<String>,
+}
+
+/// NetworkPolicyPeers given as JSON on the command line.
+#[derive(Debug, Clone)]
+struct Peers(Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>);
+
+fn parse_peers(text: &str) -> Result<Peers, String> {
+    serde_json::from_str(text)
+        .map(Peers)
+        .map_err(|e| format!("not a JSON list of NetworkPolicyPeers: {e}"))
 }
 
 #[tokio::main]
@@ -95,6 +109,7 @@ async fn run(args: Args) -> anyhow::Result<Ended> {
         worker_image: args.worker_image,
         concurrency: args.concurrency,
         namespace: args.watch_namespace,
+        annotator_ingress_from: args.annotator_ingress_from.map(|peers| peers.0),
         ..Config::default()
     };
     let election = Election {
@@ -114,4 +129,36 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotator_ingress_from_takes_a_json_list_of_peers_and_refuses_anything_else() {
+        let args = Args::try_parse_from([
+            "operator",
+            r#"--annotator-ingress-from=[{"namespaceSelector":{},"podSelector":{"matchLabels":{"app.kubernetes.io/name":"prometheus"}}}]"#,
+        ])
+        .unwrap();
+        let peers = args.annotator_ingress_from.unwrap().0;
+        assert_eq!(peers.len(), 1);
+        assert!(peers[0].namespace_selector.is_some());
+        for bad in [
+            "prometheus",
+            r#"{"namespaceSelector":{}}"#,
+            r#"[{"podSelector":3}]"#,
+        ] {
+            let error = Args::try_parse_from(["operator", &format!("--annotator-ingress-from={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("not a JSON list of NetworkPolicyPeers"),
+                "{bad}: {error}"
+            );
+        }
+        let unset = Args::try_parse_from(["operator"]).unwrap();
+        assert!(unset.annotator_ingress_from.is_none(), "no flag, no policies");
+    }
 }

@@ -86,14 +86,14 @@ pub fn plan(
     let iteration = old.iteration.unwrap_or(0);
     let next = iteration + 1;
     let dataset = old.dataset.clone().unwrap_or_default();
-    let round_images = dataset.round_images();
+    let collected = Collected::of(&dataset);
     // A round's deadline counts from its start (the first reconcile, when capture starts, or
     // the drift that starts a retraining) and then stays put.
     let mut deadline = dataset
         .deadline
         .as_ref()
         .map_or_else(|| now + deadline_after, |d| d.0);
-    let mut round_start = dataset.round_start;
+    let mut round_started_at = dataset.round_started_at.clone();
     let mut models = Models {
         current: old.current_model.clone(),
         previous: old.previous_model.clone(),
@@ -176,7 +176,14 @@ pub fn plan(
             } else {
                 (Phase::Retraining, Phase::Retraining)
             };
-            match round(spec, round_images, now, deadline) {
+            let mut images = collected;
+            if iteration > 0 && round_started_at.is_none() {
+                // A drift round an operator before `roundStartedAt` began (it counted stored
+                // images): it restarts now rather than count every image and train at once.
+                round_started_at = Some(Time(now));
+                images = Collected { train: 0, eval: 0 };
+            }
+            match round(spec, images, now, deadline) {
                 Round::Ready(message) => {
                     train_iteration = Some(next);
                     notes.push(note(false, "TrainingStarted", message));
@@ -191,7 +198,14 @@ pub fn plan(
         }
         None => {
             let check = old.last_drift_check.as_ref();
-            let fresh = check.is_some_and(|c| checks(c, models.current.as_ref()));
+            // A check that already started a round (whose candidate was then rejected) does not
+            // start another on the frames that round trained on: the next check decides.
+            let fresh = check.is_some_and(|c| {
+                checks(c, models.current.as_ref())
+                    && round_started_at
+                        .as_ref()
+                        .is_none_or(|started| c.time.0 > started.0)
+            });
             let relative = check.map_or(1.0, |c| c.relative_accuracy);
             if let Some(reason) = rollback_reason(&old, &models, spec.rollout.rollback_margin) {
                 let (bad, back) = models.roll_back(&reason, now);
@@ -207,7 +221,10 @@ pub fn plan(
             } else if spec.drift.enabled && fresh && relative < spec.drift.min_relative_accuracy {
                 // The loop runs again: a new round collects what the camera sees now.
                 drift = true;
-                round_start = Some(dataset.train_stored.or(dataset.train).unwrap_or(0));
+                // The round begins at the check that saw the drift, by the camera node's clock
+                // (the worker compares it with its own frames' times, so no clock skew between
+                // the nodes matters): frames selected before it are of the scene that drifted.
+                round_started_at = check.map(|c| c.time.clone());
                 deadline = now + deadline_after;
                 notes.push(note(true, "DriftDetected", format!(
                     "the student agrees with the teacher at {relative:.2}, below {}: collecting {} new training images \
@@ -255,6 +272,7 @@ pub fn plan(
         &Rollout {
             deployed_model_uri: deployed_uri,
             train_iteration,
+            round_started_at: round_started_at.as_ref(),
         },
         config,
     );
@@ -269,17 +287,18 @@ pub fn plan(
                 waiting,
                 failure,
                 drift,
-                round_images,
+                collected: collected.describe(spec),
                 drift_round: phase == Phase::Retraining && train_iteration.is_none(),
-                spec_target: spec.dataset.train_size,
                 rolled_back: models.rolled_back_reason(),
             },
             now,
             generation,
         ),
         dataset: Some(DatasetStatus {
-            deadline: Some(Time(deadline)),
-            round_start,
+            // While a Job trains, no round collects and no deadline applies (an alert on a
+            // passed deadline would otherwise fire on a round that trained at it).
+            deadline: train_iteration.is_none().then_some(Time(deadline)),
+            round_started_at,
             ..DatasetStatus::default()
         }),
         current_model: models.current,
@@ -310,32 +329,76 @@ enum Round {
     },
 }
 
-/// A round trains once it holds `dataset.trainSize` images, or at its deadline with at least
-/// `training.minTrainSize`.
-fn round(spec: &autotuner_api::CameraTuningSpec, images: u64, now: Timestamp, deadline: Timestamp) -> Round {
-    let min = u64::from(spec.training.min_train_size);
-    let target = u64::from(spec.dataset.train_size);
-    if images >= target {
+/// The images a round has collected so far, in each split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Collected {
+    train: u64,
+    eval: u64,
+}
+
+impl Collected {
+    fn of(dataset: &DatasetStatus) -> Self {
+        Self {
+            train: dataset.round_images(),
+            eval: dataset.round_eval_images(),
+        }
+    }
+
+    fn describe(&self, spec: &autotuner_api::CameraTuningSpec) -> String {
+        format!(
+            "{} of {} training images, {} of {} evaluation images",
+            self.train, spec.dataset.train_size, self.eval, spec.dataset.eval_size
+        )
+    }
+}
+
+/// A round trains once it holds `dataset.trainSize` training and `dataset.evalSize` evaluation
+/// images, or at its deadline with at least `training.minTrainSize` and `training.minEvalSize`
+/// (at most `dataset.evalSize`). Never without evaluation images: the Job judges its candidate on
+/// them, and could not without.
+fn round(
+    spec: &autotuner_api::CameraTuningSpec,
+    images: Collected,
+    now: Timestamp,
+    deadline: Timestamp,
+) -> Round {
+    let min_train = u64::from(spec.training.min_train_size);
+    let min_eval = u64::from(spec.training.min_eval_size.min(spec.dataset.eval_size)).max(1);
+    let (train_target, eval_target) = (
+        u64::from(spec.dataset.train_size),
+        u64::from(spec.dataset.eval_size),
+    );
+    let collected = images.describe(spec);
+    if images.train >= train_target && images.eval >= eval_target {
+        Round::Ready(format!("the round collected {collected}"))
+    } else if now >= deadline && images.train >= min_train && images.eval >= min_eval {
         Round::Ready(format!(
-            "the round collected {images} of {target} training images"
-        ))
-    } else if now >= deadline && images >= min {
-        Round::Ready(format!(
-            "the deadline passed with {images} of {target} images (at least {min} needed): training on what there is"
+            "the deadline passed with {collected} (at least {min_train} and {min_eval} needed): training on what there is"
         ))
     } else if now >= deadline {
+        let advice = if images.train < min_train {
+            "Check that the camera sees motion (motion.threshold, motion.minRegionArea) or lower training.minTrainSize"
+                .to_string()
+        } else {
+            format!(
+                "The evaluation split fills from its own time spans (one in every {} by dataset.trainSize and \
+                 dataset.evalSize); wait for them or lower training.minEvalSize",
+                (train_target + eval_target).div_ceil(eval_target.max(1))
+            )
+        };
         Round::Collecting {
             stuck: Some(format!(
-                "the deadline passed with only {images} of the {min} images training needs; still capturing. \
-                 Check that the camera sees motion (motion.threshold, motion.minRegionArea) or lower training.minTrainSize"
+                "the deadline passed with only {collected}, and training needs at least {min_train} and {min_eval}; \
+                 still capturing. {advice}"
             )),
             wake_in: RESYNC,
         }
     } else {
-        Round::Collecting {
-            stuck: None,
-            wake_in: Duration::try_from(deadline.duration_since(now)).unwrap_or(SHORT),
-        }
+        let wake_in = Duration::try_from(deadline.duration_since(now)).unwrap_or(SHORT);
+        let stuck = (images.train >= train_target).then(|| {
+            format!("{collected}: the training split is full; waiting for the evaluation split to judge a candidate on")
+        });
+        Round::Collecting { stuck, wake_in }
     }
 }
 
@@ -471,10 +534,10 @@ struct Reasons {
     waiting: Option<String>,
     failure: Option<String>,
     drift: bool,
-    round_images: u64,
+    /// What the round has collected, against its targets.
+    collected: String,
     /// Retraining, still collecting the round drift started (no Job yet).
     drift_round: bool,
-    spec_target: u32,
     /// A rollback no newer model has superseded yet.
     rolled_back: Option<String>,
 }
@@ -498,12 +561,9 @@ fn conditions(
         Phase::Pending | Phase::Capturing | Phase::Training | Phase::Evaluating | Phase::Retraining
     );
     let progress_message = why.waiting.clone().unwrap_or_else(|| match phase {
-        Phase::Capturing => format!("{} of {} training images", why.round_images, why.spec_target),
+        Phase::Capturing => why.collected.clone(),
         Phase::Pending => "creating the capture workload".into(),
-        Phase::Retraining if why.drift_round => format!(
-            "{} of {} new training images since the drift",
-            why.round_images, why.spec_target
-        ),
+        Phase::Retraining if why.drift_round => format!("since the drift: {}", why.collected),
         Phase::Training | Phase::Retraining => "a training Job runs".into(),
         _ => phase_name.clone(),
     });
@@ -596,7 +656,7 @@ pub fn parse_duration(text: &str) -> Option<SignedDuration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autotuner_api::DriftCheckStatus;
+    use autotuner_api::{DriftCheckStatus, RoundImages};
     use serde_json::json;
 
     fn tuning(status: serde_json::Value) -> CameraTuning {
@@ -671,7 +731,7 @@ mod tests {
         assert_eq!(plan.requeue_after, Duration::from_secs(300));
         assert_eq!(
             condition(&plan, "Progressing").message,
-            "10 of 1000 training images"
+            "10 of 1000 training images, 0 of 200 evaluation images"
         );
 
         let t = tuning(
@@ -681,35 +741,104 @@ mod tests {
     }
 
     #[test]
-    fn reaching_the_train_size_starts_iteration_one() {
+    fn reaching_the_train_and_eval_sizes_starts_iteration_one() {
         let t = tuning(
-            json!({ "phase": "Capturing", "dataset": { "train": 1000, "deadline": "2026-11-27T00:00:00Z" } }),
+            json!({ "phase": "Capturing", "dataset": { "train": 1000, "eval": 200, "deadline": "2026-11-27T00:00:00Z" } }),
         );
         let plan = run(&t, &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Training));
         assert_eq!(reasons(&plan), ["TrainingStarted"]);
         let job = plan.children.training_job.unwrap();
         assert_eq!(job.metadata.name.as_deref(), Some("entrance-train-1"));
+        assert_eq!(
+            plan.notes[0].message,
+            "the round collected 1000 of 1000 training images, 200 of 200 evaluation images"
+        );
+    }
+
+    #[test]
+    fn a_full_training_split_waits_for_the_evaluation_split_and_says_so() {
+        // The ordering CI met: the training split filled while the evaluation split, which fills
+        // from its own time spans, had nothing on the volume yet. A Job now could not judge.
+        for eval in [json!(null), json!(0), json!(199)] {
+            let t = tuning(json!({ "phase": "Capturing",
+                "dataset": { "train": 1000, "eval": eval, "deadline": "2026-11-27T00:00:00Z" } }));
+            let plan = run(&t, &capturing());
+            assert_eq!(plan.status.phase, Some(Phase::Capturing), "eval {eval}");
+            assert!(plan.children.training_job.is_none(), "eval {eval}");
+            assert!(plan.notes.is_empty(), "eval {eval}");
+            let progressing = condition(&plan, "Progressing");
+            let shown = eval.as_u64().unwrap_or(0);
+            assert_eq!(
+                progressing.message,
+                format!(
+                    "1000 of 1000 training images, {shown} of 200 evaluation images: the training split is full; \
+                     waiting for the evaluation split to judge a candidate on"
+                )
+            );
+            assert_eq!(progressing.status, "True");
+        }
+    }
+
+    #[test]
+    fn the_deadline_never_trains_without_min_eval_size_evaluation_images() {
+        let past = "2026-11-26T11:00:00Z";
+        let t = tuning(
+            json!({ "phase": "Capturing", "dataset": { "train": 1000, "eval": 19, "deadline": past } }),
+        );
+        let plan = run(&t, &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Capturing));
+        assert!(plan.children.training_job.is_none());
+        let message = &condition(&plan, "Progressing").message;
+        assert!(
+            message.contains("only 1000 of 1000 training images, 19 of 200 evaluation images")
+                && message.contains("at least 100 and 20")
+                && message.contains("lower training.minEvalSize"),
+            "{message}"
+        );
+
+        let t = tuning(
+            json!({ "phase": "Capturing", "dataset": { "train": 150, "eval": 20, "deadline": past } }),
+        );
+        let plan = run(&t, &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Training));
+        assert!(plan.children.training_job.is_some());
+
+        // minEvalSize asks for at most dataset.evalSize.
+        let mut t =
+            tuning(json!({ "phase": "Capturing", "dataset": { "train": 150, "eval": 5, "deadline": past } }));
+        t.spec.dataset.eval_size = 5;
+        assert_eq!(run(&t, &capturing()).status.phase, Some(Phase::Training));
+        t.spec.training.min_eval_size = 3;
+        t.spec.dataset.eval_size = 200;
+        t.status.as_mut().unwrap().dataset.as_mut().unwrap().eval = Some(2);
+        assert_eq!(run(&t, &capturing()).status.phase, Some(Phase::Capturing));
+        t.status.as_mut().unwrap().dataset.as_mut().unwrap().eval = Some(3);
+        assert_eq!(run(&t, &capturing()).status.phase, Some(Phase::Training));
     }
 
     #[test]
     fn the_deadline_trains_on_enough_images_and_explains_when_there_are_too_few() {
         let t = tuning(
-            json!({ "phase": "Capturing", "dataset": { "train": 150, "deadline": "2026-11-26T11:00:00Z" } }),
+            json!({ "phase": "Capturing", "dataset": { "train": 150, "eval": 30, "deadline": "2026-11-26T11:00:00Z" } }),
         );
         let plan = run(&t, &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Training));
         assert!(plan.notes[0].message.contains("deadline passed with 150 of 1000"));
 
         let t = tuning(
-            json!({ "phase": "Capturing", "dataset": { "train": 20, "deadline": "2026-11-26T11:00:00Z" } }),
+            json!({ "phase": "Capturing", "dataset": { "train": 20, "eval": 30, "deadline": "2026-11-26T11:00:00Z" } }),
         );
         let plan = run(&t, &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Capturing));
         assert!(plan.children.training_job.is_none());
         let progressing = condition(&plan, "Progressing");
         assert!(
-            progressing.message.contains("only 20 of the 100 images"),
+            progressing
+                .message
+                .contains("only 20 of 1000 training images, 30 of 200 evaluation images")
+                && progressing.message.contains("at least 100 and 20")
+                && progressing.message.contains("sees motion"),
             "{}",
             progressing.message
         );
@@ -724,6 +853,8 @@ mod tests {
         assert_eq!(plan.status.phase, Some(Phase::Training));
         assert!(plan.children.training_job.is_some());
         assert!(plan.notes.is_empty());
+        // The round is over: its deadline no longer applies.
+        assert_eq!(plan.status.dataset.unwrap().deadline, None);
     }
 
     #[test]
@@ -1091,10 +1222,10 @@ mod tests {
         assert_eq!(plan.status.phase, Some(Phase::Retraining));
         assert_eq!(reasons(&plan), ["DriftDetected"]);
         assert_eq!(condition(&plan, "DriftDetected").status, "True");
-        // No Job yet: the round counts from the images stored so far, with a deadline of its own.
+        // No Job yet: the round begins at the check that saw the drift, with a deadline of its own.
         assert!(plan.children.training_job.is_none());
         let dataset = plan.status.dataset.clone().unwrap();
-        assert_eq!(dataset.round_start, Some(1400));
+        assert_eq!(dataset.round_started_at, Some(Time(at("2026-11-26T11:00:00Z"))));
         assert_eq!(dataset.deadline.unwrap().0, at("2026-11-27T12:00:00Z"));
 
         // A check older than the deployed model says nothing about it.
@@ -1110,34 +1241,119 @@ mod tests {
     }
 
     #[test]
-    fn the_round_drift_started_trains_once_it_has_collected_the_train_size() {
-        let collecting = |stored: u64| {
+    fn a_drift_round_from_before_round_times_restarts_instead_of_training_on_everything() {
+        let mut upgraded = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
+        let status = upgraded.status.as_mut().unwrap();
+        status.phase = Some(Phase::Retraining);
+        status.dataset = Some(DatasetStatus {
+            train: Some(1000),
+            train_stored: Some(2400),
+            deadline: Some(Time(at("2026-11-27T12:00:00Z"))),
+            ..DatasetStatus::default()
+        });
+        let plan = run(&upgraded, &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Retraining));
+        assert!(plan.children.training_job.is_none(), "{:?}", plan.notes);
+        let dataset = plan.status.dataset.unwrap();
+        assert_eq!(dataset.round_started_at, Some(Time(at("2026-11-26T12:00:00Z"))));
+        assert_eq!(dataset.deadline.unwrap().0, at("2026-11-27T12:00:00Z"));
+    }
+
+    #[test]
+    fn a_rejected_candidate_waits_for_a_newer_check_before_another_round_starts() {
+        // Iteration 2, trained on the round the 11:00 check started, was rejected: iteration 1
+        // serves on and the check that started that round is still the latest.
+        let mut rejected = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
+        let status = rejected.status.as_mut().unwrap();
+        status.phase = Some(Phase::Monitoring);
+        status.iteration = Some(2);
+        status.dataset = Some(DatasetStatus {
+            train: Some(1000),
+            train_stored: Some(2400),
+            round_started_at: Some(Time(at("2026-11-26T11:00:00Z"))),
+            round: Some(RoundImages {
+                since: Time(at("2026-11-26T11:00:00Z")),
+                train: 1000,
+                eval: 200,
+            }),
+            ..DatasetStatus::default()
+        });
+        let plan = run(&rejected, &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Monitoring), "{:?}", plan.notes);
+        assert!(reasons(&plan).is_empty(), "{:?}", plan.notes);
+        assert!(plan.children.training_job.is_none());
+
+        // A newer check that still sees the drift starts a round of its own, counted from zero.
+        rejected.status.as_mut().unwrap().last_drift_check = check("2026-11-26T12:00:00Z", 0.6);
+        let plan = run(&rejected, &capturing());
+        assert_eq!(plan.status.phase, Some(Phase::Retraining));
+        assert_eq!(reasons(&plan), ["DriftDetected"]);
+        let dataset = plan.status.dataset.unwrap();
+        assert_eq!(dataset.round_started_at, Some(Time(at("2026-11-26T12:00:00Z"))));
+        assert_eq!(dataset.round_images(), 0);
+    }
+
+    #[test]
+    fn the_round_drift_started_trains_once_it_has_collected_the_train_size_of_its_own_frames() {
+        let started = Time(at("2026-11-26T11:00:00Z"));
+        let collecting = |round: Option<RoundImages>| {
             let mut t = serving(deployed(check("2026-11-26T11:00:00Z", 0.6)));
             let status = t.status.as_mut().unwrap();
             status.phase = Some(Phase::Retraining);
             status.dataset = Some(DatasetStatus {
                 train: Some(1000),
-                train_stored: Some(stored),
-                round_start: Some(1400),
+                train_stored: Some(2400),
+                round_started_at: Some(started.clone()),
+                round,
                 deadline: Some(Time(at("2026-11-27T12:00:00Z"))),
                 ..DatasetStatus::default()
             });
             t
         };
-        let plan = run(&collecting(2399), &capturing());
+        let counted = |since: &Time, train: u64| {
+            Some(RoundImages {
+                since: since.clone(),
+                train,
+                eval: train / 5,
+            })
+        };
+        let plan = run(&collecting(counted(&started, 999)), &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Retraining));
         assert!(plan.children.training_job.is_none());
         assert!(reasons(&plan).is_empty(), "{:?}", plan.notes);
         assert_eq!(
             condition(&plan, "Progressing").message,
-            "999 of 1000 new training images since the drift"
+            "since the drift: 999 of 1000 training images, 199 of 200 evaluation images"
         );
-        // The round start and deadline stay put while it collects.
+        // The round's start and deadline stay put while it collects.
         let dataset = plan.status.dataset.clone().unwrap();
-        assert_eq!(dataset.round_start, Some(1400));
+        assert_eq!(dataset.round_started_at, Some(started.clone()));
         assert_eq!(dataset.deadline.unwrap().0, at("2026-11-27T12:00:00Z"));
+        // However many images were stored since (2400 in all), only a count for this round's
+        // start says how many are of it: the worker's count of the last round does not train.
+        let last_round = Time(at("2026-11-20T08:00:00Z"));
+        let plan = run(&collecting(counted(&last_round, 1000)), &capturing());
+        assert!(plan.children.training_job.is_none());
+        assert!(
+            run(&collecting(None), &capturing())
+                .children
+                .training_job
+                .is_none()
+        );
 
-        let plan = run(&collecting(2400), &capturing());
+        // A full training split of the round's own frames still waits for the round's own
+        // evaluation images: the candidate is judged on the scene as it is now.
+        let mut full_train = counted(&started, 1000);
+        full_train.as_mut().unwrap().eval = 150;
+        let plan = run(&collecting(full_train), &capturing());
+        assert!(plan.children.training_job.is_none(), "{:?}", plan.notes);
+        assert!(
+            condition(&plan, "Progressing")
+                .message
+                .contains("waiting for the evaluation split")
+        );
+
+        let plan = run(&collecting(counted(&started, 1000)), &capturing());
         assert_eq!(plan.status.phase, Some(Phase::Retraining));
         assert_eq!(reasons(&plan), ["TrainingStarted"]);
         let job = plan.children.training_job.unwrap();
@@ -1147,6 +1363,10 @@ mod tests {
         assert!(
             env.contains("file:///data/models/1.onnx"),
             "starts from the deployed model: {env}"
+        );
+        assert!(
+            env.contains(r#"\"roundStartedAt\":\"2026-11-26T11:00:00Z\""#),
+            "judges on the round's frames: {env}"
         );
     }
 

@@ -50,6 +50,12 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["services"],
         verbs: &["create", "patch", "delete"],
     },
+    // The annotator's NetworkPolicy: applied, and deleted with its Deployment.
+    Rule {
+        api_groups: &["networking.k8s.io"],
+        resources: &["networkpolicies"],
+        verbs: &["create", "patch", "delete"],
+    },
     // Each worker's Role (its own CameraTuning only) and binding.
     Rule {
         api_groups: &["rbac.authorization.k8s.io"],

@@ -10,6 +10,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
@@ -327,6 +328,16 @@ async fn apply_children(ctx: &Context, namespace: &str, children: &Children) -> 
             deployments,
         )));
         writes.push(Box::pin(apply_object(ctx, namespace, &annotator.service, None)));
+        match &annotator.network_policy {
+            Some(policy) => writes.push(Box::pin(apply_object(ctx, namespace, policy, None))),
+            // Turned off (`--annotator-ingress-from` unset): a policy left from before would
+            // still refuse the clients it no longer names.
+            None => writes.push(Box::pin(remove_object::<NetworkPolicy>(
+                ctx,
+                namespace,
+                annotator.deployment.name_any(),
+            ))),
+        }
     }
     if let Some(job) = &children.training_job {
         writes.push(Box::pin(apply_object(
@@ -387,6 +398,32 @@ where
     Ok(())
 }
 
+/// What `applied` records for a child deleted because nothing asks for it any more.
+const ABSENT: &str = "absent";
+
+/// Deletes a child nothing asks for any more, unless it was deleted recently: the counterpart of
+/// [`apply_object`], so a child that stays off costs one request per `reapply_after`, not one
+/// per reconciliation.
+async fn remove_object<K>(ctx: &Context, namespace: &str, name: String) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let key = format!("{}/{namespace}/{name}", K::kind(&()));
+    let removed = ctx
+        .applied
+        .lock()
+        .get(&key)
+        .is_some_and(|(h, at)| h == ABSENT && at.elapsed() < ctx.config.reapply_after);
+    if !removed {
+        delete_if_present::<K>(ctx, namespace, &name).await?;
+        ctx.applied.lock().insert(key, (ABSENT.into(), Instant::now()));
+    }
+    Ok(())
+}
+
 /// On deletion: the children with owner references go by garbage collection; the shared
 /// annotator goes here when no other CameraTuning uses it.
 async fn cleanup(tuning: &CameraTuning, ctx: &Context) -> Result<Action, Error> {
@@ -432,22 +469,29 @@ async fn remove_unused_annotators(
     for hash in unused {
         let name = names::annotator(&hash);
         info!(%namespace, %name, "removing an annotator no CameraTuning uses any more");
-        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-        deployments
-            .delete(&name, &DeleteParams::background())
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)?;
-        let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-        services
-            .delete(&name, &DeleteParams::background())
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)?;
+        delete_if_present::<Deployment>(ctx, namespace, &name).await?;
+        delete_if_present::<Service>(ctx, namespace, &name).await?;
+        delete_if_present::<NetworkPolicy>(ctx, namespace, &name).await?;
         let mut applied = ctx.applied.lock();
         applied.remove(&format!("Service/{namespace}/{name}"));
+        applied.remove(&format!("NetworkPolicy/{namespace}/{name}"));
     }
     Ok(())
+}
+
+/// Deletes `name` in the background; one already gone is not an error.
+async fn delete_if_present<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    api.delete(name, &DeleteParams::background())
+        .await
+        .map(|_| ())
+        .or_else(ignore_not_found)
 }
 
 fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {

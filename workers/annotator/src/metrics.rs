@@ -35,6 +35,13 @@ impl Metrics {
             &["route", "code"],
         )
         .expect("metric");
+        // The labelling routes' answers the dashboards and alerts read, at 0 from the start: "no
+        // 429 yet" plots as 0, not as no data.
+        for route in LABELLING_ROUTES {
+            for code in ["200", "429"] {
+                requests.with_label_values(&[route, code]);
+            }
+        }
         let request_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "autotuner_annotator_request_duration_seconds",
@@ -106,8 +113,32 @@ impl Metrics {
     }
 }
 
+/// The routes that label images, as the router names them.
+pub const LABELLING_ROUTES: [&str; 3] = [
+    "/v1/annotate",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_a_series_at_zero_before_the_first_one() {
+        let text = Metrics::new().render();
+        for route in LABELLING_ROUTES {
+            for code in ["200", "429"] {
+                let line =
+                    format!("autotuner_annotator_requests_total{{code=\"{code}\",route=\"{route}\"}} 0");
+                assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+            }
+        }
     }
 }

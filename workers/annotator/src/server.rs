@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::api::{AnnotateResponse, ErrorBody, ImageLabels, Label, ModelInfo};
 use crate::batcher::{Batcher, Labelled, Refused};
 use crate::images::{self, DecodeError, RgbBuffer};
-use crate::metrics::Metrics;
+use crate::metrics::{LABELLING_ROUTES, Metrics};
 
 /// Limits and identity of a served model.
 #[derive(Debug, Clone)]
@@ -178,12 +178,9 @@ pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Route
         admission,
     });
     let inference = Router::new()
-        .route("/v1/annotate", post(annotate))
-        .route("/v2/models/{name}/infer", post(oip_infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(oip_infer_version),
-        )
+        .route(LABELLING_ROUTES[0], post(annotate))
+        .route(LABELLING_ROUTES[1], post(oip_infer))
+        .route(LABELLING_ROUTES[2], post(oip_infer_version))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(inference)

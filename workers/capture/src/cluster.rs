@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use autotuner_api::contract;
 use autotuner_api::{
-    BackgroundModel, CameraTuning, CameraTuningSpec, DetectorFamily, DriftCheckStatus, InferenceDevice,
-    InferenceStatus, RefusedModel, ServedModel,
+    BackgroundModel, CameraTuning, CameraTuningSpec, CameraTuningStatus, DatasetStatus, DetectorFamily,
+    DriftCheckStatus, InferenceDevice, InferenceStatus, RefusedModel, RoundImages, ServedModel,
 };
 use autotuner_detect::{DevicePreference, Family};
 use autotuner_vision::{Background, MotionConfig};
@@ -24,6 +24,7 @@ use crate::edge::{Edge, EdgeSettings, Loaded, ModelId, ModelLoader};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttConfig;
 use crate::pipeline::CaptureConfig;
+use crate::round::RoundCounter;
 
 /// Which CameraTuning this worker serves, from the operator's environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,37 +51,29 @@ impl ClusterContext {
 
     /// Server-side applies the dataset counts, what the edge serves and the last drift check.
     /// Every report carries every field this worker owns: server-side apply removes a field its
-    /// manager stops sending.
+    /// manager stops sending. The answer tells the worker when the round of collection began.
     pub async fn report(&self, client: &Client, reporting: &Reporting) -> Result<(), kube::Error> {
         let api: Api<CameraTuning> = Api::namespaced(client.clone(), &self.namespace);
-        let metrics = &reporting.metrics;
-        let images = |split: Split| metrics.dataset_images.with_label_values(&[split.dir()]).get();
-        let mut body = json!({
+        let body = json!({
             "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning",
-            "status": { "dataset": {
-                "framesSeen": metrics.frames("decoded"),
-                "framesSelected": metrics.frames("selected"),
-                "annotated": metrics.annotated.get(),
-                "train": images(Split::Train),
-                "eval": images(Split::Eval),
-                "trainStored": metrics.dataset_stored.with_label_values(&[Split::Train.dir()]).get(),
-            }},
+            "status": reporting.status(),
         });
-        if let Some(edge) = &reporting.edge {
-            body["status"]["inference"] =
-                serde_json::to_value(inference_status(edge)).expect("status serialises");
-        }
-        if let Some(check) = reporting.drift.last() {
-            body["status"]["lastDriftCheck"] = serde_json::to_value(check).expect("status serialises");
-        }
-        api.patch_status(
-            &self.name,
-            &PatchParams::apply(contract::CAPTURE_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map(|_| ())
+        let applied = api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(contract::CAPTURE_FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        reporting.round.begin(round_started_at_ms(&applied));
+        Ok(())
     }
+}
+
+/// `status.dataset.roundStartedAt` in milliseconds since the epoch.
+pub fn round_started_at_ms(tuning: &CameraTuning) -> Option<u64> {
+    let dataset = tuning.status.as_ref()?.dataset.as_ref()?;
+    contract::epoch_ms(dataset.round_started_at.as_ref()?)
 }
 
 /// What the worker reports in its CameraTuning's status.
@@ -89,6 +82,42 @@ pub struct Reporting {
     pub metrics: Metrics,
     pub edge: Option<Arc<Edge>>,
     pub drift: Arc<DriftRecord>,
+    pub round: Arc<RoundCounter>,
+}
+
+impl Reporting {
+    /// The status fields this worker owns, as they stand.
+    pub fn status(&self) -> CameraTuningStatus {
+        let metrics = &self.metrics;
+        let images = |split: Split| metrics.dataset_images.with_label_values(&[split.dir()]).get();
+        let round = self.round.counted().and_then(|c| {
+            Some(RoundImages {
+                since: contract::time_at_epoch_ms(c.since_ms)?,
+                train: c.train,
+                eval: c.eval,
+            })
+        });
+        CameraTuningStatus {
+            dataset: Some(DatasetStatus {
+                frames_seen: Some(metrics.frames("decoded")),
+                frames_selected: Some(metrics.frames("selected")),
+                annotated: Some(metrics.annotated.get()),
+                train: Some(images(Split::Train).max(0) as u64),
+                eval: Some(images(Split::Eval).max(0) as u64),
+                train_stored: Some(
+                    metrics
+                        .dataset_stored
+                        .with_label_values(&[Split::Train.dir()])
+                        .get(),
+                ),
+                round,
+                ..DatasetStatus::default()
+            }),
+            inference: self.edge.as_deref().map(inference_status),
+            last_drift_check: self.drift.last(),
+            ..CameraTuningStatus::default()
+        }
+    }
 }
 
 /// The last drift check, kept for every report (and seeded from the status at start, so a

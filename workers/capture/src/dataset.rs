@@ -117,6 +117,8 @@ pub struct LabelBox {
 pub struct Sample<'a> {
     pub id: &'a str,
     pub time_ms: i64,
+    /// When the frame was decoded, by this node's clock (ms since the epoch).
+    pub decoded_at_ms: u64,
     pub width: u32,
     pub height: u32,
     pub jpeg: &'a [u8],
@@ -345,7 +347,7 @@ impl Dataset {
         file.coco["info"]["stored"] = json!(file.stored);
         file.coco["images"].as_array_mut().expect("images").push(json!({
             "id": image_id, "file_name": file_name, "width": sample.width, "height": sample.height,
-            "sample": sample.id, "time_ms": sample.time_ms,
+            "sample": sample.id, "time_ms": sample.time_ms, "decoded_at_ms": sample.decoded_at_ms,
         }));
         let list = file.coco["annotations"].as_array_mut().expect("annotations");
         for (id, mut a) in (first_annotation..).zip(annotations) {
@@ -384,6 +386,17 @@ impl Dataset {
             }
         }
         Ok(removed)
+    }
+
+    /// Images in `split` of frames decoded at or after `since_ms` (this node's clock): a round
+    /// of collection's own.
+    pub fn count_since(&self, split: Split, since_ms: u64) -> u64 {
+        let images = self.file(split).coco["images"].as_array();
+        images
+            .into_iter()
+            .flatten()
+            .filter(|i| i["decoded_at_ms"].as_u64().unwrap_or(0) >= since_ms)
+            .count() as u64
     }
 
     /// The annotation file of a split.
@@ -431,6 +444,7 @@ mod tests {
         let sample = Sample {
             id: "f00000007",
             time_ms: 700,
+            decoded_at_ms: 1_700_000_000_700,
             width: 64,
             height: 48,
             jpeg: b"jpeg",
@@ -481,6 +495,7 @@ mod tests {
             let sample = Sample {
                 id,
                 time_ms: 0,
+                decoded_at_ms: 0,
                 width: 64,
                 height: 48,
                 jpeg: b"jpeg",
@@ -525,5 +540,38 @@ mod tests {
         assert_eq!(boxes, [3, 4, 5]);
         assert!(!dir.path().join("train/images/f00000001.jpg").exists());
         assert!(dir.path().join("train/images/f00000002.jpg").exists());
+    }
+
+    #[test]
+    fn a_round_counts_the_images_of_frames_decoded_since_it_began_whenever_they_were_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec![(1, "person".to_string())];
+        let config = DatasetConfig {
+            eval_size: 0,
+            ..DatasetConfig::default()
+        };
+        let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
+        // Stored in this order: the last two were decoded before the round began (at 5000) and
+        // waited for the teacher.
+        for (i, decoded_at_ms) in [1000, 6000, 7000, 4000, 4999].into_iter().enumerate() {
+            let id = format!("f{i:08}");
+            let sample = Sample {
+                id: &id,
+                time_ms: 0,
+                decoded_at_ms,
+                width: 64,
+                height: 48,
+                jpeg: b"jpeg",
+                labels: &[],
+                unlabelled: &[],
+            };
+            d.add(&sample, false).unwrap();
+        }
+        assert_eq!(d.count_since(Split::Train, 5000), 2);
+        assert_eq!(d.count_since(Split::Train, 0), 5);
+        d.flush().unwrap();
+        let d = Dataset::open(dir.path(), config, classes).unwrap();
+        assert_eq!(d.count_since(Split::Train, 5000), 2, "after a reopen");
+        assert_eq!(d.count_since(Split::Eval, 0), 0);
     }
 }

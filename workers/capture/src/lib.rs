@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod picture;
 pub mod pipeline;
+pub mod round;
 pub mod select;
 pub mod serve;
 pub mod source;

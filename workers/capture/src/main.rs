@@ -17,6 +17,7 @@ use autotuner_capture::drift::{DriftChecker, DriftSettings};
 use autotuner_capture::edge::{Edge, EdgeSettings, ModelId, ModelLoader};
 use autotuner_capture::metrics::Metrics;
 use autotuner_capture::mqtt::{self, MqttConfig};
+use autotuner_capture::round::RoundCounter;
 use autotuner_capture::select::Sampling;
 use autotuner_capture::source::{Credentials, RtspTransport, SourceConfig};
 use autotuner_capture::teacher::Teacher;
@@ -213,6 +214,7 @@ struct InCluster {
     inference: Option<Family>,
     drift: Option<DriftSettings>,
     last_check: Option<autotuner_api::DriftCheckStatus>,
+    round: Arc<RoundCounter>,
 }
 
 /// The periodic drift check, when the spec enables it and ONNX Runtime loads.
@@ -410,12 +412,16 @@ async fn main() -> ExitCode {
                 }
             };
             let last_check = tuning.status.as_ref().and_then(|s| s.last_drift_check.clone());
+            // The round under way when the worker (re)starts; each status report updates it.
+            let round = Arc::new(RoundCounter::default());
+            round.begin(cluster::round_started_at_ms(&tuning));
             Some(InCluster {
                 context,
                 client,
                 inference,
                 drift,
                 last_check,
+                round,
             })
         }
         Ok(None) => None,
@@ -451,12 +457,14 @@ async fn main() -> ExitCode {
         _ => None,
     };
     config.edge = edge.as_ref().map(|(edge, _)| edge.clone());
+    config.round = cluster.as_ref().map(|c| c.round.clone());
     let reporter = match (&cluster, &edge) {
         (Some(cluster), edge) => {
             let reporting = Reporting {
                 metrics: metrics.clone(),
                 edge: config.edge.clone(),
                 drift: Arc::new(DriftRecord::new(cluster.last_check.clone())),
+                round: cluster.round.clone(),
             };
             if let Some((_, loader)) = edge {
                 tokio::spawn(cluster::follow_models(

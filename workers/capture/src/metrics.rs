@@ -238,6 +238,41 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        // Every outcome the chart's dashboards and alerts read exists from the start, at 0: a
+        // series that appears only with its first event plots as "no data", not as "none yet".
+        for (counter, values) in [
+            (
+                &frames,
+                &[
+                    "decoded",
+                    "examined",
+                    "selected",
+                    "drift",
+                    "no_motion",
+                    "budget",
+                    "dropped",
+                    "corrupt",
+                    "invalid",
+                ][..],
+            ),
+            (&upload_bytes, &["crops", "full_frames"]),
+            (&annotate_errors, &["store", "refused", "unavailable"]),
+            (&dataset_stored, &["train", "eval"]),
+            (
+                &edge_frames,
+                &["inferred", "skipped", "dropped", "no_model", "error"],
+            ),
+            (&model_loads, &["loaded", "refused"]),
+            (&mqtt_messages, &["published", "dropped"]),
+            (
+                &drift_checks,
+                &["checked", "no_samples", "no_reference", "failed"],
+            ),
+        ] {
+            for value in values {
+                counter.with_label_values(&[value]);
+            }
+        }
         Self {
             registry,
             frames,

@@ -18,6 +18,7 @@ use crate::dataset::{Added, Dataset, DatasetConfig, Sample, Split};
 use crate::edge::{Edge, frame_time_ms};
 use crate::metrics::Metrics;
 use crate::picture;
+use crate::round::RoundCounter;
 use crate::select::{self, Purpose, Sampling, Selector, Skipped};
 use crate::source::{Frame, Next, Source, SourceConfig};
 use crate::spool::{Acquired, Entry, EntryMeta, Spool, Waiting, WriterLock};
@@ -46,6 +47,8 @@ pub struct CaptureConfig {
     pub remote: Option<Location>,
     /// The student on the camera's node, fed every decoded frame after motion detection.
     pub edge: Option<Arc<Edge>>,
+    /// In a cluster: the round of collection, whose images the labelling loop counts.
+    pub round: Option<Arc<RoundCounter>>,
     /// Send the teacher crops around the motion (else the whole selected frame).
     pub crop_to_motion: bool,
     /// Rebuild the motion detector's background after this much stream time without a reset.
@@ -71,6 +74,7 @@ impl CaptureConfig {
             max_frames: None,
             remote: None,
             edge: None,
+            round: None,
             crop_to_motion: true,
             background_reset_after: None,
         }
@@ -167,52 +171,36 @@ pub async fn run(
             "resuming: frames from the last run wait for the teacher"
         );
     }
-    let spool = Arc::new(Mutex::new(spool));
-    let dataset = Arc::new(Mutex::new(dataset));
-    let wake = Arc::new(Notify::new());
-    let selection_done = Arc::new(AtomicBool::new(false));
-    let totals = Arc::new(Mutex::new(SelectionTotals::default()));
+    let shared = Shared {
+        config: config.clone(),
+        spool: Arc::new(Mutex::new(spool)),
+        dataset: Arc::new(Mutex::new(dataset)),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        wake: Arc::new(Notify::new()),
+        selection_done: Arc::new(AtomicBool::new(false)),
+        totals: Arc::new(Mutex::new(SelectionTotals::default())),
+    };
 
     let inference = config.edge.as_ref().map(|edge| edge.spawn());
     let selection = {
-        let (config, spool, dataset, metrics, shutdown, wake, done, totals) = (
-            config.clone(),
-            spool.clone(),
-            dataset.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            wake.clone(),
-            selection_done.clone(),
-            totals.clone(),
-        );
+        let shared = shared.clone();
         std::thread::Builder::new()
             .name("select".into())
             .spawn(move || {
                 // Set even if selection panics: the annotation loop must not wait forever.
-                let _done = DoneOnDrop(done.clone(), wake.clone());
-                let result = select_frames(
-                    &config, &source, &spool, &dataset, &metrics, &shutdown, &wake, &totals,
-                );
-                sync_source_metrics(&source, &metrics);
-                done.store(true, Ordering::SeqCst);
-                wake.notify_one();
+                let _done = DoneOnDrop(shared.selection_done.clone(), shared.wake.clone());
+                let result = select_frames(&shared, &source);
+                sync_source_metrics(&source, &shared.metrics);
+                shared.selection_done.store(true, Ordering::SeqCst);
+                shared.wake.notify_one();
                 let error = source.take_error();
                 result.and(error.map_or(Ok(()), |e| Err(e.into())))
             })
             .expect("spawn the selection thread")
     };
 
-    annotate(
-        &config,
-        &teacher,
-        &spool,
-        &dataset,
-        &metrics,
-        &shutdown,
-        &wake,
-        &selection_done,
-    )
-    .await?;
+    annotate(&shared, &teacher).await?;
     let selected = selection
         .join()
         .map_err(|_| anyhow::anyhow!("the selection thread panicked"));
@@ -224,9 +212,9 @@ pub async fn run(
     }
     selected??;
 
-    let totals = totals.lock().unwrap_or_else(|e| e.into_inner());
-    let spool = spool.lock().unwrap_or_else(|e| e.into_inner());
-    let dataset = dataset.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = shared.totals.lock().unwrap_or_else(|e| e.into_inner());
+    let spool = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    let dataset = shared.dataset.lock().unwrap_or_else(|e| e.into_inner());
     let selected = metrics.frames("selected");
     Ok(CaptureSummary {
         frames_decoded: metrics.frames("decoded"),
@@ -383,24 +371,37 @@ fn forget(spool: &Mutex<Spool>, ids: impl Iterator<Item = String>, metrics: &Met
     for id in ids {
         spool.remove(&id).context("update the spool")?;
     }
-    metrics.spool_entries.set(spool.len() as i64);
+    record_spool(&spool, metrics);
     Ok(())
+}
+
+/// Copies the spool's size and its running counts of lost and replaced entries into the metrics.
+fn record_spool(spool: &Spool, metrics: &Metrics) {
+    metrics.spool_entries.set(spool.len() as i64);
+    let stats = spool.stats();
+    catch_up(&metrics.spool_dropped, stats.dropped + stats.corrupt);
+    catch_up(&metrics.spool_superseded, stats.superseded);
+}
+
+/// Brings a counter up to a running total counted elsewhere (counters only go up).
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Copies the decoder thread's counters into the metrics.
 fn sync_source_metrics(source: &Source, metrics: &Metrics) {
     let stats = source.stats();
-    let set = |outcome: &str, value: u64| {
-        let c = metrics.frames.with_label_values(&[outcome]);
-        c.inc_by(value.saturating_sub(c.get()));
-    };
-    set("decoded", stats.decoded.load(Ordering::Relaxed));
-    set("dropped", stats.dropped.load(Ordering::Relaxed));
-    set("corrupt", stats.corrupt.load(Ordering::Relaxed));
-    let reconnects = stats.reconnects.load(Ordering::Relaxed);
-    metrics
-        .reconnects
-        .inc_by(reconnects.saturating_sub(metrics.reconnects.get()));
+    for (outcome, total) in [
+        ("decoded", &stats.decoded),
+        ("dropped", &stats.dropped),
+        ("corrupt", &stats.corrupt),
+    ] {
+        catch_up(
+            &metrics.frames.with_label_values(&[outcome]),
+            total.load(Ordering::Relaxed),
+        );
+    }
+    catch_up(&metrics.reconnects, stats.reconnects.load(Ordering::Relaxed));
 }
 
 /// The sample id of a frame: stable across restarts for a file (its index), unique for a live
@@ -413,17 +414,31 @@ fn sample_id(frame: &Frame) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn select_frames(
-    config: &CaptureConfig,
-    source: &Source,
-    spool: &Mutex<Spool>,
-    dataset: &Mutex<Dataset>,
-    metrics: &Metrics,
-    shutdown: &AtomicBool,
-    wake: &Notify,
-    totals: &Mutex<SelectionTotals>,
-) -> anyhow::Result<()> {
+/// What the selection thread and the labelling loop share.
+#[derive(Clone)]
+struct Shared {
+    config: CaptureConfig,
+    spool: Arc<Mutex<Spool>>,
+    dataset: Arc<Mutex<Dataset>>,
+    metrics: Metrics,
+    shutdown: Arc<AtomicBool>,
+    /// Wakes the labelling loop: an entry was spooled, or selection ended.
+    wake: Arc<Notify>,
+    selection_done: Arc<AtomicBool>,
+    totals: Arc<Mutex<SelectionTotals>>,
+}
+
+fn select_frames(shared: &Shared, source: &Source) -> anyhow::Result<()> {
+    let Shared {
+        config,
+        spool,
+        dataset,
+        metrics,
+        shutdown,
+        wake,
+        totals,
+        ..
+    } = shared;
     let mut detector: Option<MotionDetector> = None;
     let mut detector_size: Option<(usize, usize)> = None;
     let mut selector = Selector::new(config.sampling.clone());
@@ -545,6 +560,7 @@ fn select_frames(
                 id,
                 drift: purpose == Purpose::Drift,
                 time_ms: frame_time_ms(&frame),
+                decoded_at_ms: frame.decoded_at_ms,
                 frame_index: frame.index,
                 width: width as u32,
                 height: height as u32,
@@ -557,15 +573,7 @@ fn select_frames(
         {
             let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
             spool.push(&entry).context("write to the spool")?;
-            metrics.spool_entries.set(spool.len() as i64);
-            let dropped = spool.stats().dropped + spool.stats().corrupt;
-            metrics
-                .spool_dropped
-                .inc_by(dropped.saturating_sub(metrics.spool_dropped.get()));
-            let superseded = spool.stats().superseded;
-            metrics
-                .spool_superseded
-                .inc_by(superseded.saturating_sub(metrics.spool_superseded.get()));
+            record_spool(&spool, metrics);
         }
         wake.notify_one();
     }
@@ -585,17 +593,27 @@ fn record_dataset(dataset: &Dataset, metrics: &Metrics) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn annotate(
-    config: &CaptureConfig,
-    teacher: &Teacher,
-    spool: &Mutex<Spool>,
-    dataset: &Mutex<Dataset>,
-    metrics: &Metrics,
-    shutdown: &AtomicBool,
-    wake: &Notify,
-    selection_done: &AtomicBool,
-) -> anyhow::Result<()> {
+/// Counts what the dataset's store holds (the volume after a flush, object storage after an
+/// upload) into the metrics and the round: the status the operator starts a Job on never counts
+/// an image or a split the Job could not read yet.
+fn count_stored(dataset: &Dataset, shared: &Shared) {
+    record_dataset(dataset, &shared.metrics);
+    if let Some(round) = &shared.config.round {
+        round.count(dataset);
+    }
+}
+
+async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
+    let Shared {
+        config,
+        spool,
+        dataset,
+        metrics,
+        shutdown,
+        wake,
+        selection_done,
+        ..
+    } = shared;
     let mut batch_size = config.batch_frames.max(1);
     let mut backoff = Duration::from_millis(500);
     // Stored locally but not yet in object storage (an upload failed): retried first.
@@ -606,6 +624,8 @@ async fn annotate(
         if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
             match upload(remote, &config.dataset_dir, &unsent, &replaced).await {
                 Ok(()) => {
+                    // Only now does the store hold them: counted, they may start a Job.
+                    count_stored(&dataset.lock().unwrap_or_else(|e| e.into_inner()), shared);
                     forget(spool, unsent_ids.drain(..), metrics)?;
                     unsent.clear();
                     replaced.clear();
@@ -631,6 +651,10 @@ async fn annotate(
             .unwrap_or_else(|e| e.into_inner())
             .next_batch(batch_size)
             .context("read the spool")?;
+        if let Some(round) = config.round.as_ref().filter(|r| r.stale()) {
+            // A round began: count what is already stored of it.
+            round.count(&dataset.lock().unwrap_or_else(|e| e.into_inner()));
+        }
         if batch.is_empty() {
             if selection_done.load(Ordering::SeqCst) || shutdown.load(Ordering::Relaxed) {
                 return Ok(());
@@ -665,6 +689,7 @@ async fn annotate(
                     let sample = Sample {
                         id: &entry.meta.id,
                         time_ms: entry.meta.time_ms,
+                        decoded_at_ms: entry.meta.decoded_at_ms,
                         width: entry.meta.width,
                         height: entry.meta.height,
                         jpeg: &entry.frame,
@@ -680,7 +705,9 @@ async fn annotate(
                 // Annotations first, then forget the spool entries: a crash in between replays
                 // them, and the dataset ignores the replay.
                 let gone = dataset.flush().context("write the dataset")?;
-                record_dataset(&dataset, metrics);
+                if config.remote.is_none() {
+                    count_stored(&dataset, shared);
+                }
                 drop(dataset);
                 metrics.annotated.inc_by(batch.len() as u64);
                 unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
@@ -712,10 +739,7 @@ async fn annotate(
                 metrics.annotate_errors.with_label_values(&["refused"]).inc();
                 let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
                 spool.discard(&batch[0].meta.id).context("update the spool")?;
-                let dropped = spool.stats().dropped + spool.stats().corrupt;
-                metrics
-                    .spool_dropped
-                    .inc_by(dropped.saturating_sub(metrics.spool_dropped.get()));
+                record_spool(&spool, metrics);
             }
             Err(TeacherError::Unavailable(message)) => {
                 metrics.annotate_errors.with_label_values(&["unavailable"]).inc();

@@ -39,6 +39,11 @@ pub struct EntryMeta {
     pub drift: bool,
     /// Stream time (files) or wall-clock time (live), milliseconds.
     pub time_ms: i64,
+    /// When the frame was decoded, by this node's clock (milliseconds since the epoch; 0 in
+    /// entries spooled before it was recorded): a round of collection counts the frames decoded
+    /// after it began.
+    #[serde(default)]
+    pub decoded_at_ms: u64,
     pub frame_index: u64,
     pub width: u32,
     pub height: u32,
@@ -442,6 +447,7 @@ mod tests {
                 id: id.into(),
                 drift: false,
                 time_ms: 0,
+                decoded_at_ms: 0,
                 frame_index: 0,
                 width: 8,
                 height: 8,

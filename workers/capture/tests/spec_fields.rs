@@ -158,9 +158,19 @@ fn situations(spec: &Value) -> Vec<(Value, Observed)> {
     let mut out = vec![json!(null)];
     let mut trained = Vec::new();
     let (min_train, train_size) = (n("training.minTrainSize"), n("dataset.trainSize"));
+    let (min_eval, eval_size) = (n("training.minEvalSize"), n("dataset.evalSize"));
+    let collected = |train: f64, eval: f64, deadline: &str| {
+        json!({ "phase": "Capturing", "iteration": 0,
+            "dataset": { "train": train.max(0.0) as u64, "eval": eval.max(0.0) as u64, "deadline": deadline } })
+    };
     for train in [min_train, min_train - 1.0, train_size, train_size - 1.0] {
-        out.push(json!({ "phase": "Capturing", "iteration": 0,
-            "dataset": { "train": train.max(0.0) as u64, "deadline": "2026-11-29T11:00:00Z" } }));
+        out.push(collected(train, eval_size, "2026-11-29T11:00:00Z"));
+    }
+    for eval in [min_eval, min_eval - 1.0] {
+        out.push(collected(train_size, eval, "2026-11-29T11:00:00Z"));
+    }
+    for eval in [eval_size, eval_size - 1.0] {
+        out.push(collected(train_size, eval, "2026-11-30T11:00:00Z"));
     }
     let model = |v: u32, map: f64| {
         json!({ "version": v, "uri": format!("s3://m/{v}.onnx"), "map": map, "map50": 0.8,
@@ -201,6 +211,7 @@ fn operator_view(tuning: &Value) -> String {
         &Rollout {
             deployed_model_uri: "s3://m/2.onnx",
             train_iteration: Some(3),
+            round_started_at: None,
         },
         &config,
     );
@@ -295,7 +306,7 @@ fn every_spec_field_changes_what_a_consumer_does() {
             // What the Job carries for the trainer (`TrainingSettings`).
             let settings = |t: &Value| {
                 let parsed: CameraTuning = serde_json::from_value(t.clone()).unwrap();
-                autotuner_api::contract::TrainingSettings::new(&parsed.spec, 3, "s3://m/2.onnx")
+                autotuner_api::contract::TrainingSettings::new(&parsed.spec, 3, "s3://m/2.onnx", None)
             };
             if settings(base) != settings(&edited) {
                 by.push("trainer");

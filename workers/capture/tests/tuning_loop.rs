@@ -4,11 +4,12 @@
 //! as each training Job's pod would run it (its environment, its ServiceAccount, the dataset
 //! volume at a local folder shared with the capture worker).
 //!
-//! The camera shows PETS09 (vtest.avi); iteration 1 is tuned on it and promoted, and its drift
-//! checks hold. Then the camera zooms out at dusk (the same place at 70% of the scale, darker),
-//! the checks fall, and the operator starts a new round of collection on what the camera sees
-//! now; iteration 2 trains on it from iteration 1, beats it on the new scene's eval split, is
-//! promoted, and its checks recover.
+//! The camera shows PETS09 (vtest.avi's first 24 s, in a loop); iteration 1 is tuned on it and
+//! promoted, and 20 drift checks hold. Then the camera zooms out at dusk (the same place at 70% of
+//! the scale, darker), the checks fall, and the operator starts a new round of collection on what
+//! the camera sees now; iteration 2 trains on it from iteration 1 and is judged against it on the
+//! new scene's eval images: promoted, its checks recover; rejected, iteration 1 serves on and the
+//! next check starts another round.
 //!
 //! What is played: the kubelet (the test starts the processes a pod would run, and tells the
 //! API server a Job's pod exited) and time, compressed: small splits, 2-second split blocks,
@@ -21,7 +22,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use autotuner_api::contract::{self, TrainingSettings};
-use autotuner_api::{CameraTuning, CameraTuningStatus, DriftCheckStatus, Phase};
+use autotuner_api::{CameraTuning, CameraTuningStatus, DriftCheckStatus, ModelStatus, Phase};
 use autotuner_tests::operator;
 use autotuner_tests::workers::{JobPod, container_env, job_pod_command, worker_kubeconfig};
 use autotuner_tests::{Options, install_crd, shared, test_namespace, wait_for};
@@ -32,28 +33,51 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const NAME: &str = "lobby";
-/// `drift.minRelativeAccuracy`: the checks of the same scene sit near 1.0, those after the change
-/// near 0.75.
-const THRESHOLD: f64 = 0.85;
+/// `drift.minRelativeAccuracy`, for a student whose heads trained 8 epochs. Runs that played all
+/// of vtest.avi (80 s) put the unchanged scene's checks anywhere from 0.83 to 1.30, while each
+/// run's own checks agreed within about 0.1: a check's 16 samples (16 s of the loop) and the
+/// promotion's 20 eval images (the first minute or so) saw different stretches of the footage, so
+/// the reference, not the model, decided where a run's checks sat. Both scenes are now the same
+/// 24-second loop, so the samples and the eval split are drawn from the same frames: 20 checks of
+/// the unchanged scene 0.86-1.10, and the first check of the changed scene alone 0.68
+/// (bench-results/tuning-loop-retrain.json). The threshold sits between them.
+const THRESHOLD: f64 = 0.78;
+/// Checks of the unchanged scene that must all hold (about 10 s each).
+const SAME_SCENE_CHECKS: usize = 20;
+/// Frames of each scene's clip (24 s at 10 fps), played in a loop by the camera.
+const SCENE_FRAMES: u32 = 240;
 
 /// vtest.avi's first 24 seconds at 70% of the scale in the middle of a grey frame of the same
 /// size, a little darker: the camera zoomed out at dusk. Its people stay within the sizes the
 /// student's anchors cover, so retraining can win them back (at half the scale they fall below
 /// the smallest anchor, which no fine-tuning recovers: `drift.rs` uses that change to show the
-/// check falling). The server plays it in a loop, so the 16 drift samples a check reads (one
-/// every 1.5 s) cover the scene as the eval split does, and the check measures the model rather
-/// than which part of the footage happened to play.
+/// check falling). The server plays it in a loop, so the 16 drift samples a check reads (one a
+/// second) cover most of the scene, as the eval split does, and the check measures the model
+/// rather than which part of the footage happened to play.
 fn zoomed_out(dir: &Path) -> PathBuf {
     common::encode_vtest(
         dir,
         "zoomed-out.mkv",
         &[
             "-frames:v",
-            "240",
+            &SCENE_FRAMES.to_string(),
             "-vf",
             "scale=538:404,pad=768:576:115:86:gray,eq=brightness=-0.1:contrast=0.7",
         ],
     )
+}
+
+/// A trained model scores differently from the one it started from on the same eval images:
+/// the same figure to 1e-9 is the starting weights exported again (a trainer that stopped before
+/// its one evaluation did that, and the gate at `minImprovement` 0 promoted it).
+fn assert_learned(model: &ModelStatus) {
+    let baseline = model.baseline_map.expect("the baseline scored on the same split");
+    assert!(
+        (model.map - baseline).abs() > 1e-9,
+        "iteration {} scores exactly as the model it started from (mAP {}): nothing was trained",
+        model.version,
+        model.map
+    );
 }
 
 /// A line of the capture worker's `/metrics`.
@@ -161,8 +185,19 @@ impl Loop {
     }
 }
 
+/// A benchmark, not a CI test: whether iteration 2 wins the new scene back depends on how well
+/// it trains. Run it with `scripts/bench-tuning-loop`. Where each of its assertions is checked in
+/// CI instead: the drift check holding on the same scene, falling after a change and catching a
+/// worse model (`drift.rs`); the worker checking the promoted model in a cluster and reporting it
+/// (`drift.rs`, `tests/tests/e2e.rs`); drift starting a round at the check's time and a second Job
+/// in pods (`tests/tests/e2e.rs`); the round counting frames decoded since it began
+/// (`src/round.rs`, `src/dataset.rs`, `operator/api/src/status.rs`); a round training only on its
+/// own images, a rejected candidate waiting for a newer check, probation and rollback
+/// (`operator/controller/src/plan.rs`, `tests/tests/operator.rs`); the Job judging on the round's
+/// eval images (`workers/trainer/src/dataset.rs`).
 #[tokio::test(flavor = "multi_thread")]
-async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers() {
+#[ignore = "a benchmark of retraining (its outcome depends on learning): scripts/bench-tuning-loop"]
+async fn after_drift_the_loop_retrains_on_the_new_scene_and_serves_only_a_better_model() {
     let plane = shared(Options {
         controllers: true,
         node: false,
@@ -174,7 +209,7 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     let tunings: Api<CameraTuning> = Api::namespaced(admin.clone(), &ns);
     let dir = tempfile::tempdir().unwrap();
     let (rtsp_port, annotator_port, metrics_port) = (free_port(), free_port(), free_port());
-    let (day, zoomed) = (h264_clip(dir.path(), 795), zoomed_out(dir.path()));
+    let (day, zoomed) = (h264_clip(dir.path(), SCENE_FRAMES), zoomed_out(dir.path()));
     let mut camera = rtsp_server(&day, rtsp_port, None);
     let _annotator = tokio::task::spawn_blocking(move || Annotator::start(annotator_port))
         .await
@@ -194,7 +229,9 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
                 // The heads alone, as this test has always trained (it is of the loop and its
                 // timing, not of accuracy; the default trains every layer).
                 "trainableLayers": "boxRegression",
-                "minTrainSize": 10, "epochs": 2, "batchSize": 8, "learningRate": 0.001,
+                // 8 epochs: with 2, iteration 2 lost to iteration 1 on the new scene in two runs of
+                // two (bench-results/tuning-loop-retrain.json).
+                "minTrainSize": 10, "epochs": 8, "batchSize": 8, "learningRate": 0.001,
             },
             "inference": { "maxFramesPerSecond": 2 },
             "drift": { "checkInterval": "10s", "sampleSize": 16, "minRelativeAccuracy": THRESHOLD, "maxDatasetSize": 40 },
@@ -260,10 +297,12 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     .await;
 
     stage("iteration 1 serves");
+    let served = lp.status().await.current_model.unwrap();
+    assert_learned(&served);
     // The same scene: the checks hold and the loop keeps monitoring.
     let mut same = Vec::new();
     let mut last = None;
-    for _ in 0..3 {
+    for _ in 0..SAME_SCENE_CHECKS {
         let check = lp.next_check(1, last.as_ref()).await;
         same.push(check.relative_accuracy);
         last = Some(check);
@@ -277,12 +316,14 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     // The camera zooms out at dusk (the server restarts on the same address with the other view).
     drop(camera);
     camera = rtsp_server(&zoomed, rtsp_port, None);
-    let stored_at_switch = lp.status().await.dataset.unwrap().train_stored.unwrap();
+    let switched_at = k8s_openapi::jiff::Timestamp::now();
     let mut after = Vec::new();
     while lp.status().await.phase == Some(Phase::Monitoring) {
+        // The first check can come before a sample of the new scene is labelled (checks run
+        // every 10 s, the teacher's labels lag): drift must show in the 3 checks after it.
         assert!(
             after.len() < 4,
-            "no drift within 3 checks of the switch: {after:.2?}"
+            "no drift within 3 checks after the first one since the switch: {after:.2?}"
         );
         let check = lp.next_check(1, last.as_ref()).await;
         eprintln!(
@@ -296,18 +337,25 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     }
     eprintln!("iteration 1 after the switch: {after:.2?}");
 
-    // Round 2: drift starts a new round, counted from the images stored by then; iteration 2
-    // trains once it has 40 of its own, from iteration 1 (on the latest 40: `maxDatasetSize`
-    // equals `trainSize` here to keep the test short; by default older images stay in).
+    // Round 2: drift starts a new round at the time of the check that saw it, and counts only
+    // the frames decoded since; iteration 2 trains once it has 40 of its own, from iteration 1
+    // (on the latest 40: `maxDatasetSize` equals `trainSize` here to keep the test short; by
+    // default older images stay in).
     let status = lp
         .until("drift starts a round", Duration::from_secs(30), |s| {
             (s.phase == Some(Phase::Retraining)).then(|| s.clone())
         })
         .await;
-    let round_start = status.dataset.as_ref().unwrap().round_start.unwrap();
+    let round_started_at = status
+        .dataset
+        .as_ref()
+        .and_then(|d| d.round_started_at.clone())
+        .expect("drift starts a round");
+    // It starts at a check after the switch (second precision, as the API server stores times).
+    let last_check = last.as_ref().expect("checks after the switch");
     assert!(
-        round_start >= stored_at_switch,
-        "{round_start} < {stored_at_switch}"
+        round_started_at.0.as_second() >= switched_at.as_second() && round_started_at.0 <= last_check.time.0,
+        "{round_started_at:?} is not a check after the switch at {switched_at}: {last_check:?}"
     );
     let drift = status
         .conditions
@@ -317,10 +365,16 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
     assert_eq!(drift.status, "True", "{drift:?}");
     stage("round 2 started");
     let second = lp.train(2).await;
-    let dataset = lp.status().await.dataset.unwrap();
+    let round = lp.status().await.dataset.unwrap().round.unwrap();
+    assert_eq!(round.since, round_started_at, "{round:?}");
     assert!(
-        dataset.train_stored.unwrap() >= round_start + 40,
-        "the round collected its own images: {dataset:?}"
+        round.train >= 40 && round.eval >= 1,
+        "the round collected its own images: {round:?}"
+    );
+    assert_eq!(
+        second.round_started_at.as_ref(),
+        Some(&round_started_at),
+        "the Job judges on the round's eval images"
     );
     assert_eq!(
         second.base_model_uri,
@@ -338,53 +392,72 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_the_check_recovers()
         .await;
     let current = promoted.current_model.clone().unwrap();
     stage("iteration 2 judged");
-    // Judged against iteration 1 on the same eval split, the new scene's.
+    // Judged against iteration 1 on the same eval split, the new scene's frames only.
     let candidate = promoted.candidate_model.clone().expect("iteration 2 reported");
     let baseline = candidate
         .baseline_map
         .expect("the baseline scored on the same split");
-    if current.version == 1 {
-        // Fine-tuning on 40 images does not always beat the model it starts from: the gate
-        // keeps iteration 1 and, as it still drifts, the loop collects another round.
-        eprintln!(
-            "iteration 2 rejected: mAP {:.3} against iteration 1's {baseline:.3} on the new scene's eval split",
-            candidate.map
-        );
-        assert!(candidate.map < baseline, "{promoted:#?}");
-        lp.until("another round", Duration::from_secs(60), |s| {
-            let start = s.dataset.as_ref()?.round_start?;
-            (s.phase == Some(Phase::Retraining) && start > round_start).then_some(())
-        })
-        .await;
-        return;
-    }
-    assert_eq!(current.version, 2, "{promoted:#?}");
-    // Iteration 2 serves, and its checks on the zoomed-out scene are back above the threshold.
-    let recovered = lp.next_check(2, last.as_ref()).await;
-    let later = lp.next_check(2, Some(&recovered)).await;
     eprintln!(
-        "iteration 2: promoted at AP@0.5 {:.3} (iteration 1 on the same eval split: {:.3}); checks {:.2}, {:.2}; \
-         on the first one's samples AP@0.5 {:.3} (iteration 1: {:.3})",
-        current.map50.unwrap_or_default(),
-        current.baseline_map50.unwrap_or_default(),
-        recovered.relative_accuracy,
-        later.relative_accuracy,
-        recovered.ap50.unwrap_or_default(),
-        recovered.previous_model_ap50.unwrap_or_default(),
+        "iteration 2: mAP {:.3} against iteration 1's {baseline:.3} on the round's eval images",
+        candidate.map
     );
-    // Its probation check, on the same samples as the model it replaced: within the spec's
-    // rollback margin (0.2), so it stays; whether it is also ahead there varies from run to run
-    // (0.595 against 0.501 in one, 0.540 against 0.543 in another) ...
-    let (ap50, previous) = (recovered.ap50.unwrap(), recovered.previous_model_ap50.unwrap());
-    assert!(previous - ap50 <= 0.2, "{recovered:?}");
-    // ... and as good as its promotion said.
-    assert!(
-        recovered.relative_accuracy >= THRESHOLD && later.relative_accuracy >= THRESHOLD,
-        "{recovered:?} {later:?}"
-    );
-    let status = lp.status().await;
-    assert_eq!(status.phase, Some(Phase::Monitoring));
-    assert!(status.rolled_back_model.is_none(), "{status:#?}");
+    assert_learned(&candidate);
+    if current.version == 2 {
+        // Ahead there, so promoted: its checks on the zoomed-out scene are back above the
+        // threshold.
+        let recovered = lp.next_check(2, last.as_ref()).await;
+        let later = lp.next_check(2, Some(&recovered)).await;
+        eprintln!(
+            "iteration 2: promoted at AP@0.5 {:.3} (iteration 1 on the same eval split: {:.3}); checks {:.2}, {:.2}; \
+             on the first one's samples AP@0.5 {:.3} (iteration 1: {:.3})",
+            current.map50.unwrap_or_default(),
+            current.baseline_map50.unwrap_or_default(),
+            recovered.relative_accuracy,
+            later.relative_accuracy,
+            recovered.ap50.unwrap_or_default(),
+            recovered.previous_model_ap50.unwrap_or_default(),
+        );
+        // Its probation check, on the same samples as the model it replaced: within the spec's
+        // rollback margin (0.2), so it stays ...
+        let (ap50, previous) = (recovered.ap50.unwrap(), recovered.previous_model_ap50.unwrap());
+        assert!(previous - ap50 <= 0.2, "{recovered:?}");
+        // ... and as good as its promotion said.
+        assert!(
+            recovered.relative_accuracy >= THRESHOLD && later.relative_accuracy >= THRESHOLD,
+            "{recovered:?} {later:?}"
+        );
+        let status = lp.status().await;
+        assert_eq!(status.phase, Some(Phase::Monitoring));
+        assert!(status.rolled_back_model.is_none(), "{status:#?}");
+    } else {
+        // Behind (8 epochs of the heads on 40 images of the new scene lost to their starting
+        // point in some runs: bench-results/tuning-loop-retrain.json), so rejected: iteration 1
+        // serves on. The check that started the round does not start another on the frames it
+        // trained on; the next one, of the same changed scene, does, counted from its own time,
+        // so no Job trains at once.
+        assert_eq!(current.version, 1, "{promoted:#?}");
+        assert!(candidate.map < baseline, "{promoted:#?}");
+        let again = lp
+            .until(
+                "a newer check starts another round",
+                Duration::from_secs(120),
+                |s| {
+                    let started = s.dataset.as_ref()?.round_started_at.clone()?;
+                    (s.phase == Some(Phase::Retraining) && started.0 > round_started_at.0).then(|| s.clone())
+                },
+            )
+            .await;
+        let jobs: Api<Job> = Api::namespaced(admin.clone(), &ns);
+        assert!(
+            jobs.get_opt(&format!("{NAME}-train-3")).await.unwrap().is_none(),
+            "the new round has collected nothing yet: {again:#?}"
+        );
+        eprintln!(
+            "iteration 2 rejected; a newer check ({:.2}) started another round",
+            again.last_drift_check.unwrap().relative_accuracy
+        );
+    }
+
     drop(camera);
     op.task.abort();
 }

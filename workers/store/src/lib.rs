@@ -179,6 +179,8 @@ pub struct Location {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mirrored {
     pub annotation_files: usize,
+    /// Annotation files asked for that the store does not have.
+    pub annotations_missing: Vec<String>,
     /// Images fetched now.
     pub images_fetched: usize,
     /// Images already in the mirror from an earlier run (a restarted pod).
@@ -309,11 +311,21 @@ impl Location {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(dest)(e)),
             _ => {}
         }
-        match std::fs::hard_link(dir.join(key), dest) {
-            Ok(()) => Ok(Some(true)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(false)),
-            Err(_) => Ok(None),
+        let source = dir.join(key);
+        // link(2) fails with ENOENT when a writer renames a new file over `key` between the
+        // lookup and the link (the old inode has no name left), although `key` never stops
+        // existing: try again while it is there, then fall back to reading it.
+        for _ in 0..LINK_ATTEMPTS {
+            match std::fs::hard_link(&source, dest) {
+                Ok(()) => return Ok(Some(true)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.exists() => {
+                    return Ok(Some(false));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => return Ok(None),
+            }
         }
+        Ok(None)
     }
 
     /// Deletes `key`; an object that is not there is not an error.
@@ -347,7 +359,8 @@ impl Location {
         for &key in annotation_keys {
             let dest = dir.join(key);
             if !self.get_file(key, &dest).await? {
-                continue; // the trainer says which annotation file is missing
+                mirrored.annotations_missing.push(key.to_string());
+                continue;
             }
             mirrored.annotation_files += 1;
             let text = std::fs::read(&dest).map_err(|source| StoreError::Io {
@@ -396,6 +409,9 @@ impl Location {
     }
 }
 
+/// Links tried while a writer keeps replacing the file, before reading it instead.
+const LINK_ATTEMPTS: usize = 8;
+
 /// Writes `bytes` to `path` through a temporary file and a rename: a reader sees the old file
 /// or the new one, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -422,6 +438,49 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The capture worker rewrites a split's annotation file (a rename over it) after every
+    /// batch while a training Job takes its snapshot: each link finds the file, old or new (a bare
+    /// link(2) failed with ENOENT when the rename came between its lookup and the link, and a
+    /// Job then trained on a snapshot without its eval split).
+    #[tokio::test]
+    async fn a_file_renamed_over_while_it_is_linked_is_always_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volume, snapshot) = (dir.path().join("volume"), dir.path().join("snapshot"));
+        std::fs::create_dir_all(volume.join("eval")).unwrap();
+        let file = volume.join("eval/annotations.json");
+        write_atomically(&file, b"{}").unwrap();
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let (stop, rewrites) = (
+            std::sync::Arc::new(AtomicBool::new(false)),
+            std::sync::Arc::new(AtomicU64::new(0)),
+        );
+        let writer = {
+            let (file, stop, rewrites) = (file.clone(), stop.clone(), rewrites.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = rewrites.fetch_add(1, Ordering::Relaxed);
+                    write_atomically(&file, format!("{{\"n\": {n}}}").as_bytes()).unwrap();
+                }
+            })
+        };
+        let location = Location::parse(volume.to_str().unwrap(), &S3Options::default()).unwrap();
+        let dest = snapshot.join("eval/annotations.json");
+        let (mut links, mut lost) = (0, 0);
+        // Linked over and over while the writer replaces the file 300 times (each write syncs).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while rewrites.load(Ordering::Relaxed) < 300 && std::time::Instant::now() < deadline {
+            if !location.get_file("eval/annotations.json", &dest).await.unwrap() {
+                lost += 1;
+            }
+            assert!(std::fs::read_to_string(&dest).is_ok_and(|t| t.starts_with('{')));
+            links += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(links > 300, "{links} links");
+        assert_eq!(lost, 0, "links that did not find a file that was always there");
+    }
 
     #[tokio::test]
     async fn a_local_dataset_is_mirrored_by_hard_links_that_keep_their_content() {
@@ -495,6 +554,7 @@ mod tests {
             first,
             Mirrored {
                 annotation_files: 1,
+                annotations_missing: vec!["eval/annotations.json".into()],
                 images_fetched: 1,
                 images_present: 0,
                 images_missing: 1

@@ -182,6 +182,7 @@ mod tests {
             file: "x.jpg".into(),
             width: 200,
             height: 100,
+            decoded_at_ms: None,
             labels: vec![
                 Label {
                     bbox: BBox::new(10.0, 10.0, 50.0, 90.0),

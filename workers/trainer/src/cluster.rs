@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use autotuner_api::contract;
 use autotuner_api::contract::TrainingSettings;
 use autotuner_api::{CameraTuning, ModelStatus};
-use autotuner_store::{Location, S3Options};
+use autotuner_store::{Location, Mirrored, S3Options};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -132,19 +132,33 @@ impl JobContext {
 
     /// For a dataset in object storage: mirrors it (and the checkpoint of an earlier attempt of
     /// this iteration) into the local folders and returns its location; `None` for a volume.
-    pub async fn prepare(&self) -> Result<Option<Location>, String> {
+    /// A dataset that lacks a split is looked at again a few times before the attempt ends with
+    /// [`PrepareError::Incomplete`].
+    pub async fn prepare(&self) -> Result<Option<Location>, PrepareError> {
+        let mut tries = 0;
+        loop {
+            match self.prepare_once().await {
+                Err(PrepareError::Incomplete { .. }) if tries < INCOMPLETE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(INCOMPLETE_WAIT).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn prepare_once(&self) -> Result<Option<Location>, PrepareError> {
         let Some(uri) = &self.remote else {
-            self.snapshot().await?;
+            snapshot(&self.dataset, &self.inputs(), &self.s3).await?;
             return Ok(None);
         };
-        let location = Location::parse(uri, &self.s3).map_err(|e| e.to_string())?;
+        let other = |e: autotuner_store::StoreError| PrepareError::Other(e.to_string());
+        let location = Location::parse(uri, &self.s3).map_err(other)?;
         let mirrored = location
-            .mirror_dataset(
-                &[contract::DATASET_TRAIN_FILE, contract::DATASET_EVAL_FILE],
-                &self.dataset,
-            )
+            .mirror_dataset(&contract::DATASET_SPLIT_FILES, &self.dataset)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(other)?;
+        PrepareError::check(&mirrored)?;
         tracing::info!(
             dataset = %uri,
             fetched = mirrored.images_fetched,
@@ -157,42 +171,82 @@ impl JobContext {
             && location
                 .get_file(&self.run_key(CHECKPOINT_FILE), &checkpoint)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(other)?
         {
             tracing::info!("fetched the checkpoint of an earlier attempt");
         }
         Ok(Some(location))
     }
 
-    /// The volume's splits as they are now, hard-linked under the run's folder (nothing is
-    /// copied). A restarted attempt keeps the snapshot of the first, so it resumes on the same
-    /// data.
-    async fn snapshot(&self) -> Result<(), String> {
-        let to = self.inputs();
-        let complete = to.join(".complete");
-        if complete.is_file() {
-            tracing::info!(snapshot = %to.display(), "training on the snapshot of an earlier attempt");
-            return Ok(());
-        }
-        let volume = Location::parse(&self.dataset.to_string_lossy(), &self.s3).map_err(|e| e.to_string())?;
-        let taken = volume
-            .mirror_dataset(&[contract::DATASET_TRAIN_FILE, contract::DATASET_EVAL_FILE], &to)
-            .await
-            .map_err(|e| format!("snapshot of the dataset: {e}"))?;
-        std::fs::write(&complete, b"").map_err(|e| format!("{}: {e}", complete.display()))?;
-        tracing::info!(
-            snapshot = %to.display(),
-            images = taken.images_fetched + taken.images_present,
-            missing = taken.images_missing,
-            "training on a snapshot of the dataset volume"
-        );
-        Ok(())
-    }
-
     /// The key of a run file under the dataset location.
     pub fn run_key(&self, file: &str) -> String {
         format!("{}/{file}", contract::training_run_dir(self.iteration()))
     }
+}
+
+/// Looks at a dataset this many more times, [`INCOMPLETE_WAIT`] apart, before the attempt ends.
+const INCOMPLETE_TRIES: u32 = 3;
+const INCOMPLETE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a Job cannot train on the dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// A split the Job needs is not in the dataset yet. Nothing of this attempt is kept: the
+    /// next one (which the Job does not count as a retry, see
+    /// [`contract::EXIT_DATASET_INCOMPLETE`]) takes a new snapshot.
+    #[error(
+        "the dataset is incomplete: {} not there yet (the capture worker writes a split with its first image). \
+         This attempt ends without counting as a failure; the next one takes a new snapshot",
+        missing.join(" and ")
+    )]
+    Incomplete { missing: Vec<String> },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PrepareError {
+    fn check(mirrored: &Mirrored) -> Result<(), PrepareError> {
+        if mirrored.annotations_missing.is_empty() {
+            Ok(())
+        } else {
+            Err(PrepareError::Incomplete {
+                missing: mirrored.annotations_missing.clone(),
+            })
+        }
+    }
+}
+
+/// The volume's splits as they are now, hard-linked into `to` (nothing is copied): the capture
+/// worker keeps writing while the Job runs. A snapshot with every split is marked complete, and
+/// the restarted attempts of the same Job resume on it; one without is thrown away, so the next
+/// attempt takes a new one.
+pub async fn snapshot(volume: &Path, to: &Path, s3: &S3Options) -> Result<(), PrepareError> {
+    let complete = to.join(".complete");
+    if complete.is_file() {
+        tracing::info!(snapshot = %to.display(), "training on the snapshot of an earlier attempt");
+        return Ok(());
+    }
+    let other = |e: String| PrepareError::Other(format!("snapshot of the dataset: {e}"));
+    match std::fs::remove_dir_all(to) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(other(format!("remove the incomplete {}: {e}", to.display())));
+        }
+        _ => {}
+    }
+    let volume = Location::parse(&volume.to_string_lossy(), s3).map_err(|e| other(e.to_string()))?;
+    let taken = volume
+        .mirror_dataset(&contract::DATASET_SPLIT_FILES, to)
+        .await
+        .map_err(|e| other(e.to_string()))?;
+    PrepareError::check(&taken)?;
+    std::fs::write(&complete, b"").map_err(|e| other(format!("{}: {e}", complete.display())))?;
+    tracing::info!(
+        snapshot = %to.display(),
+        images = taken.images_fetched + taken.images_present,
+        missing = taken.images_missing,
+        "training on a snapshot of the dataset volume"
+    );
+    Ok(())
 }
 
 /// Publishes the run's model where the operator expects it (atomically: a rename on a volume, one
@@ -253,4 +307,70 @@ pub async fn publish(
         )
     })?;
     Ok(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes as the capture worker does: a new file renamed over the old one (a snapshot holds
+    /// hard links, which an in-place write would change under it).
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        autotuner_store::write_atomically(path, bytes).unwrap();
+    }
+
+    fn coco(image: &str) -> Vec<u8> {
+        format!(r#"{{"images": [{{"id": 1, "file_name": "images/{image}"}}], "annotations": [], "categories": []}}"#)
+            .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_without_the_eval_split_is_not_kept_and_the_next_attempt_takes_a_new_one() {
+        let (volume_dir, run_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (volume, to) = (volume_dir.path(), run_dir.path().join("dataset"));
+        let s3 = S3Options::default();
+        write(&volume.join("train/images/a.jpg"), b"a");
+        write(&volume.join(contract::DATASET_TRAIN_FILE), &coco("a.jpg"));
+
+        // The ordering CI met: the training split is there, the eval split not yet.
+        let first = snapshot(volume, &to, &s3).await.unwrap_err();
+        match &first {
+            PrepareError::Incomplete { missing } => assert_eq!(missing, &[contract::DATASET_EVAL_FILE]),
+            other => panic!("expected an incomplete dataset, got {other}"),
+        }
+        assert!(
+            first.to_string().contains("eval/annotations.json not there yet"),
+            "{first}"
+        );
+        assert!(
+            !to.join(".complete").exists(),
+            "an incomplete snapshot is not marked complete"
+        );
+
+        // The capture worker writes the eval split and replaces the training split meanwhile.
+        write(&volume.join("eval/images/e.jpg"), b"e");
+        write(&volume.join(contract::DATASET_EVAL_FILE), &coco("e.jpg"));
+        write(&volume.join("train/images/b.jpg"), b"b");
+        write(&volume.join(contract::DATASET_TRAIN_FILE), &coco("b.jpg"));
+        snapshot(volume, &to, &s3).await.unwrap();
+        assert!(to.join(".complete").is_file());
+        assert_eq!(
+            std::fs::read(to.join(contract::DATASET_TRAIN_FILE)).unwrap(),
+            coco("b.jpg")
+        );
+        assert_eq!(std::fs::read(to.join("eval/images/e.jpg")).unwrap(), b"e");
+        assert!(
+            !to.join("train/images/a.jpg").exists(),
+            "nothing of the incomplete snapshot is left"
+        );
+
+        // A restarted attempt resumes on the complete snapshot, whatever the volume holds now.
+        write(&volume.join(contract::DATASET_EVAL_FILE), &coco("f.jpg"));
+        snapshot(volume, &to, &s3).await.unwrap();
+        assert_eq!(
+            std::fs::read(to.join(contract::DATASET_EVAL_FILE)).unwrap(),
+            coco("e.jpg")
+        );
+    }
 }

@@ -45,6 +45,9 @@ struct CocoImage {
     file_name: String,
     width: u32,
     height: u32,
+    /// When the capture worker decoded the frame (ms since the epoch, its node's clock).
+    #[serde(default)]
+    decoded_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +82,8 @@ pub struct Sample {
     pub file: PathBuf,
     pub width: u32,
     pub height: u32,
+    /// When the frame was decoded, where the capture worker recorded it.
+    pub decoded_at_ms: Option<u64>,
     pub labels: Vec<Label>,
     /// Regions where anything found counts for nothing (crowds, MOT ignore regions).
     pub ignore: Vec<BBox>,
@@ -125,6 +130,17 @@ pub struct Dataset {
 impl Dataset {
     pub fn boxes(&self) -> usize {
         self.samples.iter().map(|s| s.labels.len()).sum()
+    }
+
+    /// Keeps only the samples of frames decoded at or after `since_ms` (a round of collection's
+    /// own), unless there are none: then everything stays and this returns false.
+    pub fn keep_decoded_since(&mut self, since_ms: u64) -> bool {
+        let recent = |s: &Sample| s.decoded_at_ms.is_some_and(|t| t >= since_ms);
+        if !self.samples.iter().any(recent) {
+            return false;
+        }
+        self.samples.retain(recent);
+        true
     }
 }
 
@@ -198,6 +214,7 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Dataset, DatasetError> 
                     file,
                     width: image.width,
                     height: image.height,
+                    decoded_at_ms: image.decoded_at_ms,
                     labels: Vec::new(),
                     ignore: Vec::new(),
                 });
@@ -324,5 +341,30 @@ mod tests {
             (2, 1),
             "the 0.3 label is ignored; the unscored one stays an object"
         );
+    }
+
+    #[test]
+    fn a_rounds_eval_images_are_those_decoded_since_it_began_or_all_when_it_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        image::RgbImage::new(8, 8).save(dir.path().join("f.png")).unwrap();
+        let coco = serde_json::json!({
+            "images": [
+                {"id": 1, "file_name": "f.png", "width": 8, "height": 8},
+                {"id": 2, "file_name": "f.png", "width": 8, "height": 8, "decoded_at_ms": 1_000},
+                {"id": 3, "file_name": "f.png", "width": 8, "height": 8, "decoded_at_ms": 5_000},
+                {"id": 4, "file_name": "f.png", "width": 8, "height": 8, "decoded_at_ms": 6_000},
+            ],
+            "categories": [{"id": 1, "name": "person"}],
+        });
+        let path = dir.path().join("annotations.json");
+        std::fs::write(&path, coco.to_string()).unwrap();
+        let loaded = super::load(&path, LoadOptions::default()).unwrap();
+        let ids = |d: &Dataset| d.samples.iter().map(|s| s.id).collect::<Vec<_>>();
+        let mut round = loaded.clone();
+        assert!(round.keep_decoded_since(5_000));
+        assert_eq!(ids(&round), [3, 4]);
+        let mut later = loaded.clone();
+        assert!(!later.keep_decoded_since(9_000));
+        assert_eq!(ids(&later), [1, 2, 3, 4], "no image of the round: judged on all");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use autotuner_api::contract::{self, TrainingSettings};
 use autotuner_store::Location;
-use autotuner_trainer::cluster::{self, JobContext};
+use autotuner_trainer::cluster::{self, JobContext, PrepareError};
 use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::report::Report;
@@ -57,11 +57,15 @@ struct Args {
     views: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Evaluate on the eval split after every this many epochs (and after the last); 0: only
-    /// after the last (then the last epoch is exported).
-    #[arg(long, default_value_t = 1)]
+    /// Evaluate on the eval split after every this many epochs (and after the last), exporting
+    /// the best; 0: only after the last, which is exported. 0 by default: the figure that gates
+    /// promotion, and that drift checks divide by, must not be the best of several looks at the
+    /// same eval images (that picks noise, and the deployed model then seems to drift from a
+    /// figure it never had).
+    #[arg(long, default_value_t = 0)]
     eval_every: usize,
-    /// Stop after this many epochs without a better eval AP (0: run every epoch).
+    /// Stop after this many epochs without a better eval AP (0: run every epoch). Needs
+    /// `--eval-every`: with only the evaluation after the last epoch, every epoch runs.
     #[arg(long, default_value_t = 4)]
     patience: usize,
     /// Stop after this many optimiser steps (for benchmarks and smoke runs).
@@ -103,7 +107,7 @@ impl Settings {
         Self {
             trainable: args
                 .trainable_layers
-                .unwrap_or_else(|| job.map_or(Trainable::default(), |j| j.trainable_layers.into())),
+                .unwrap_or_else(|| job.map_or(Trainable::default(), |j| j.trainable_layers)),
             epochs: args
                 .epochs
                 .unwrap_or_else(|| job.map_or(contract::defaults::EPOCHS, |j| j.epochs) as usize),
@@ -196,7 +200,12 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("trainer: {e}");
-                return ExitCode::FAILURE;
+                return match e {
+                    PrepareError::Incomplete { .. } => {
+                        ExitCode::from(contract::EXIT_DATASET_INCOMPLETE as u8)
+                    }
+                    PrepareError::Other(_) => ExitCode::FAILURE,
+                };
             }
         },
         None => None,
@@ -255,6 +264,10 @@ fn main() -> ExitCode {
         patience: args.patience,
         max_steps: args.max_steps,
         max_train_images: job.as_ref().map(|j| j.settings.dataset_cap as usize),
+        eval_since_ms: job
+            .as_ref()
+            .and_then(|j| j.settings.round_started_at.as_ref())
+            .and_then(contract::epoch_ms),
         cache_budget_bytes: args.cache_mib << 20,
         load: LoadOptions {
             skip_unknown_classes: args.skip_unknown_classes,
@@ -311,7 +324,7 @@ mod tests {
                 "epochs": 3, "batchSize": 5, "learningRate": 0.02, "trainableLayers": "unfrozen" },
         }))
         .unwrap();
-        let job = TrainingSettings::new(&spec, 2, "file:///s.onnx");
+        let job = TrainingSettings::new(&spec, 2, "file:///s.onnx", None);
         let settings = TrainingSettings::from_env_value(&job.to_env_value()).unwrap();
         let none = Args::parse_from(["trainer"]);
         assert_eq!(

@@ -10,65 +10,12 @@ use autotuner_detect::anchors::{Anchor, SsdAnchorConfig};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use serde::{Deserialize, Serialize};
 
 use crate::graph::{ConvNode, GraphError, OnnxGraph};
 
-/// Which layers a fine-tune changes (the CameraTuning's `training.trainableLayers`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Trainable {
-    /// The box-predictor heads only.
-    BoxRegression,
-    /// The heads and the last blocks of the feature extractor: everything after the 19x19
-    /// feature map (blocks 13-16, the 1280-channel layer, the extra SSD layers).
-    Top,
-    /// Every layer.
-    Unfrozen,
-}
-
-impl From<autotuner_api::TrainableLayers> for Trainable {
-    fn from(layers: autotuner_api::TrainableLayers) -> Self {
-        use autotuner_api::TrainableLayers;
-        match layers {
-            TrainableLayers::BoxRegression => Self::BoxRegression,
-            TrainableLayers::Top => Self::Top,
-            TrainableLayers::Unfrozen => Self::Unfrozen,
-        }
-    }
-}
-
-/// The CRD's default (`training.trainableLayers`): one source for the Job, `autotuner tune` and
-/// the library.
-impl Default for Trainable {
-    fn default() -> Self {
-        autotuner_api::TrainableLayers::default().into()
-    }
-}
-
-impl Trainable {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BoxRegression => "boxRegression",
-            Self::Top => "top",
-            Self::Unfrozen => "unfrozen",
-        }
-    }
-}
-
-impl std::str::FromStr for Trainable {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "boxRegression" => Ok(Self::BoxRegression),
-            "top" => Ok(Self::Top),
-            "unfrozen" => Ok(Self::Unfrozen),
-            other => Err(format!(
-                "trainable layers {other:?}: expected boxRegression, top or unfrozen"
-            )),
-        }
-    }
-}
+/// Which layers a fine-tune changes: the CameraTuning's `training.trainableLayers` itself, so the
+/// Job, `autotuner tune` and the library share one type and one default.
+pub use autotuner_api::TrainableLayers as Trainable;
 
 /// One trainable tensor: an initializer of the graph, whole or some rows of its first axis.
 #[derive(Debug, Clone)]

@@ -131,6 +131,10 @@ pub struct Report {
     pub schedule: String,
     pub train: SplitReport,
     pub eval: SplitReport,
+    /// The eval split was cut to the frames decoded since then (the round's), in ms since the
+    /// epoch; unset when it was judged whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_since_ms: Option<u64>,
     pub cache: Option<CacheReport>,
     pub timing: Timing,
     pub epochs: Vec<EpochRecord>,

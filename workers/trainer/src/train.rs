@@ -64,12 +64,17 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate after every this many epochs (and always after the last); 0: only after the last.
     pub eval_every: usize,
-    /// Stop when the eval AP has not improved for this many epochs (0: never).
+    /// Stop when the eval AP has not improved for this many epochs (0: never). Only with
+    /// `eval_every`: without evaluations between epochs there is no improvement to wait for.
     pub patience: usize,
     /// Stop after this many optimiser steps in this run (the epoch in progress is evaluated).
     pub max_steps: Option<u64>,
     /// Train on at most this many images, the most recent (highest ids).
     pub max_train_images: Option<usize>,
+    /// Judge on the eval images of frames decoded since then (ms since the epoch): the round of
+    /// collection this job trains on, the scene the camera shows now. All of them when the round
+    /// has none.
+    pub eval_since_ms: Option<u64>,
     pub cache_budget_bytes: usize,
     /// ONNX Runtime's library, for the frozen part and to verify the export.
     pub onnxruntime: PathBuf,
@@ -107,6 +112,7 @@ impl TrainConfig {
             patience: 0,
             max_steps: None,
             max_train_images: None,
+            eval_since_ms: None,
             cache_budget_bytes: 2048 << 20,
             onnxruntime,
             load: LoadOptions::default(),
@@ -614,7 +620,18 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         train.samples.sort_by_key(|s| s.id);
         train.samples.drain(..train.samples.len() - cap);
     }
-    let eval_set: Dataset = dataset::load(&config.eval, config.load)?;
+    let mut eval_set: Dataset = dataset::load(&config.eval, config.load)?;
+    let eval_round_only = match config.eval_since_ms {
+        Some(since) if eval_set.keep_decoded_since(since) => Some(since),
+        Some(since) => {
+            tracing::warn!(
+                since_ms = since,
+                "no eval image is of this round yet: judging on the whole eval split"
+            );
+            None
+        }
+        None => None,
+    };
     if train.boxes() == 0 {
         return Err(TrainError::NoLabels);
     }
@@ -829,7 +846,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         if config.max_steps.is_some_and(|m| steps >= m) {
             break;
         }
-        if config.patience > 0 && epoch >= best_epoch + config.patience {
+        if stops_early(config, epoch, best_epoch) {
             tracing::info!(
                 epoch,
                 best_epoch,
@@ -886,6 +903,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         schedule: config.schedule.as_str().into(),
         train: SplitReport::of(&train, views),
         eval: SplitReport::of(&eval_set, 1),
+        eval_since_ms: eval_round_only,
         cache: Some(CacheReport {
             kind: train_split.cache.kind(),
             items: train_split.cache.len(),
@@ -982,9 +1000,40 @@ fn export(
     })
 }
 
+/// Whether training stops after `epoch`, the best evaluated epoch so far being `best_epoch`
+/// (0: none yet, the starting weights). Only epochs that were evaluated can be "no better": with
+/// `eval_every` 0 the one evaluation is after the last epoch, and stopping before it would export
+/// the starting weights unchanged.
+fn stops_early(config: &TrainConfig, epoch: usize, best_epoch: usize) -> bool {
+    config.patience > 0 && config.eval_every > 0 && epoch >= best_epoch + config.patience
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Schedule;
+    use super::{Schedule, TrainConfig, stops_early};
+
+    #[test]
+    fn patience_stops_only_after_evaluated_epochs_that_were_no_better() {
+        let mut config = TrainConfig::new(
+            "train".into(),
+            "eval".into(),
+            "model.onnx".into(),
+            "out".into(),
+            "libonnxruntime.so".into(),
+        );
+        config.epochs = 8;
+        config.patience = 4;
+        // Evaluated only after the last epoch: epoch 4 without an evaluation is not "4 epochs
+        // without improvement" (stopping there exported the starting weights as the candidate).
+        config.eval_every = 0;
+        assert!((1..=8).all(|epoch| !stops_early(&config, epoch, 0)));
+        // Evaluated every epoch: the best was epoch 2, and epochs 3 to 6 were no better.
+        config.eval_every = 1;
+        assert!(!stops_early(&config, 5, 2));
+        assert!(stops_early(&config, 6, 2));
+        config.patience = 0;
+        assert!(!stops_early(&config, 8, 0));
+    }
 
     #[test]
     fn the_cosine_schedule_starts_at_the_rate_halves_midway_and_ends_at_zero() {

@@ -161,3 +161,35 @@ pub fn capture_in_cluster(
         .env(contract::ENV_WORK_DIR, dir.join("work"));
     command
 }
+
+/// The off-the-shelf student (the raw-head SSD-MobileNetV2).
+pub fn student() -> PathBuf {
+    assets().join("models/ssd_mobilenet_v2_coco_raw.onnx")
+}
+
+/// The student with every box it predicts moved off the object it found (each box predictor's
+/// centre offsets shifted by one anchor size down and to the right), written to `out`: it finds
+/// as many objects with the same scores, in the wrong places. A worse model made on purpose, so
+/// that a test of what catches one does not depend on training one badly.
+pub fn student_with_misplaced_boxes(out: &Path) -> PathBuf {
+    use autotuner_trainer::{OnnxGraph, serialize};
+    let graph = OnnxGraph::load(&student(), &burn::prelude::Device::flex()).unwrap();
+    let mut weights = std::collections::HashMap::new();
+    for conv in graph.convs() {
+        if !conv.name.contains("/BoxEncodingPredictor/") {
+            continue;
+        }
+        let bias = conv.bias.expect("box predictors have a bias");
+        let (mut values, _) = graph.initializer(&bias).unwrap();
+        // Per anchor (ty, tx, th, tw); the box coder divides the centre offsets by 10.
+        for (row, value) in values.iter_mut().enumerate() {
+            if row % 4 < 2 {
+                *value += 10.0;
+            }
+        }
+        weights.insert(bias, values);
+    }
+    assert_eq!(weights.len(), 6, "one box predictor per feature map");
+    std::fs::write(out, serialize(&graph.with_weights(&weights).unwrap()).unwrap()).unwrap();
+    out.to_path_buf()
+}
