@@ -43,6 +43,10 @@ const STUDENT: &str = "ssd_mobilenet_v2_coco_raw.onnx";
 /// running in pods; when a check must fall and when it must not is `workers/capture/tests/
 /// drift.rs` and `tuning_loop.rs`'s subject.)
 const MIN_RELATIVE_ACCURACY: f64 = 1.0;
+/// How long pods may take to start, load their models and label a first batch. These stages
+/// took 15-30 s on the 2-core EPYC (the slower kind), and over 180 s once with a build running
+/// beside the test: each wait ends at its event, so only a failure waits this long.
+const POD_WAIT: Duration = Duration::from_secs(600);
 /// The dataset's sizes: the splits keep this many of their latest images.
 const EVAL_SIZE: u64 = 20;
 const MAX_DATASET_SIZE: u64 = 40;
@@ -88,17 +92,13 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     let models = FileServer::start_on(&assets().join("models"), NODE_IP);
     let dataset = run.dataset_volume();
     run.apply_tuning(&camera, &models);
-    run.until(
-        "capturing with the workloads running",
-        Duration::from_secs(180),
-        |s, pods| {
-            (s.phase == Some(Phase::Capturing)
-                && pods.running("capture") == 1
-                && pods.running("annotator") == 1
-                && s.dataset.as_ref()?.annotated? > 0)
-                .then_some(())
-        },
-    )
+    run.until("capturing with the workloads running", POD_WAIT, |s, pods| {
+        (s.phase == Some(Phase::Capturing)
+            && pods.running("capture") == 1
+            && pods.running("annotator") == 1
+            && s.dataset.as_ref()?.annotated? > 0)
+            .then_some(())
+    })
     .await;
     run.stage("capture labels crops through the annotator's Service");
     let pods = run.pods().await;
@@ -161,19 +161,15 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     run.delete_pods(NS, "app.kubernetes.io/component=capture");
     run.delete_pods(NS, "app.kubernetes.io/component=annotator");
     run.delete_pods(RELEASE_NS, "app.kubernetes.io/component=operator");
-    run.until(
-        "new capture and annotator pods run",
-        Duration::from_secs(180),
-        |_, pods| {
-            let new = |c| pods.running(c) == 1 && !replaced.contains(&pods.name_of(c));
-            (new("capture") && new("annotator")).then_some(())
-        },
-    )
+    run.until("new capture and annotator pods run", POD_WAIT, |_, pods| {
+        let new = |c| pods.running(c) == 1 && !replaced.contains(&pods.name_of(c));
+        (new("capture") && new("annotator")).then_some(())
+    })
     .await;
     let annotated = run.status().await.dataset.unwrap().annotated.unwrap_or(0);
     run.until(
         "the new capture pod labels through the new annotator",
-        Duration::from_secs(180),
+        POD_WAIT,
         |s, _| (s.dataset.as_ref()?.annotated? > annotated).then_some(()),
     )
     .await;
@@ -186,36 +182,20 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     )
     .await;
     run.stage("the round is collected; the Job's pod trains");
-    // The gate judges iteration 1 against the off-the-shelf student on the same eval split; a
-    // 40-image fine-tune usually wins (AP@[.5:.95] 0.28-0.30 -> 0.35-0.41 in most runs) but not
-    // always (0.293 vs 0.294 in one): both outcomes are the loop working.
-    let promoted = run
-        .until("iteration 1 judged", Duration::from_secs(900), |s, _| {
-            if let Some(model) = s.current_model.as_ref().filter(|m| m.version == 1) {
-                return Some(Some(model.clone()));
-            }
-            let rejected = s.current_model.is_none()
-                && s.candidate_model.as_ref().is_some_and(|c| c.version == 1)
-                && s.phase == Some(Phase::Capturing);
-            rejected.then_some(None)
+    // At minImprovement -1 the gate deploys iteration 1 whatever it scored against the
+    // off-the-shelf student (a 40-image fine-tune lost by 0.001 in some runs, which the default
+    // gate rightly refuses: plan.rs and tests/tests/operator.rs test both of its branches).
+    let model = run
+        .until("iteration 1 promoted", Duration::from_secs(900), |s, _| {
+            s.current_model.clone().filter(|m| m.version == 1)
         })
         .await;
     // Nothing lost or duplicated by the capture pod's deletion mid-capture.
     dataset.assert_consistent();
-    match promoted {
-        Some(model) => {
-            serve_and_drift(&mut run, &mut camera, plane.dir(), &dataset, model).await;
-            assert_monitoring(&prometheus).await;
-            picture_dashboards(&prometheus, plane.dir(), run.started.elapsed()).await;
-            run.stage("Prometheus: every dashboard panel and alert reads series of the real pods");
-        }
-        None => {
-            run.stage("the Job reported; the gate rejected iteration 1");
-            let status = run.status().await;
-            let served = status.inference.and_then(|i| i.model).map(|m| m.version);
-            assert_eq!(served, Some(0), "the edge keeps the off-the-shelf student");
-        }
-    }
+    serve_and_drift(&mut run, &mut camera, plane.dir(), &dataset, model).await;
+    assert_monitoring(&prometheus).await;
+    picture_dashboards(&prometheus, plane.dir(), run.started.elapsed()).await;
+    run.stage("Prometheus: every dashboard panel and alert reads series of the real pods");
 
     // Every pod's resolv.conf names the cluster DNS only, never the machine's resolver.
     let resolv_confs = autotuner_tests::pod_resolv_confs();
@@ -348,8 +328,8 @@ async fn serve_and_drift(
             (!rejections.trim().is_empty()).then_some("rejected")
         })
         .await;
-    eprintln!("iteration 2: {outcome}");
-    run.stage("the operator judged iteration 2");
+    assert_eq!(outcome, "promoted", "minImprovement -1 deploys every candidate");
+    run.stage("the operator promoted iteration 2");
     // Still consistent after the training split rolled past `maxDatasetSize`.
     dataset.assert_consistent();
 }
@@ -486,15 +466,51 @@ async fn assert_monitoring(prometheus: &Prometheus) {
     let variables = [("namespace", NS), ("cameratuning", NAME)];
     let camera = format!("namespace=\"{NS}\", cameratuning=\"{NAME}\"");
     let annotators = format!("namespace=\"{NS}\", component=\"annotator\"");
+    let queries: Vec<_> = dashboard_queries().into_iter().chain(alert_queries()).collect();
+    let all_panels: BTreeSet<_> = queries
+        .iter()
+        .filter(|q| q.panel)
+        .map(|q| (q.file.clone(), q.title.clone()))
+        .collect();
+    // The series of the state just reached appear with the next scrapes (every 5 s): the round's
+    // deadline, say, which the operator exports only while no Job trains. So the queries are
+    // read again until all have data, for up to a minute.
+    let settled = Instant::now() + Duration::from_secs(60);
+    let (missing, panels_with_data) = loop {
+        let (missing, panels) = read_queries(prometheus, &queries, &camera, &annotators, &variables).await;
+        if (missing.is_empty() && panels == all_panels) || Instant::now() > settled {
+            break (missing, panels);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    assert!(missing.is_empty(), "{missing:#?}");
+    let blank: BTreeSet<_> = all_panels.difference(&panels_with_data).collect();
+    assert!(blank.is_empty(), "dashboard panels with no data: {blank:#?}");
+    eprintln!(
+        "prometheus: {} targets, {} queries, {} panels with data",
+        targets.len(),
+        queries.len(),
+        panels_with_data.len()
+    );
+}
+
+/// Each query's series (`missing`: the metrics it reads that have none) and the panels that show
+/// data now.
+async fn read_queries(
+    prometheus: &Prometheus,
+    queries: &[autotuner_tests::prometheus::ShippedQuery],
+    camera: &str,
+    annotators: &str,
+    variables: &[(&str, &str)],
+) -> (Vec<String>, BTreeSet<(String, String)>) {
     let mut missing = Vec::new();
     let mut panels_with_data = BTreeSet::new();
-    let queries: Vec<_> = dashboard_queries().into_iter().chain(alert_queries()).collect();
-    for query in &queries {
+    for query in queries {
         for name in metrics_read(&query.expr) {
             // A camera panel's series are the CameraTuning's, or its namespace's annotators'.
             let labels = match query.file.as_str() {
-                "camera.json" if name.starts_with("autotuner_annotator_") => annotators.as_str(),
-                "camera.json" => camera.as_str(),
+                "camera.json" if name.starts_with("autotuner_annotator_") => annotators,
+                "camera.json" => camera,
                 _ => "",
             };
             let selector = format!("count({{__name__=~\"{name}(_bucket)?\", {labels}}})");
@@ -506,7 +522,7 @@ async fn assert_monitoring(prometheus: &Prometheus) {
             }
         }
         if query.panel || query.file == "alerts.yaml" {
-            let expr = with_variables(&query.expr, &variables);
+            let expr = with_variables(&query.expr, variables);
             let result = prometheus
                 .query(&expr)
                 .await
@@ -516,20 +532,7 @@ async fn assert_monitoring(prometheus: &Prometheus) {
             }
         }
     }
-    assert!(missing.is_empty(), "{missing:#?}");
-    let blank: BTreeSet<_> = queries
-        .iter()
-        .filter(|q| q.panel)
-        .map(|q| (q.file.clone(), q.title.clone()))
-        .filter(|panel| !panels_with_data.contains(panel))
-        .collect();
-    assert!(blank.is_empty(), "dashboard panels with no data: {blank:#?}");
-    eprintln!(
-        "prometheus: {} targets, {} queries, {} panels with data",
-        targets.len(),
-        queries.len(),
-        panels_with_data.len()
-    );
+    (missing, panels_with_data)
 }
 
 /// A PNG per dashboard row, `bench-results/dashboards/<dashboard>-<row>.png`, plotted from what
@@ -714,14 +717,17 @@ spec:
     minTrainSize: 10
     # The heads alone: this test is of the loop, not of accuracy, and trains twice in pods.
     trainableLayers: boxRegression
-    epochs: 2
+    epochs: 1
     batchSize: 8
     learningRate: 0.001
     resources: {{ requests: {{ cpu: 100m, memory: 512Mi }} }}
   inference: {{ maxFramesPerSecond: 2 }}
   # maxDatasetSize: the second Job trains on the latest 40 images, as the first did.
   drift: {{ checkInterval: 10s, sampleSize: 8, minRelativeAccuracy: {MIN_RELATIVE_ACCURACY}, maxDatasetSize: {MAX_DATASET_SIZE} }}
-  rollout: {{ minImprovement: 0.0 }}
+  # Every candidate is deployed and none is rolled back: the outcome is constructed, so the
+  # stages after a promotion (serving, drift, the second Job, Prometheus) run every time. Whether
+  # a candidate beats its starting point is the gate's unit tests' and the benchmarks' subject.
+  rollout: {{ minImprovement: -1.0, rollbackMargin: 1.0 }}
 "#,
             camera = camera.url(),
             teacher = models.url("yolov12n.onnx"),
@@ -878,9 +884,19 @@ spec:
             .iter()
             .map(|(what, seconds)| serde_json::json!({ "stage": what, "seconds": (seconds * 10.0).round() / 10.0 }))
             .collect();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                let line = info.lines().find(|l| l.starts_with("model name"))?.to_string();
+                Some(line.split_once(':')?.1.trim().to_string())
+            })
+            .unwrap_or_default();
         let figures = serde_json::json!({
             "test": "tests/tests/e2e.rs",
-            "machine": "2 cores, one real node (containerd, kubelet, kube-proxy, CoreDNS)",
+            "machine": format!(
+                "{cpu}, {} cores, one real node (containerd, kubelet, kube-proxy, CoreDNS)",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
             "total_seconds": self.started.elapsed().as_secs(),
             "stages": stages,
         });

@@ -843,10 +843,13 @@ impl Default for DriftSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// Deploy a new student only when its mAP beats the deployed one's by at least this much
-    /// (absolute, 0..1); otherwise keep the deployed one.
+    /// Deploy a new student only when its mAP beats, by at least this much (absolute), the mAP
+    /// of the model its Job started from on the same eval split; otherwise keep the deployed one.
+    /// A negative value also deploys a candidate up to that much worse (-1 deploys every
+    /// candidate, and leaves guarding the camera to the probation checks and `rollbackMargin`:
+    /// for an eval split too small to judge by, or to always serve the newest scene).
     #[serde(default = "default_min_improvement")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = -1.0, max = 1.0))]
     pub min_improvement: f64,
 
     /// Roll a newly promoted student back to the previous one when, in one of its first

@@ -898,6 +898,25 @@ mod tests {
     }
 
     #[test]
+    fn a_negative_margin_deploys_a_candidate_up_to_that_much_worse() {
+        let t = |margin: f64| {
+            let mut t = tuning(json!({
+                "phase": "Training", "iteration": 0,
+                "candidateModel": { "version": 1, "uri": "file:///data/models/1.onnx", "map": 0.25, "baselineMap": 0.28 }
+            }));
+            t.spec.rollout.min_improvement = margin;
+            t
+        };
+        let judged = |margin| run(&t(margin), &with_job(1, JobState::Succeeded));
+        assert_eq!(reasons(&judged(0.0)), ["CandidateRejected"]);
+        assert_eq!(reasons(&judged(-0.02)), ["CandidateRejected"]);
+        assert_eq!(reasons(&judged(-0.04)), ["ModelPromoted"]);
+        let every = judged(-1.0);
+        assert_eq!(reasons(&every), ["ModelPromoted"]);
+        assert_eq!(every.status.current_model.unwrap().version, 1);
+    }
+
+    #[test]
     fn a_finished_job_without_a_report_is_evaluating() {
         let t = tuning(json!({ "phase": "Training", "iteration": 0 }));
         let plan = run(&t, &with_job(1, JobState::Succeeded));
