@@ -455,18 +455,26 @@ async fn the_deadline_trains_on_enough_images_and_says_when_there_are_too_few() 
     )
     .await;
     let api = h.tunings();
-    let progressing = wait_for(WAIT, || async {
-        let t = api.get("yard").await.ok()?;
-        let c = t
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Progressing")?;
-        // Both reports must have reached the operator (they may arrive in either order).
-        (c.message.contains("deadline passed") && c.message.contains("only 3 ")).then_some(c)
-    })
-    .await
-    .expect("the status explains why training has not started");
+    // The Progressing condition once its message says what `says` accepts.
+    let progressing_once = |says: fn(&str) -> bool| {
+        let api = api.clone();
+        async move {
+            wait_for(WAIT, || async {
+                let t = api.get("yard").await.ok()?;
+                let c = t
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Progressing")?;
+                says(&c.message).then_some(c)
+            })
+            .await
+        }
+    };
+    // Both reports must have reached the operator (they may arrive in either order).
+    let progressing = progressing_once(|m| m.contains("deadline passed") && m.contains("only 3 "))
+        .await
+        .expect("the status explains why training has not started");
     assert!(
         progressing
             .message
@@ -485,17 +493,9 @@ async fn the_deadline_trains_on_enough_images_and_says_when_there_are_too_few() 
         json!({ "dataset": { "train": 6, "eval": 1 } }),
     )
     .await;
-    wait_for(WAIT, || async {
-        let t = api.get("yard").await.ok()?;
-        let c = t
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Progressing")?;
-        c.message.contains("1 of 2 evaluation images").then_some(())
-    })
-    .await
-    .expect("the status says the evaluation split is short");
+    progressing_once(|m| m.contains("1 of 2 evaluation images"))
+        .await
+        .expect("the status says the evaluation split is short");
     assert!(h.jobs("yard").await.is_empty());
 
     h.report(
