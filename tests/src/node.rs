@@ -68,6 +68,7 @@ fn node_dir() -> PathBuf {
 #[derive(Debug)]
 pub(crate) struct Network {
     netns_before: BTreeSet<String>,
+    links_before: BTreeSet<String>,
     _lock: File,
 }
 
@@ -154,6 +155,7 @@ impl Network {
         Saved::take()?;
         let network = Self {
             netns_before: netns(),
+            links_before: links(),
             _lock: lock,
         };
         run("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
@@ -205,7 +207,30 @@ impl Network {
             let _ = run("ip", &["netns", "delete", name]);
         }
         remove_network_objects();
+        self.remove_links_left();
         Saved::restore();
+    }
+
+    /// Deletes the links the node made until none is left. A pod's veth outlives its sandbox
+    /// for as long as the kernel takes to free the sandbox's namespace (asynchronously, after
+    /// its last process exits), and a CNI call still running when containerd stopped may make
+    /// the bridge again after it was deleted.
+    fn remove_links_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left: Vec<String> = links().difference(&self.links_before).cloned().collect();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                eprintln!("node: network links still there 30 s after the node stopped: {left:?}");
+                return;
+            }
+            for name in &left {
+                let _ = run("ip", &["link", "delete", name]);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -753,6 +778,16 @@ fn cgroup_controllers() -> Vec<PathBuf> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
+        .collect()
+}
+
+/// The machine's network links by name (without the `@peer` suffix of a veth).
+fn links() -> BTreeSet<String> {
+    run("ip", &["-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|name| name.trim().split('@').next().unwrap_or_default().to_string())
         .collect()
 }
 

@@ -305,6 +305,24 @@ impl FileServer {
     }
 }
 
+/// A binary of another workspace package, from the build directory of the running test (a test
+/// binary lives in `<target>/<profile>/deps/`, binaries in `<target>/<profile>/`). Cargo gives a
+/// test only its own package's binaries; `cargo test --workspace` builds them all.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test's path");
+    let path = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary in <target>/<profile>/deps")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo test --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Waits until `what` accepts connections on `127.0.0.1:port` (at most 20 s).
 pub fn wait_for_listener(port: u16, what: &str) {
     wait_for_listener_on("127.0.0.1", port, what);

@@ -3,6 +3,7 @@
 //! operator gives it (built by the operator's own code), against the real test API server. It
 //! publishes the model where the contract says and reports `status.candidateModel` under its
 //! own field manager; it cannot write another CameraTuning's status.
+//! (The trainer's test, kept in the harness's crate: see [`trainer`].)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +22,13 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
+
+/// The trainer binary `cargo test --workspace` builds beside this test (here, in the harness's
+/// crate, the test compiles without the trainer's optimisation profile: kube's generics at
+/// opt-level 3 made it the slowest target of the build).
+fn trainer() -> PathBuf {
+    autotuner_tests::workers::workspace_binary("trainer")
+}
 
 fn assets() -> PathBuf {
     let dir = autotuner_detect::assets::dir();
@@ -100,7 +108,7 @@ fn run_trainer_with(
     env: &[(&str, String)],
 ) -> (bool, String) {
     // Epochs, batch size and the rest come from the settings, as in a Job.
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+    let out = Command::new(trainer())
         .args(["--max-steps", "1", "--views", "1"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -455,7 +463,7 @@ async fn the_minimal_example_trains_through_a_job_that_fetches_its_models_over_h
         dataset_uri: &dataset,
         work_dir: &work,
     };
-    let mut command = job_pod_command(Path::new(env!("CARGO_BIN_EXE_trainer")), &pod, &env);
+    let mut command = job_pod_command(&trainer(), &pod, &env);
     command.args(["--max-steps", "1", "--views", "1", "--learning-rate", "0"]);
     let out = command.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
