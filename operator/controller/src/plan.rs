@@ -115,7 +115,7 @@ pub fn plan(
         }
         Some(JobState::Running) => {
             train_iteration = Some(next);
-            if iteration == 0 {
+            if models.current.is_none() {
                 Phase::Training
             } else {
                 Phase::Retraining
@@ -125,13 +125,27 @@ pub fn plan(
             Some(candidate) => {
                 finished_iteration = next;
                 match judge(candidate, spec.rollout.min_improvement, models.current.as_ref()) {
-                    Err(message) => {
+                    Err(message) if models.current.is_some() => {
                         notes.push(note(false, "CandidateRejected", message));
-                        if models.current.is_some() {
-                            Phase::Monitoring
-                        } else {
-                            Phase::Capturing
-                        }
+                        Phase::Monitoring
+                    }
+                    Err(message) => {
+                        // Only the off-the-shelf student serves, and no drift check watches it:
+                        // nothing else would start another round. One starts now and trains on
+                        // what the camera sees from here on, with the older images.
+                        round_started_at = Some(Time(now));
+                        deadline = now + deadline_after;
+                        notes.push(note(
+                            false,
+                            "CandidateRejected",
+                            format!(
+                                "{message}. The camera keeps the off-the-shelf student; a new round collects {} \
+                                 training images (or what there is at {deadline}) to train iteration {} on",
+                                spec.dataset.train_size,
+                                next + 1
+                            ),
+                        ));
+                        Phase::Capturing
                     }
                     Ok(message) => {
                         notes.push(note(false, "ModelPromoted", message));
@@ -163,15 +177,16 @@ pub fn plan(
             // The spec changed since the failure: clear the failed Job, then train again.
             delete_jobs.push(names::training_job(&name, next));
             requeue_after = SHORT;
-            if iteration == 0 {
+            if models.current.is_none() {
                 Phase::Capturing
             } else {
                 Phase::Monitoring
             }
         }
-        // Collecting a round: the first, or the one drift started (Retraining with no Job yet).
-        None if iteration == 0 || old.phase == Some(Phase::Retraining) => {
-            let (collecting, training) = if iteration == 0 {
+        // Collecting a round: one before any model was promoted (the first, or the one after a
+        // rejected candidate), or the one drift started (Retraining with no Job yet).
+        None if models.current.is_none() || old.phase == Some(Phase::Retraining) => {
+            let (collecting, training) = if models.current.is_none() {
                 (Phase::Capturing, Phase::Training)
             } else {
                 (Phase::Retraining, Phase::Retraining)
@@ -232,8 +247,6 @@ pub fn plan(
                     spec.drift.min_relative_accuracy, spec.dataset.train_size
                 )));
                 Phase::Retraining
-            } else if models.current.is_none() {
-                Phase::Capturing
             } else if serves(&old, models.current.as_ref()) {
                 if spec.drift.enabled {
                     Phase::Monitoring
@@ -895,6 +908,55 @@ mod tests {
         assert_eq!(plan.status.current_model.unwrap().version, 1);
         assert_eq!(plan.status.iteration, Some(2));
         assert_eq!(plan.status.phase, Some(Phase::Monitoring));
+    }
+
+    #[test]
+    fn a_rejected_first_candidate_starts_a_new_round_that_trains_on_the_images_it_collects() {
+        // Iteration 1 scored below the off-the-shelf student it started from: nothing is
+        // promoted, and no drift check watches the off-the-shelf student.
+        let t = tuning(json!({
+            "phase": "Training", "iteration": 0,
+            "dataset": { "train": 1000, "eval": 200 },
+            "candidateModel": { "version": 1, "uri": "file:///data/models/1.onnx", "map": 0.20, "baselineMap": 0.25 }
+        }));
+        let plan = run(&t, &with_job(1, JobState::Succeeded));
+        assert_eq!(reasons(&plan), ["CandidateRejected"]);
+        assert!(
+            plan.notes[0].message.contains("a new round collects 1000 training images")
+                && plan.notes[0].message.contains("to train iteration 2 on"),
+            "{}",
+            plan.notes[0].message
+        );
+        assert_eq!(plan.status.phase, Some(Phase::Capturing));
+        assert_eq!(plan.status.iteration, Some(1));
+        assert!(plan.status.current_model.is_none());
+        let dataset = plan.status.dataset.clone().unwrap();
+        assert_eq!(dataset.round_started_at, Some(Time(at(NOW))));
+        assert_eq!(dataset.deadline, Some(Time(at("2026-11-27T12:00:00Z"))));
+        assert!(plan.children.training_job.is_none());
+
+        // The new round counts its own images: the 1000 iteration 1 trained on are not enough.
+        let mut next = tuning(serde_json::to_value(&plan.status).unwrap());
+        let collecting = run(&next, &capturing());
+        assert_eq!(collecting.status.phase, Some(Phase::Capturing));
+        assert!(collecting.children.training_job.is_none());
+        assert_eq!(
+            condition(&collecting, "Progressing").message,
+            "0 of 1000 training images, 0 of 200 evaluation images"
+        );
+
+        // Once the worker counted a full round since it began, iteration 2 trains.
+        next.status.as_mut().unwrap().dataset.as_mut().unwrap().round = Some(RoundImages {
+            since: Time(at(NOW)),
+            train: 1000,
+            eval: 200,
+        });
+        let training = run(&next, &capturing());
+        assert_eq!(reasons(&training), ["TrainingStarted"]);
+        let job = training.children.training_job.unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("entrance-train-2"));
+        let running = run(&next, &with_job(2, JobState::Running));
+        assert_eq!(running.status.phase, Some(Phase::Training));
     }
 
     #[test]

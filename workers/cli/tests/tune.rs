@@ -99,7 +99,11 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
             p.windows(2).all(|w| w[0] >= w[1]),
             "interpolated precision: {p:?}"
         );
-        assert!(p[0] > 0.5, "{who} starts precise: {}", p[0]);
+        // The off-the-shelf student and the teacher are fixed models on fixed frames; what the
+        // tuned one scores depends on training, which is the benchmarks' subject.
+        if who != "tuned" {
+            assert!(p[0] > 0.5, "{who} starts precise: {}", p[0]);
+        }
     }
 
     // Example frames: what tuning fixed most and broke most (when it did), and one from the
