@@ -427,6 +427,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for controller in cgroup_controllers() {
             std::fs::create_dir_all(controller.join(CGROUP_ROOT))?;
         }
+        give_the_node_its_share_of_cpu();
         let config = format!(
             r#"apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -769,6 +770,39 @@ fn remove_cgroup_tree(path: &Path) {
         }
     }
     let _ = std::fs::remove_dir(path);
+}
+
+/// Under cgroup v1 every thread of the machine's root cgroup weighs as much as the node's whole
+/// cgroup: with other tests busy on the host (scripts/run-tests runs two binaries at a time), the
+/// pods of the node shared the CPU of one host thread, and a training Job took five times as
+/// long. A real node's pods have their machine to themselves; here the node's cgroup weighs as
+/// much as 8 busy host threads (v1 `cpu.shares`; `cpu.weight` where the cpu controller is on a
+/// v2 hierarchy). Best effort: a machine without the file keeps its default.
+fn give_the_node_its_share_of_cpu() {
+    for (file, value) in [
+        (
+            Path::new("/sys/fs/cgroup/cpu")
+                .join(CGROUP_ROOT)
+                .join("cpu.shares"),
+            "8192",
+        ),
+        (
+            Path::new("/sys/fs/cgroup").join(CGROUP_ROOT).join("cpu.weight"),
+            "800",
+        ),
+        (
+            Path::new("/sys/fs/cgroup/unified")
+                .join(CGROUP_ROOT)
+                .join("cpu.weight"),
+            "800",
+        ),
+    ] {
+        if file.is_file()
+            && let Err(e) = std::fs::write(&file, value)
+        {
+            eprintln!("node: could not set {}: {e}", file.display());
+        }
+    }
 }
 
 fn cgroup_controllers() -> Vec<PathBuf> {

@@ -922,7 +922,9 @@ mod tests {
         let plan = run(&t, &with_job(1, JobState::Succeeded));
         assert_eq!(reasons(&plan), ["CandidateRejected"]);
         assert!(
-            plan.notes[0].message.contains("a new round collects 1000 training images")
+            plan.notes[0]
+                .message
+                .contains("a new round collects 1000 training images")
                 && plan.notes[0].message.contains("to train iteration 2 on"),
             "{}",
             plan.notes[0].message

@@ -25,7 +25,7 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
             "--max-frames",
             "120",
             "--epochs",
-            "2",
+            "1",
             // The heads alone: this test is of the report; every layer (the default) in a
             // test build takes minutes.
             "--trainable-layers",
@@ -70,7 +70,7 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     assert!(unit(&m["groundTruthCoverage"]) > 0.9, "the crops hold the people");
 
     let t = &r["training"];
-    assert_eq!(t["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(t["epochs"].as_array().unwrap().len(), 1);
     let model = PathBuf::from(t["export"]["path"].as_str().unwrap());
     assert!(model.exists(), "the tuned student is exported");
 
@@ -127,6 +127,7 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
         }
     }
     let stages = &r["stages"];
+    eprintln!("seconds per stage: {stages}");
     for stage in ["capture", "training", "heldOut"] {
         assert!(stages[stage].as_f64().unwrap() > 0.0, "{stages}");
     }

@@ -7,13 +7,20 @@ mod common;
 use autotuner_vision::{Background, FrameState, GrayImage, Level, MotionConfig, MotionDetector};
 use common::*;
 
+/// Frames compared per setting: the first 300 of vtest.avi's 795 hold warm-up, resets every 100
+/// frames and people in every part of the view; the reference (OpenCV from Python) is most of the
+/// time, so the whole file made these tests the slowest of the crate for no more coverage.
+const COMPARED_FRAMES: usize = 300;
+
 fn compare(config: MotionConfig, name: &str) {
     let (file, w, h) = VTEST;
     let frames = frames(file, w, h);
+    let frames = &frames[..COMPARED_FRAMES * w * h];
     let dir = tempfile_dir(name);
     let jsonl = dir.join("reference.jsonl");
     let masks = dir.join("reference.bits");
-    let frames_path = assets().join(file);
+    let frames_path = dir.join("frames.gray");
+    std::fs::write(&frames_path, frames).unwrap();
     reference(&[
         "detect",
         frames_path.to_str().unwrap(),
@@ -83,7 +90,7 @@ fn compare(config: MotionConfig, name: &str) {
     assert_eq!(differing_pixels, 0, "not bit-exact any more");
     assert_eq!(box_mismatches, 0);
     assert!(
-        detected > 700 && selected > 500,
+        detected > 200 && selected > 150,
         "the footage has motion: {detected} detected, {selected} selected"
     );
     std::fs::remove_dir_all(dir).ok();
