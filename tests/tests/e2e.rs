@@ -727,7 +727,9 @@ spec:
     nodeSelector: {{ autotuner.io/camera-node: "true" }}
     resources: {{ requests: {{ cpu: 100m, memory: 256Mi }} }}
   classes: [person]
-  sampling: {{ maxUploadsPerMinute: 120 }}
+  # One label a second: a round's 24 images in under a minute, and the teacher (YOLO on the
+  # CPU here) leaves the machine's second core to the rest.
+  sampling: {{ maxUploadsPerMinute: 60 }}
   annotation:
     teacher:
       model: {{ uri: {teacher}, family: yolo }}

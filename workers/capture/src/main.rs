@@ -255,7 +255,10 @@ async fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     } else {
+        // Colours only on a terminal: a pod's log (`kubectl logs`) shows escape codes as text.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();

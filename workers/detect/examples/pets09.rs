@@ -21,7 +21,7 @@ fn main() {
         ("student SSD-MobileNetV2 (raw head)", Family::SsdRaw),
     ] {
         for (input, c) in [("full frames", None), ("motion crops", Some(crops.as_slice()))] {
-            let r = pets09_person_ap(family, c);
+            let r = pets09_person_ap(family, c, 1);
             println!(
                 "{:<36} {:>8.4} {:>8.4} {:>11} {:>9.1}",
                 format!("{name}, {input}"),
