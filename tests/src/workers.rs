@@ -101,6 +101,16 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(bucket: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(bucket, port)
+    }
+
+    /// On a port chosen beforehand (a client may be pointed at it before the store is up).
+    pub fn start_on(bucket: &str, port: u16) -> Self {
         let bin_dir = PathBuf::from(
             std::env::var("AUTOTUNER_CONTROLPLANE_BIN")
                 .expect("AUTOTUNER_CONTROLPLANE_BIN: run tests/controlplane/build.sh (scripts/test does)"),
@@ -111,11 +121,6 @@ impl S3Server {
             .map(|e| e.path())
             .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("gofakes3-"))
             .expect("no gofakes3 in the control-plane bin folder: run tests/controlplane/build.sh s3");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let child = Command::new(bin)
             .args(["-backend", "memory", "-initialbucket", bucket, "-quiet"])
             .arg(format!("-host=127.0.0.1:{port}"))

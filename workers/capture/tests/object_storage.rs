@@ -2,13 +2,14 @@
 //! and a restarted pod on a fresh disk continues it without duplicating a sample.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
 use autotuner_tests::workers::S3Server;
-use common::{Annotator, assets, free_port};
+use common::{Annotator, Process, assets, free_port, http_get, wait_until};
 
 fn capture(uri: &str, s3: &S3Server, port: u16, work: &Path, flags: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_capture"))
@@ -112,4 +113,98 @@ fn the_dataset_goes_to_s3_and_a_pod_on_a_fresh_disk_continues_it() {
         404,
         "{oldest} was replaced and deleted"
     );
+}
+
+/// The value of the series `series` (name and labels, as exposed) in a `/metrics` text; 0 when
+/// absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn images_are_counted_only_once_object_storage_holds_them() {
+    // The store is up while capture starts (it continues what the store holds), then goes down:
+    // capture labels and flushes to its working copy, and its uploads fail. The count the status
+    // reports (and a Job starts on) is the store's: nothing yet.
+    let s3_port = free_port();
+    let s3 = S3Server::start_on("datasets", s3_port);
+    let port = free_port();
+    let _annotator = Annotator::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_capture"))
+        .arg("--url")
+        .arg(assets().join("vtest.avi"))
+        .args(["--max-frames", "24", "--dataset", "s3://datasets/site/gate"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--annotator-url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env(autotuner_api::contract::ENV_S3_ENDPOINT, &s3.endpoint)
+        .env(autotuner_api::contract::ENV_AWS_ACCESS_KEY_ID, "test")
+        .env(autotuner_api::contract::ENV_AWS_SECRET_ACCESS_KEY, "test-secret")
+        .env(autotuner_api::contract::ENV_WORK_DIR, dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("capture.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut capture = Process(child);
+    let scrape = || {
+        std::net::TcpStream::connect(("127.0.0.1", metrics_port))
+            .map(|_| http_get(metrics_port, "/metrics"))
+            .unwrap_or_default()
+    };
+    let train_images = "autotuner_capture_dataset_images{split=\"train\"}";
+    // The gauge appears once the dataset is open, after what the store held was read back; the
+    // first batch is labelled seconds later.
+    wait_until("the dataset is open", Duration::from_secs(60), || {
+        scrape().contains(train_images)
+    });
+    drop(s3);
+    let mut seen = String::new();
+    wait_until(
+        "a batch is labelled and its upload failed",
+        Duration::from_secs(120),
+        || {
+            seen = scrape();
+            metric(&seen, "autotuner_capture_annotated_total") > 0.0
+                && metric(&seen, "autotuner_capture_annotate_errors_total{kind=\"store\"}") > 0.0
+        },
+    );
+    assert_eq!(
+        metric(&seen, train_images),
+        0.0,
+        "counted before the store held it:\n{seen}"
+    );
+    assert_eq!(
+        metric(
+            &seen,
+            "autotuner_capture_dataset_images_stored_total{split=\"train\"}"
+        ),
+        0.0,
+        "{seen}"
+    );
+
+    // The store is back (empty: gofakes3 keeps it in memory): the spooled batches go, and only
+    // then are they counted.
+    let s3 = S3Server::start_on("datasets", s3_port);
+    let mut status = None;
+    wait_until("capture ends", Duration::from_secs(120), || {
+        status = capture.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let log = std::fs::read_to_string(dir.path().join("capture.log")).unwrap();
+    assert!(status.unwrap().success(), "{log}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut capture.0.stdout.take().unwrap(), &mut stdout).unwrap();
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    let selected = summary["framesSelected"].as_u64().unwrap();
+    assert!(selected > 0, "{summary}");
+    assert_eq!(summary["trainImages"].as_u64().unwrap(), selected, "{summary}");
+    let (code, body) = s3.get("/datasets/site/gate/train/annotations.json");
+    assert_eq!(code, 200, "{log}");
+    let coco: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(coco["images"].as_array().unwrap().len() as u64, selected);
 }
