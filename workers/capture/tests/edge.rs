@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 mod common;
 use common::{
-    Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, http_get, rtsp_server,
+    Annotator, Process, assets, capture_in_cluster, free_port, h264_clip, http_get, metric, rtsp_server,
     wait_for_port, wait_until,
 };
 
@@ -54,12 +54,6 @@ fn sse(port: u16) -> Arc<Mutex<Vec<Value>>> {
         }
     });
     got
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 #[test]

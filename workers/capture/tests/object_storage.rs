@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 use autotuner_tests::workers::S3Server;
-use common::{Annotator, Process, assets, free_port, http_get, wait_until};
+use common::{Annotator, Process, assets, free_port, http_get, metric, wait_until};
 
 fn capture(uri: &str, s3: &S3Server, port: u16, work: &Path, flags: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_capture"))
@@ -113,14 +113,6 @@ fn the_dataset_goes_to_s3_and_a_pod_on_a_fresh_disk_continues_it() {
         404,
         "{oldest} was replaced and deleted"
     );
-}
-
-/// The value of the series `series` (name and labels, as exposed) in a `/metrics` text; 0 when
-/// absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 #[test]

@@ -120,6 +120,14 @@ pub fn rtsp_server(clip: &Path, port: u16, credentials: Option<(&str, &str)>) ->
     Process(child)
 }
 
+/// The value of the series `series` (name and labels, as exposed) in a `/metrics` text; 0 when
+/// absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// A plain HTTP/1.1 GET on loopback: the status line, headers and body as text.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::Write;
