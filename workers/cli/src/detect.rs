@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use autotuner_detect::{DetectOptions, Detection, RgbImage, labels};
-use autotuner_trainer::train::Progress;
+use autotuner_trainer::progress::Progress;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use autotuner_detect::eval::{self, Evaluation, ImageDetection};
 use autotuner_detect::{DetectOptions, RgbImage, labels};
-use autotuner_trainer::train::Progress;
+use autotuner_trainer::progress::Progress;
 use serde_json::{Value, json};
 
 use crate::footage::Footage;

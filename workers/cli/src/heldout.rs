@@ -94,7 +94,7 @@ pub fn evaluate(h: &HeldOut<'_>) -> anyhow::Result<Value> {
     let evaluated = (h.last - h.first).div_ceil(h.step);
     let typical = evaluated as usize / 2;
     let mut examples = Examples::default();
-    let mut progress = autotuner_trainer::train::Progress::new();
+    let mut progress = autotuner_trainer::progress::Progress::new();
     let mut done = 0usize;
     std::fs::create_dir_all(h.pictures.join("pictures"))?;
     let held_out = |index: u64| index >= h.first && (index - h.first).is_multiple_of(h.step);

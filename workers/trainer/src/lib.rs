@@ -14,6 +14,7 @@ pub mod dataset;
 mod graph;
 pub mod loss;
 pub mod model;
+pub mod progress;
 pub mod report;
 pub mod train;
 

@@ -48,6 +48,23 @@ pub struct Student {
     pub anchors: Vec<Anchor>,
 }
 
+/// The value `upper` trains from: the output of MobileNetV2's last block at 1/8 resolution
+/// (`expanded_conv_5`), the input of its first block at 1/16.
+pub const UPPER_CUT: &str = "FeatureExtractor/MobilenetV2/expanded_conv_5/add:0";
+
+fn upper_cut(graph: &OnnxGraph) -> Result<String, GraphError> {
+    graph
+        .convs()
+        .iter()
+        .any(|c| c.input == UPPER_CUT)
+        .then(|| UPPER_CUT.to_string())
+        .ok_or_else(|| {
+            GraphError::Output(format!(
+                "{UPPER_CUT} (trainable layers `upper` needs the SSD-MobileNetV2 feature extractor's block names)"
+            ))
+        })
+}
+
 impl Student {
     /// Splits `graph` (the raw-head SSD-MobileNetV2) for `trainable` layers and `classes`.
     pub fn new(graph: OnnxGraph, trainable: Trainable, classes: Vec<u32>) -> Result<Self, GraphError> {
@@ -103,6 +120,7 @@ impl Student {
                 unique
             }
             Trainable::Top => vec![head[0].input.clone()],
+            Trainable::Upper => vec![upper_cut(&graph)?],
             Trainable::Unfrozen => vec![graph.input_name().to_string()],
         };
         let cut_refs: Vec<&str> = cut.iter().map(String::as_str).collect();

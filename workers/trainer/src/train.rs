@@ -2,7 +2,6 @@
 //! train the trainable part with Adam on the SSD loss, evaluate on the eval split after every
 //! epoch (keeping the best), checkpoint, export the tuned ONNX and verify it on ONNX Runtime.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use crate::dataset::{self, Dataset, LoadOptions, Sample};
 use crate::graph::{GraphError, OnnxGraph, serialize};
 use crate::loss::{self, Targets};
 use crate::model::{Param, Student, Trainable};
+pub use crate::progress::Progress;
 use crate::report::{CacheReport, EpochRecord, EvalReport, ExportReport, Report, SplitReport, Timing};
 
 #[derive(Debug, Error)]
@@ -141,11 +141,11 @@ impl Schedule {
         }
     }
 
-    /// Cosine when the whole network trains: with a constant rate the best epoch of `unfrozen`
+    /// Cosine when the feature extractor trains too: with a constant rate the best epoch of `unfrozen`
     /// on the reference experiment fell short of the AP@0.5 goal, with the decay it meets it.
     pub fn default_for(trainable: Trainable) -> Schedule {
         match trainable {
-            Trainable::Unfrozen => Schedule::Cosine,
+            Trainable::Unfrozen | Trainable::Upper => Schedule::Cosine,
             _ => Schedule::Constant,
         }
     }
@@ -197,46 +197,6 @@ const EVAL_NMS_IOU: f32 = 0.5;
 const EVAL_MAX_DETECTIONS: usize = 100;
 const EXTRACT_BATCH: usize = 8;
 const VERIFY_IMAGES: usize = 4;
-
-/// Shows progress: a bar on a terminal, a log line every few seconds otherwise.
-#[derive(Debug)]
-pub struct Progress {
-    terminal: bool,
-    last: Instant,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Progress {
-    pub fn new() -> Self {
-        Self {
-            terminal: std::io::stderr().is_terminal(),
-            last: Instant::now(),
-        }
-    }
-
-    pub fn update(&mut self, stage: &str, done: usize, total: usize, detail: &str) {
-        if self.terminal {
-            let width = 30;
-            let filled = (done * width).checked_div(total).unwrap_or(width);
-            eprint!(
-                "\r{stage:>10} [{}{}] {done}/{total} {detail}\x1b[K",
-                "#".repeat(filled),
-                "-".repeat(width - filled)
-            );
-            if done == total {
-                eprintln!();
-            }
-        } else if self.last.elapsed().as_secs_f64() >= 10.0 || done == total {
-            self.last = Instant::now();
-            tracing::info!(stage, done, total, detail, "progress");
-        }
-    }
-}
 
 /// Training views of one split, with their cached cut values and targets.
 struct Split {
@@ -473,6 +433,7 @@ fn evaluate(
     split: &Split,
     shapes: &[[usize; 3]],
     device: &Device,
+    progress: &mut Progress,
 ) -> Result<Evaluation, TrainError> {
     let inner: Vec<Param> = params
         .iter()
@@ -503,6 +464,7 @@ fn evaluate(
                 detection,
             }));
         }
+        progress.update("evaluate", chunk[chunk.len() - 1] + 1, indices.len(), "");
     }
     let mut truth = Vec::new();
     for s in &split.samples {
@@ -690,7 +652,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
 
     let t = Instant::now();
     let initial = student.initial_params(&device);
-    let before = evaluate(&student, &initial, &eval_split, &shapes, &device)?;
+    let before = evaluate(&student, &initial, &eval_split, &shapes, &device, progress)?;
     timing.eval_seconds += t.elapsed().as_secs_f64();
     tracing::info!(
         ap = before.ap,
@@ -779,18 +741,31 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
             if config.max_steps.is_some_and(|m| steps >= m) {
                 break;
             }
+            // One bar over every epoch: its estimate is the time the whole fine-tune has left
+            // (the evaluations between epochs aside).
             progress.update(
-                &format!("epoch {epoch}"),
-                b + 1,
-                batches,
-                &format!("loss {:.3}", sum / (b + 1) as f64),
+                "fine-tune",
+                (epoch - 1) * batches + b + 1,
+                config.epochs * batches,
+                &format!(
+                    "epoch {epoch}/{}, loss {:.3}",
+                    config.epochs,
+                    sum / (b + 1) as f64
+                ),
             );
         }
         let last = epoch == config.epochs || config.max_steps.is_some_and(|m| steps >= m);
         let due = last || (config.eval_every > 0 && epoch % config.eval_every == 0);
         let t = Instant::now();
         let e = if due {
-            Some(evaluate(&student, &params, &eval_split, &shapes, &device)?)
+            Some(evaluate(
+                &student,
+                &params,
+                &eval_split,
+                &shapes,
+                &device,
+                progress,
+            )?)
         } else {
             None
         };
@@ -878,7 +853,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         // Resumed with nothing left to train: evaluate the checkpoint's best.
         None => {
             let t = Instant::now();
-            let e = evaluate(&student, &chosen, &eval_split, &shapes, &device)?;
+            let e = evaluate(&student, &chosen, &eval_split, &shapes, &device, progress)?;
             timing.eval_seconds += t.elapsed().as_secs_f64();
             e
         }

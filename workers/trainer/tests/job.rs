@@ -246,30 +246,41 @@ fn initializer(model: &Path, name: &str) -> Vec<f32> {
 }
 
 #[test]
-fn top_and_unfrozen_train_the_feature_extractor_too() {
+fn top_upper_and_unfrozen_train_the_feature_extractor_from_where_they_say() {
     let dir = temp("modes");
     // One step of two images in each mode: whether the layers change is settled by the first.
     let train_file = coco(&dir, "train.json", &TRAIN[..2]);
     let eval_file = coco(&dir, "eval.json", &EVAL[..1]);
     let original = assets().join("models/ssd_mobilenet_v2_coco_raw.onnx");
-    // The 1280-channel layer of the feature extractor (in `top`; every head below 19x19 depends
-    // on it), the first convolution (only in `unfrozen`).
     let graph = autotuner_trainer::OnnxGraph::load(&original, &Device::flex()).unwrap();
     let convs = graph.convs();
-    let last_body = convs
-        .iter()
-        .find(|c| c.weight.contains("MobilenetV2/Conv_1/"))
-        .unwrap()
-        .weight
-        .clone();
+    let weight_of = |found: Option<&autotuner_trainer::ConvNode>| found.unwrap().weight.clone();
+    // The 1280-channel layer of the feature extractor (every head below 19x19 depends on it).
+    let last_body = weight_of(convs.iter().find(|c| c.weight.contains("MobilenetV2/Conv_1/")));
+    // The first convolution of block 6 (it reads `upper`'s cut) and the last of block 5.
+    let block6 = weight_of(
+        convs
+            .iter()
+            .find(|c| c.input == autotuner_trainer::model::UPPER_CUT),
+    );
+    let block5 = weight_of(
+        convs
+            .iter()
+            .find(|c| c.input.contains("MobilenetV2/expanded_conv_5/depthwise/")),
+    );
     let first = convs[0].weight.clone();
-    let head = convs
-        .iter()
-        .find(|c| c.name.starts_with("BoxPredictor_0/BoxEncoding"))
-        .unwrap()
-        .weight
-        .clone();
-    for (mode, first_changes) in [(Trainable::Top, false), (Trainable::Unfrozen, true)] {
+    let head = weight_of(
+        convs
+            .iter()
+            .find(|c| c.name.starts_with("BoxPredictor_0/BoxEncoding")),
+    );
+    // Per mode: whether block 6, block 5 and the first convolution change (the head and the
+    // last layer change in all three).
+    for (mode, [block6_changes, block5_changes, first_changes]) in [
+        (Trainable::Top, [false, false, false]),
+        (Trainable::Upper, [true, false, false]),
+        (Trainable::Unfrozen, [true, true, true]),
+    ] {
         let mut c = config(&dir, train_file.clone(), eval_file.clone(), mode, 1);
         c.batch_size = 2;
         c.views = 1;
@@ -278,7 +289,13 @@ fn top_and_unfrozen_train_the_feature_extractor_too() {
         eprintln!("{mode:?}: {:?}", report.timing);
         let model = PathBuf::from(&report.export.path);
         assert!(report.export.max_difference <= 1e-3);
-        for (name, changes) in [(&head, true), (&last_body, true), (&first, first_changes)] {
+        for (name, changes) in [
+            (&head, true),
+            (&last_body, true),
+            (&block6, block6_changes),
+            (&block5, block5_changes),
+            (&first, first_changes),
+        ] {
             let changed = initializer(&model, name) != initializer(&original, name);
             assert_eq!(changed, changes, "{mode:?}: {name} changed {changed}");
         }
