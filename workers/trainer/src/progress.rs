@@ -17,7 +17,11 @@ pub struct Progress {
     terminal: bool,
     last_log: Instant,
     stage: String,
+    /// When the stage (re)started, and its count then: the pace is measured from there, so a
+    /// stage that comes back (the fine-tune after an evaluation, a resumed job) is not credited
+    /// with the items done before.
     started: Instant,
+    started_at: usize,
     last_done: usize,
 }
 
@@ -35,6 +39,7 @@ impl Progress {
             last_log: now,
             stage: String::new(),
             started: now,
+            started_at: 0,
             last_done: 0,
         }
     }
@@ -45,10 +50,15 @@ impl Progress {
         if stage != self.stage || done < self.last_done {
             self.stage = stage.to_string();
             self.started = Instant::now();
+            self.started_at = done;
         }
         self.last_done = done;
         let elapsed = self.started.elapsed();
-        let left = time_left(elapsed, done, total);
+        let left = time_left(
+            elapsed,
+            done.saturating_sub(self.started_at),
+            total.saturating_sub(self.started_at),
+        );
         if self.terminal {
             let width = 30;
             let filled = (done.min(total) * width).checked_div(total).unwrap_or(width);
@@ -76,7 +86,7 @@ impl Progress {
     }
 }
 
-/// The time `total - done` more items take at the pace of the first `done`, once the stage has
+/// The time `total - done` more items take at the pace of the `done` so far, once the stage has
 /// run long enough to tell.
 pub fn time_left(elapsed: Duration, done: usize, total: usize) -> Option<Duration> {
     if done == 0 || done >= total || elapsed < ESTIMATE_AFTER {
@@ -150,5 +160,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         p.update("eval", 0, 10, "");
         assert!(p.started > second);
+    }
+
+    #[test]
+    fn a_stage_that_comes_back_is_paced_only_by_what_it_does_after() {
+        let mut p = Progress::new();
+        p.terminal = false;
+        p.update("fine-tune", 20, 40, "");
+        p.update("evaluate", 5, 5, "");
+        p.update("fine-tune", 21, 40, "");
+        assert_eq!(p.started_at, 21);
+        // Its clock counts from 21: 10 more items in 10 s leave 9 items, about 9 s.
+        p.started -= Duration::from_secs(10);
+        p.update("fine-tune", 31, 40, "");
+        let left = time_left(p.started.elapsed(), 31 - p.started_at, 40 - p.started_at).unwrap();
+        assert!((8.9..9.5).contains(&left.as_secs_f64()), "{left:?}");
     }
 }
