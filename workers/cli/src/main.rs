@@ -131,6 +131,8 @@ struct TuneArgs {
 }
 
 fn main() -> ExitCode {
+    // `tune` trains in this process.
+    autotuner_trainer::memory::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

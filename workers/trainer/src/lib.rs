@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod dataset;
 mod graph;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod progress;
 pub mod report;

@@ -153,6 +153,7 @@ fn device(name: &str) -> Result<(Device, String), String> {
 }
 
 fn main() -> ExitCode {
+    autotuner_trainer::memory::keep_freed_memory();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
