@@ -203,7 +203,7 @@ async fn server_applies_the_reference_defaults() {
     assert_eq!(spec["annotation"]["confidenceThreshold"], 0.5);
     assert_eq!(spec["annotation"]["cropToMotion"], true);
     assert_eq!(spec["annotation"]["teacher"]["gpus"], 1);
-    assert_eq!(spec["training"]["trainableLayers"], "unfrozen");
+    assert_eq!(spec["training"]["trainableLayers"], "most");
     assert_eq!(spec["training"]["epochs"], 2);
     assert_eq!(spec["training"]["deadline"], "24h");
 
@@ -213,7 +213,7 @@ async fn server_applies_the_reference_defaults() {
     assert_eq!(typed.motion, MotionSpec::default());
     assert_eq!(typed.sampling, SamplingSpec::default());
     assert_eq!(typed.drift, DriftSpec::default());
-    assert_eq!(typed.training.trainable_layers, TrainableLayers::Unfrozen);
+    assert_eq!(typed.training.trainable_layers, TrainableLayers::Most);
     let stored = serde_json::to_value(&typed).unwrap();
     assert_eq!(&stored, spec, "the stored spec has fields the Rust types drop");
 }

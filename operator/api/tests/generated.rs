@@ -46,7 +46,7 @@ fn minimal_example_parses_and_gets_the_reference_defaults() {
     assert_eq!(spec.annotation.confidence_threshold, 0.5);
     assert_eq!(
         spec.training.trainable_layers,
-        autotuner_api::TrainableLayers::Unfrozen
+        autotuner_api::TrainableLayers::Most
     );
 }
 

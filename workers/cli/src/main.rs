@@ -111,7 +111,8 @@ struct TuneArgs {
     epochs: usize,
     #[arg(long, default_value_t = defaults::LEARNING_RATE)]
     learning_rate: f64,
-    /// Default: cosine for `unfrozen`, constant otherwise.
+    /// Default: cosine when the feature extractor trains (`upper`, `most`, `unfrozen`), constant
+    /// otherwise.
     #[arg(long)]
     lr_schedule: Option<Schedule>,
     #[arg(long, default_value_t = defaults::BATCH_SIZE as usize)]

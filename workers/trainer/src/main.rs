@@ -37,7 +37,8 @@ struct Args {
     /// in the dataset volume).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// boxRegression (the heads only), top (heads and the last blocks) or unfrozen (everything).
+    /// boxRegression (the heads only), top (heads and the last blocks), upper (from 1/16
+    /// resolution on), most (everything but the stem, the default) or unfrozen (everything).
     /// These four default to the operator's settings for the Job (the CameraTuning's
     /// `spec.training`), else to the project's defaults (`autotuner_api::contract::defaults`).
     #[arg(long)]
@@ -48,8 +49,8 @@ struct Args {
     batch_size: Option<usize>,
     #[arg(long)]
     learning_rate: Option<f64>,
-    /// `constant`, or `cosine` (decays to zero over the job's steps). Default: cosine for
-    /// `unfrozen` (the setting that meets the reference experiment's goals), constant otherwise.
+    /// `constant`, or `cosine` (decays to zero over the job's steps). Default: cosine when the
+    /// feature extractor trains (`upper`, `most`, `unfrozen`), constant otherwise.
     #[arg(long)]
     lr_schedule: Option<Schedule>,
     /// Views of each training image: the image and `views - 1` random crops and flips.

@@ -52,15 +52,21 @@ pub struct Student {
 /// (`expanded_conv_5`), the input of its first block at 1/16.
 pub const UPPER_CUT: &str = "FeatureExtractor/MobilenetV2/expanded_conv_5/add:0";
 
-fn upper_cut(graph: &OnnxGraph) -> Result<String, GraphError> {
+/// The value `most` trains from: the output of MobileNetV2's last block at 1/4 resolution
+/// (`expanded_conv_2`), the input of its first block at 1/8.
+pub const MOST_CUT: &str = "FeatureExtractor/MobilenetV2/expanded_conv_2/add:0";
+
+/// `cut` when the graph has it (the SSD-MobileNetV2 feature extractor's block names).
+fn named_cut(graph: &OnnxGraph, cut: &str, trainable: Trainable) -> Result<String, GraphError> {
     graph
         .convs()
         .iter()
-        .any(|c| c.input == UPPER_CUT)
-        .then(|| UPPER_CUT.to_string())
+        .any(|c| c.input == cut)
+        .then(|| cut.to_string())
         .ok_or_else(|| {
             GraphError::Output(format!(
-                "{UPPER_CUT} (trainable layers `upper` needs the SSD-MobileNetV2 feature extractor's block names)"
+                "{cut} (trainable layers `{}` needs the SSD-MobileNetV2 feature extractor's block names)",
+                trainable.as_str()
             ))
         })
 }
@@ -120,7 +126,8 @@ impl Student {
                 unique
             }
             Trainable::Top => vec![head[0].input.clone()],
-            Trainable::Upper => vec![upper_cut(&graph)?],
+            Trainable::Upper => vec![named_cut(&graph, UPPER_CUT, trainable)?],
+            Trainable::Most => vec![named_cut(&graph, MOST_CUT, trainable)?],
             Trainable::Unfrozen => vec![graph.input_name().to_string()],
         };
         let cut_refs: Vec<&str> = cut.iter().map(String::as_str).collect();

@@ -145,7 +145,7 @@ impl Schedule {
     /// on the reference experiment fell short of the AP@0.5 goal, with the decay it meets it.
     pub fn default_for(trainable: Trainable) -> Schedule {
         match trainable {
-            Trainable::Unfrozen | Trainable::Upper => Schedule::Cosine,
+            Trainable::Unfrozen | Trainable::Most | Trainable::Upper => Schedule::Cosine,
             _ => Schedule::Constant,
         }
     }
