@@ -134,8 +134,6 @@ struct TuneArgs {
 }
 
 fn main() -> ExitCode {
-    // `tune` trains in this process.
-    autotuner_trainer::memory::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -144,7 +142,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = match Cli::parse().command {
-        Command::Tune(args) => args,
+        Command::Tune(args) => {
+            // `tune` trains in this process, which ends with it; `serve` runs for long and keeps
+            // glibc's policy of returning memory.
+            autotuner_trainer::memory::keep_freed_memory();
+            args
+        }
         Command::Detect(args) => {
             return match detect::detect(&args) {
                 Ok(done) => {

@@ -4,13 +4,13 @@
 //! glibc's defaults each one above 32 MB is a fresh `mmap`, and the heap is trimmed back to the
 //! OS as soon as the step frees it, so the next step takes every page again: a page fault and a
 //! page of zeroes from the kernel for each 4 KB, and TLB shootdowns on both cores when it goes.
-//! Keeping freed memory in the process made a step about 10% faster and the evaluations about a
-//! third faster on the EPYC (bench-results/trainer-allocator.json). The cost is that the peak
+//! Keeping freed memory in the process made a step take 0.85x the time and the evaluations 0.59x
+//! on the EPYC, at the same peak (bench-results/trainer-allocator.json). The cost is that the peak
 //! stays resident until the process ends: the trainer is a Job and `autotuner tune` a
 //! command, both short-lived.
 
 /// Serves large blocks from the heap and never returns freed heap memory to the OS. Call once,
-/// first thing in `main`, before other threads start.
+/// before the process starts its threads, and only in a process that ends when its work does.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn keep_freed_memory() {
