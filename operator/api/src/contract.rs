@@ -4,9 +4,12 @@
 //!
 //! Every environment variable a worker reads is named here and nowhere else.
 
+#[cfg(feature = "crd")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+#[cfg(feature = "crd")]
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "crd")]
 use crate::{CameraTuningSpec, TrainableLayers};
 
 /// Name of the CameraTuning a worker serves.
@@ -75,6 +78,7 @@ pub const SPOOL_MOUNT: &str = "/spool";
 
 /// The settings of one training Job, rendered by the operator from the spec into [`ENV_TRAINING`]
 /// (one typed value, so the two sides cannot disagree on a name or a unit).
+#[cfg(feature = "crd")]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrainingSettings {
@@ -97,6 +101,7 @@ pub struct TrainingSettings {
     pub round_started_at: Option<Time>,
 }
 
+#[cfg(feature = "crd")]
 impl TrainingSettings {
     pub fn new(
         spec: &CameraTuningSpec,
@@ -128,11 +133,13 @@ impl TrainingSettings {
 
 /// A time as the workers record when a frame was decoded: milliseconds since the Unix epoch
 /// (`None` before it).
+#[cfg(feature = "crd")]
 pub fn epoch_ms(time: &Time) -> Option<u64> {
     u64::try_from(time.0.as_millisecond()).ok()
 }
 
 /// The inverse of [`epoch_ms`] (`None` past the range of a Kubernetes time).
+#[cfg(feature = "crd")]
 pub fn time_at_epoch_ms(ms: u64) -> Option<Time> {
     let ms = i64::try_from(ms).ok()?;
     k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok().map(Time)

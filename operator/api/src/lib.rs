@@ -1,23 +1,38 @@
-//! The `CameraTuning` custom resource (`autotuner.io/v1alpha1`), defined once here.
+//! The `CameraTuning` custom resource (`autotuner.io/v1alpha1`), defined once here, and the
+//! contract between the operator and its workers.
 //!
 //! The CRD YAML in `crds/` is generated from these types by the `crdgen` binary and checked in;
 //! CI fails when the two differ. This crate knows Kubernetes types but nothing of tensors or
 //! video, so both the operator and the workers that report progress can depend on it.
+//!
+//! The Kubernetes types sit behind the `crd` feature (on by default): without it this crate is
+//! the contract's names and defaults and [`TrainableLayers`], all the standalone `autotuner`
+//! binary needs, and that binary builds without kube and k8s-openapi (about a quarter of its
+//! compile time, bench-results/build-release-cli.json).
 
 pub mod contract;
 pub mod duration;
+#[cfg(feature = "crd")]
 mod spec;
+#[cfg(feature = "crd")]
 mod status;
+mod training;
 
+#[cfg(feature = "crd")]
 pub use spec::*;
+#[cfg(feature = "crd")]
 pub use status::*;
+pub use training::TrainableLayers;
 
+#[cfg(feature = "crd")]
 use kube::CustomResourceExt;
 
 /// Where the generated CRD is checked in, relative to the repository root.
+#[cfg(feature = "crd")]
 pub const CRD_PATH: &str = "crds/cameratuning.yaml";
 
 /// The CustomResourceDefinition as the YAML document that is checked in.
+#[cfg(feature = "crd")]
 pub fn crd_yaml() -> String {
     let mut crd = serde_json::to_value(CameraTuning::crd()).expect("a CRD always serializes");
     polish_schema(&mut crd);
@@ -33,6 +48,7 @@ pub fn crd_yaml() -> String {
 ///   `kubectl explain`; the `limits`/`requests` descriptions stay;
 /// - unsigned integer formats (`uint32`, ...) go: the API server does not know them and warns on
 ///   every apply; the `minimum: 0` beside them keeps the meaning.
+#[cfg(feature = "crd")]
 fn polish_schema(schema: &mut serde_json::Value) {
     match schema {
         serde_json::Value::Object(map) => {

@@ -2,6 +2,7 @@
 //! dataset, and the deployed student on the same frames (`edge`). No Kubernetes here except the status report in the binary; the standalone `tune` run
 //! uses the same pieces.
 
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod dataset;
 pub mod drift;

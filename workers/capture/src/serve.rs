@@ -113,7 +113,7 @@ async fn stream(State(s): State<Shared>) -> Response {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    k8s_openapi::jiff::Timestamp::try_from(t)
+    jiff::Timestamp::try_from(t)
         .map(|t| t.to_string())
         .unwrap_or_default()
 }

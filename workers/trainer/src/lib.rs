@@ -9,6 +9,7 @@
 pub mod augment;
 pub mod cache;
 pub mod checkpoint;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod dataset;
 mod graph;
