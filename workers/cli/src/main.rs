@@ -97,6 +97,10 @@ struct TuneArgs {
     /// this scale into canvases of the teacher's input size, one call per canvas.
     #[arg(long, default_value_t = autotuner_capture::teacher::DEFAULT_MAX_SCALE)]
     teacher_crop_scale: f32,
+    /// Send the teacher each selected frame whole instead of the crops around its motion (a
+    /// CameraTuning's `annotation.cropToMotion: false`): more bytes per label.
+    #[arg(long)]
+    whole_frames: bool,
     /// The teacher (YOLO family ONNX). Default: YOLOv12n from the assets step.
     #[arg(long)]
     teacher: Option<PathBuf>,
@@ -349,6 +353,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         spool_max_bytes: 8 << 30,
         classes: args.classes.clone(),
         max_frames: Some(split),
+        crop_to_motion: !args.whole_frames,
         ..CaptureConfig::new(&video, dataset_dir.clone())
     };
     let metrics = Metrics::new();
@@ -469,6 +474,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "teacherMinScore": args.min_score,
         "teacherUncertainMinScore": teacher_min_score,
         "teacherCropScale": args.teacher_crop_scale,
+        "teacherWholeFrames": args.whole_frames,
         "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
         "motion": motion,
         "training": training_summary(&training),

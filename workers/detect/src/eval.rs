@@ -177,20 +177,26 @@ pub fn evaluate(
     // precision[t][k][r], -1 where a class has no ground truth (pycocotools' convention).
     let mut precision = vec![vec![[-1.0f64; RECALL_POINTS]; classes.len()]; thresholds.len()];
     for (k, &class) in classes.iter().enumerate() {
+        // Per image in `images`' order (one pass over each list, not one per image: the paired
+        // bootstrap evaluates a thousand draws).
+        let mut gts_of: Vec<Vec<&GroundTruth>> = vec![Vec::new(); images.len()];
+        for g in ground_truth.iter().filter(|g| g.class_id == class) {
+            if let Ok(i) = images.binary_search(&g.image_id) {
+                gts_of[i].push(g);
+            }
+        }
+        let mut dts_of: Vec<Vec<&ImageDetection>> = vec![Vec::new(); images.len()];
+        for d in detections.iter().filter(|d| d.detection.class_id == class) {
+            if let Ok(i) = images.binary_search(&d.image_id) {
+                dts_of[i].push(d);
+            }
+        }
         let mut results = Vec::new();
-        for &image in &images {
-            let gts: Vec<&GroundTruth> = ground_truth
-                .iter()
-                .filter(|g| g.image_id == image && g.class_id == class)
-                .collect();
-            let dts: Vec<&ImageDetection> = detections
-                .iter()
-                .filter(|d| d.image_id == image && d.detection.class_id == class)
-                .collect();
+        for (gts, dts) in gts_of.iter().zip(&dts_of) {
             if gts.is_empty() && dts.is_empty() {
                 continue;
             }
-            results.push(evaluate_image(&gts, &dts, &thresholds));
+            results.push(evaluate_image(gts, dts, &thresholds));
         }
         let counted: usize = results.iter().map(|r| r.counted_ground_truth).sum();
         if counted == 0 {
@@ -271,6 +277,93 @@ pub fn evaluate(
     }
 }
 
+/// How far a comparison of two detectors on the same images can be trusted: the gain of `b` over
+/// `a` in AP@[.5:.95] and AP@.5, and its one-sided 95% lower bound from a paired bootstrap over
+/// the images (each draw takes as many images as there are, with replacement, and scores both
+/// detectors on the same draw). On a small split a gain can be the luck of which images were
+/// drawn; the lower bound says how much of it the images themselves support.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gain {
+    pub ap: f64,
+    pub ap50: f64,
+    /// The 5th percentile of the draws' gains.
+    pub ap_lower_bound: f64,
+    pub ap50_lower_bound: f64,
+    pub draws: usize,
+}
+
+/// The paired bootstrap of [`Gain`], `draws` times, reproducible from `seed`. `None` when either
+/// detector has no AP on these images (no ground truth).
+pub fn paired_gain(
+    images: &[u64],
+    classes: &[u32],
+    ground_truth: &[GroundTruth],
+    a: &[ImageDetection],
+    b: &[ImageDetection],
+    draws: usize,
+    seed: u64,
+) -> Option<Gain> {
+    let mut images: Vec<u64> = images.to_vec();
+    images.sort_unstable();
+    images.dedup();
+    let gain = |truth: &[GroundTruth], a: &[ImageDetection], b: &[ImageDetection], ids: &[u64]| {
+        let (ea, eb) = (evaluate(ids, classes, truth, a), evaluate(ids, classes, truth, b));
+        Some((eb.ap? - ea.ap?, eb.ap50? - ea.ap50?))
+    };
+    let (ap, ap50) = gain(ground_truth, a, b, &images)?;
+    // Everything of one image, so that a draw is cheap to assemble: the drawn image gets the id
+    // of its place in the draw (an image drawn twice counts twice).
+    let per_image = |items: &[ImageDetection]| {
+        let mut of: Vec<Vec<Detection>> = vec![Vec::new(); images.len()];
+        for d in items {
+            if let Ok(i) = images.binary_search(&d.image_id) {
+                of[i].push(d.detection);
+            }
+        }
+        of
+    };
+    let (a_of, b_of) = (per_image(a), per_image(b));
+    let mut truth_of: Vec<Vec<GroundTruth>> = vec![Vec::new(); images.len()];
+    for g in ground_truth {
+        if let Ok(i) = images.binary_search(&g.image_id) {
+            truth_of[i].push(*g);
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let ids: Vec<u64> = (0..images.len() as u64).collect();
+    let (mut ap_gains, mut ap50_gains) = (Vec::with_capacity(draws), Vec::with_capacity(draws));
+    let (mut truth, mut da, mut db) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..draws {
+        truth.clear();
+        da.clear();
+        db.clear();
+        for &id in &ids {
+            let i = rng.usize(..images.len());
+            truth.extend(truth_of[i].iter().map(|g| GroundTruth { image_id: id, ..*g }));
+            let tag = |d: &Detection| ImageDetection { image_id: id, detection: *d };
+            da.extend(a_of[i].iter().map(tag));
+            db.extend(b_of[i].iter().map(tag));
+        }
+        // A draw without ground truth has no AP: it says nothing, and is left out.
+        if let Some((g, g50)) = gain(&truth, &da, &db, &ids) {
+            ap_gains.push(g);
+            ap50_gains.push(g50);
+        }
+    }
+    let fifth = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 20).copied()
+    };
+    let drawn = ap_gains.len();
+    Some(Gain {
+        ap,
+        ap50,
+        ap_lower_bound: fifth(ap_gains).unwrap_or(ap),
+        ap50_lower_bound: fifth(ap50_gains).unwrap_or(ap50),
+        draws: drawn,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +442,51 @@ mod tests {
         let with_ignored = evaluate(&[1], &[1], &truth, &[dt(1, 0.0, 0.5), dt(1, 110.0, 0.9)]);
         assert!(close(with_ignored.ap50, 1.0), "{with_ignored:?}");
         assert_eq!(with_ignored.per_class[0].ground_truth, 1);
+    }
+
+    /// Ten images of one person each; `found` says on which the detector finds them.
+    fn ten_images(found: impl Fn(u64) -> bool) -> (Vec<u64>, Vec<GroundTruth>, Vec<ImageDetection>) {
+        let images: Vec<u64> = (1..=10).collect();
+        let truth = images.iter().map(|&i| gt(i, 0.0, false)).collect();
+        let detections = images.iter().filter(|&&i| found(i)).map(|&i| dt(i, 0.0, 0.9)).collect();
+        (images, truth, detections)
+    }
+
+    #[test]
+    fn the_same_detector_gains_nothing_and_its_lower_bound_is_nothing() {
+        let (images, truth, a) = ten_images(|i| i % 2 == 0);
+        let g = paired_gain(&images, &[1], &truth, &a, &a, 200, 7).unwrap();
+        assert_eq!((g.ap, g.ap_lower_bound, g.ap50, g.ap50_lower_bound, g.draws), (0.0, 0.0, 0.0, 0.0, 200));
+    }
+
+    #[test]
+    fn a_gain_on_most_images_has_a_lower_bound_above_nothing() {
+        // a finds 3 of 10 people, b 9 of 10.
+        let (images, truth, a) = ten_images(|i| i <= 3);
+        let (_, _, b) = ten_images(|i| i <= 9);
+        let g = paired_gain(&images, &[1], &truth, &a, &b, 1000, 7).unwrap();
+        assert!((g.ap50 - (91.0 - 31.0) / 101.0).abs() < 1e-9, "{g:?}");
+        assert!(g.ap50_lower_bound > 0.2 && g.ap50_lower_bound < g.ap50, "{g:?}");
+        assert!(g.ap_lower_bound > 0.2, "{g:?}");
+    }
+
+    #[test]
+    fn a_gain_that_rests_on_one_image_of_ten_has_a_lower_bound_of_nothing() {
+        // b finds one more person than a: a tenth of the recall, all of it on image 10, which
+        // a third of the draws leave out.
+        let (images, truth, a) = ten_images(|i| i <= 5);
+        let (_, _, b) = ten_images(|i| i <= 5 || i == 10);
+        let g = paired_gain(&images, &[1], &truth, &a, &b, 1000, 7).unwrap();
+        assert!(g.ap50 > 0.09, "{g:?}");
+        assert!(g.ap50_lower_bound <= 0.0, "{g:?}");
+        // Seeded: the same figures every time.
+        assert_eq!(paired_gain(&images, &[1], &truth, &a, &b, 1000, 7), Some(g));
+    }
+
+    #[test]
+    fn no_ground_truth_means_no_gain_to_bound() {
+        let (images, _, a) = ten_images(|_| true);
+        assert_eq!(paired_gain(&images, &[1], &[], &a, &a, 100, 7), None);
     }
 
     #[test]

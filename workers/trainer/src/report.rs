@@ -1,6 +1,6 @@
 //! The job's report (`report.json`): what was trained on, how it went, and what it bought.
 
-use autotuner_detect::eval::Evaluation;
+use autotuner_detect::eval::{Evaluation, Gain};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheKind;
@@ -143,5 +143,35 @@ pub struct Report {
     pub selected_epoch: usize,
     pub before: EvalReport,
     pub after: EvalReport,
+    /// `after` over `before` on the same images, with how much of it the images support.
+    /// `None` without ground truth in the eval split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gain: Option<GainReport>,
     pub export: ExportReport,
+}
+
+/// The candidate's gain over the model the run started from, on the eval split, and its
+/// one-sided 95% lower bound from a paired bootstrap over the split's images: the figure the
+/// promotion gate holds against `spec.rollout.minImprovement` (a gain that rests on a few lucky
+/// images of a small split does not clear it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GainReport {
+    pub ap: f64,
+    pub ap_lower_bound: f64,
+    pub ap50: f64,
+    pub ap50_lower_bound: f64,
+    pub draws: usize,
+}
+
+impl From<Gain> for GainReport {
+    fn from(g: Gain) -> Self {
+        Self {
+            ap: g.ap,
+            ap_lower_bound: g.ap_lower_bound,
+            ap50: g.ap50,
+            ap50_lower_bound: g.ap50_lower_bound,
+            draws: g.draws,
+        }
+    }
 }

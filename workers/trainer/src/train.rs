@@ -19,7 +19,7 @@ use crate::graph::{GraphError, OnnxGraph, serialize};
 use crate::loss::{self, Targets};
 use crate::model::{Param, Student, Trainable};
 pub use crate::progress::Progress;
-use crate::report::{CacheReport, EpochRecord, EvalReport, ExportReport, Report, SplitReport, Timing};
+use crate::report::{CacheReport, EpochRecord, EvalReport, ExportReport, GainReport, Report, SplitReport, Timing};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
@@ -426,7 +426,13 @@ fn to_vec(t: Tensor<3>) -> Vec<f32> {
     t.inner().into_data().try_to_vec::<f32>().expect("f32 outputs")
 }
 
-/// AP of the student with `params` on the eval split (whole images, no augmentation).
+/// The student with `params` on the eval split (whole images, no augmentation): its AP, and its
+/// detections for the paired comparison with the model the run started from.
+struct Scored {
+    evaluation: Evaluation,
+    detections: Vec<ImageDetection>,
+}
+
 fn evaluate(
     student: &Student,
     params: &[Param],
@@ -434,7 +440,7 @@ fn evaluate(
     shapes: &[[usize; 3]],
     device: &Device,
     progress: &mut Progress,
-) -> Result<Evaluation, TrainError> {
+) -> Result<Scored, TrainError> {
     let inner: Vec<Param> = params
         .iter()
         .map(|p| Param {
@@ -466,6 +472,16 @@ fn evaluate(
         }
         progress.update("evaluate", chunk[chunk.len() - 1] + 1, indices.len(), "");
     }
+    let (images, truth) = eval_truth(split, &student.classes);
+    let evaluation = eval::evaluate(&images, &student.classes, &truth, &detections);
+    Ok(Scored {
+        evaluation,
+        detections,
+    })
+}
+
+/// The eval split's images and labels as ground truth (its ignore regions as crowd regions).
+fn eval_truth(split: &Split, classes: &[u32]) -> (Vec<u64>, Vec<GroundTruth>) {
     let mut truth = Vec::new();
     for s in &split.samples {
         for l in &s.labels {
@@ -477,7 +493,7 @@ fn evaluate(
             });
         }
         for r in &s.ignore {
-            for &class_id in &student.classes {
+            for &class_id in classes {
                 truth.push(GroundTruth {
                     image_id: s.id,
                     class_id,
@@ -488,8 +504,11 @@ fn evaluate(
         }
     }
     let images: Vec<u64> = split.samples.iter().map(|s| s.id).collect();
-    Ok(eval::evaluate(&images, &student.classes, &truth, &detections))
+    (images, truth)
 }
+
+/// Draws of the paired bootstrap that bounds the candidate's gain over its starting model.
+const GAIN_DRAWS: usize = 1000;
 
 /// Adam, over the trainable tensors.
 struct Adam {
@@ -655,8 +674,8 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
     let before = evaluate(&student, &initial, &eval_split, &shapes, &device, progress)?;
     timing.eval_seconds += t.elapsed().as_secs_f64();
     tracing::info!(
-        ap = before.ap,
-        ap50 = before.ap50,
+        ap = before.evaluation.ap,
+        ap50 = before.evaluation.ap50,
         "off-the-shelf student on the eval split"
     );
 
@@ -674,7 +693,7 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
     let mut best: Vec<Vec<f32>> = params.iter().map(|p| host(&p.value)).collect();
     let (mut best_epoch, mut best_ap) = (0usize, f64::MIN);
     let mut resumed_from = None;
-    let mut best_eval: Option<Evaluation> = None;
+    let mut best_eval: Option<Scored> = None;
     match checkpoint::load(&ckpt_path).map_err(io("read the checkpoint"))? {
         Some(c) if c.header.fingerprint == print && c.values.len() == params.len() => {
             let plain = config.device.clone();
@@ -775,8 +794,8 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
             loss: sum / ran.max(1) as f64,
             classification_loss: sum_cls / ran.max(1) as f64,
             localization_loss: sum_loc / ran.max(1) as f64,
-            ap: e.as_ref().map(|e| e.ap.unwrap_or(0.0)),
-            ap50: e.as_ref().map(|e| e.ap50.unwrap_or(0.0)),
+            ap: e.as_ref().map(|e| e.evaluation.ap.unwrap_or(0.0)),
+            ap50: e.as_ref().map(|e| e.evaluation.ap50.unwrap_or(0.0)),
             seconds: epoch_started.elapsed().as_secs_f64(),
         };
         tracing::info!(
@@ -859,6 +878,24 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         }
     };
 
+    let (images, truth) = eval_truth(&eval_split, &student.classes);
+    let gain = eval::paired_gain(
+        &images,
+        &student.classes,
+        &truth,
+        &before.detections,
+        &after.detections,
+        GAIN_DRAWS,
+        config.seed,
+    );
+    if let Some(g) = &gain {
+        tracing::info!(
+            gain = g.ap,
+            lower_bound = g.ap_lower_bound,
+            "the candidate's AP gain over its starting model on the eval split (95% lower bound: paired bootstrap over its images)"
+        );
+    }
+
     let t = Instant::now();
     let export = export(config, &student, &chosen, &runtime, &mut frozen, &eval_split)?;
     timing.export_seconds = t.elapsed().as_secs_f64();
@@ -889,8 +926,9 @@ pub fn run(config: &TrainConfig, progress: &mut Progress) -> Result<Report, Trai
         epochs: history,
         resumed_from_epoch: resumed_from,
         selected_epoch: best_epoch,
-        before: EvalReport::from(&before),
-        after: EvalReport::from(&after),
+        before: EvalReport::from(&before.evaluation),
+        after: EvalReport::from(&after.evaluation),
+        gain: gain.map(GainReport::from),
         export,
     };
     let json = serde_json::to_vec_pretty(&report).expect("serialisable report");
