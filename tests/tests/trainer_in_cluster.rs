@@ -222,6 +222,11 @@ async fn the_job_reports_its_candidate_model_as_the_worker_identity() {
     assert_eq!(candidate.uri, format!("file://{}", model.display()));
     assert!((candidate.map - report["after"]["ap"].as_f64().unwrap()).abs() < 1e-9);
     assert_eq!(candidate.baseline_map, report["before"]["ap"].as_f64());
+    // The gain's lower bound over the eval images, which the gate holds against the margin.
+    let bound = report["gain"]["apLowerBound"]
+        .as_f64()
+        .expect("the report bounds the gain");
+    assert_eq!(candidate.map_gain_lower_bound, Some(bound.clamp(-1.0, 1.0)));
     assert!(candidate.trained_at.is_some());
     let fresh = tunings.get(&tuning.name_any()).await.unwrap();
     let managers: Vec<_> = fresh

@@ -156,6 +156,9 @@ pub mod defaults {
     pub const EPOCHS: u32 = 2;
     pub const BATCH_SIZE: u32 = 16;
     pub const LEARNING_RATE: f64 = 1e-4;
+    /// `rollout.minImprovement`: how much mAP a candidate must gain (its lower bound, see
+    /// [`crate::promotion::clears`]) over the model it started from.
+    pub const MIN_IMPROVEMENT: f64 = 0.01;
 }
 
 /// The dataset's layout under [`ENV_DATASET_URI`]: COCO JSON per split, the capture worker writes

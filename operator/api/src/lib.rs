@@ -12,6 +12,7 @@
 
 pub mod contract;
 pub mod duration;
+pub mod promotion;
 #[cfg(feature = "crd")]
 mod spec;
 #[cfg(feature = "crd")]

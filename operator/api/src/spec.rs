@@ -805,7 +805,10 @@ impl Default for DriftSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     /// Deploy a new student only when its mAP beats, by at least this much (absolute), the mAP
-    /// of the model its Job started from on the same eval split; otherwise keep the deployed one.
+    /// of the model its Job started from on the same eval split, and the one-sided 95% lower
+    /// bound of that gain over the split's images (`candidateModel.mapGainLowerBound`) does too:
+    /// a gain that a few lucky images of a small split make is not enough. Otherwise keep the
+    /// deployed one.
     /// A negative value also deploys a candidate up to that much worse (-1 deploys every
     /// candidate, and leaves guarding the camera to the probation checks and `rollbackMargin`:
     /// for an eval split too small to judge by, or to always serve the newest scene).
@@ -836,7 +839,7 @@ fn default_probation_checks() -> u32 {
 }
 
 fn default_min_improvement() -> f64 {
-    0.01
+    crate::contract::defaults::MIN_IMPROVEMENT
 }
 
 impl Default for RolloutSpec {

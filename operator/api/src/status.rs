@@ -193,6 +193,12 @@ pub struct ModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub baseline_map50: Option<f64>,
+    /// The one-sided 95% lower bound of `map` minus `baselineMap`, from a paired bootstrap over
+    /// the eval split's images: what the gate holds against `spec.rollout.minImprovement` (with
+    /// the gain itself, whichever is lower). Unset: the gain alone decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1.0, max = 1.0))]
+    pub map_gain_lower_bound: Option<f64>,
     /// When training finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_at: Option<Time>,

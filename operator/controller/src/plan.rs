@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use autotuner_api::{
     CameraTuning, CameraTuningStatus, DatasetStatus, DriftCheckStatus, ModelStatus, Phase, RefusedModel,
+    promotion,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -433,6 +434,7 @@ impl Models {
             map50: candidate.baseline_map50,
             baseline_map: None,
             baseline_map50: None,
+            map_gain_lower_bound: None,
             trained_at: None,
         });
         self.previous = Some(replaced);
@@ -471,22 +473,42 @@ impl Models {
 
 /// Whether a candidate beats the model its Job started from, on the same eval split: the
 /// trainer scores the starting model (the deployed one, or the off-the-shelf student the first
-/// time) on that split as the candidate's baseline. `Ok` says why it is promoted, `Err` why not.
+/// time) on that split as the candidate's baseline, and bounds the gain over the split's images
+/// (`autotuner_api::promotion`). `Ok` says why it is promoted, `Err` why not and what to do.
 fn judge(candidate: &ModelStatus, margin: f64, current: Option<&ModelStatus>) -> Result<String, String> {
     let next = candidate.version;
-    let bar = candidate.baseline_map.or(current.map(|m| m.map));
-    match bar {
-        Some(bar) if candidate.map < bar + margin => Err(format!(
+    // The bound is of the gain over the Job's own baseline; a bar from elsewhere has none.
+    let (bar, lower_bound) = match candidate.baseline_map {
+        Some(bar) => (Some(bar), candidate.map_gain_lower_bound),
+        None => (current.map(|m| m.map), None),
+    };
+    let Some(bar) = bar else {
+        return Ok(format!(
+            "iteration {next} reached mAP {:.3} (the model it started from: unknown); rolling it out to the camera",
+            candidate.map
+        ));
+    };
+    let gain = candidate.map - bar;
+    if promotion::clears(gain, lower_bound, margin) {
+        return Ok(format!(
+            "iteration {next} reached mAP {:.3} (the model it started from: {bar:.3}); rolling it out to the camera",
+            candidate.map
+        ));
+    }
+    Err(match lower_bound {
+        Some(low) if gain >= margin => format!(
+            "iteration {next} reached mAP {:.3}, {gain:.3} above the {bar:.3} of the model it started from on the same \
+             eval split, but the split's images support only {low:.3} of that gain (95% lower bound), not \
+             spec.rollout.minImprovement {margin}; keeping the deployed student (a larger eval split, \
+             spec.dataset.evalSize, makes the bound tighter)",
+            candidate.map
+        ),
+        _ => format!(
             "iteration {next} reached mAP {:.3}, not {margin} above the {bar:.3} of the model it started from on the same \
              eval split; keeping the deployed student",
             candidate.map
-        )),
-        _ => Ok(format!(
-            "iteration {next} reached mAP {:.3} (the model it started from: {}); rolling it out to the camera",
-            candidate.map,
-            bar.map_or("unknown".into(), |b| format!("{b:.3}"))
-        )),
-    }
+        ),
+    })
 }
 
 /// Why the current model must give way to the previous one, if it must: the camera's node
@@ -978,6 +1000,30 @@ mod tests {
         let every = judged(-1.0);
         assert_eq!(reasons(&every), ["ModelPromoted"]);
         assert_eq!(every.status.current_model.unwrap().version, 1);
+    }
+
+    #[test]
+    fn a_gain_the_eval_images_do_not_support_is_rejected_and_the_event_says_why() {
+        // 0.05 above the bar, but the paired bootstrap over the split's images bounds it at -0.01.
+        let judged = |lower_bound: Option<f64>| {
+            let t = tuning(json!({
+                "phase": "Training", "iteration": 0,
+                "candidateModel": { "version": 1, "uri": "file:///data/models/1.onnx", "map": 0.33,
+                                    "baselineMap": 0.28, "mapGainLowerBound": lower_bound }
+            }));
+            run(&t, &with_job(1, JobState::Succeeded))
+        };
+        let rejected = judged(Some(-0.01));
+        assert_eq!(reasons(&rejected), ["CandidateRejected"]);
+        let message = &rejected.notes[0].message;
+        assert!(
+            message.contains("support only -0.010") && message.contains("evalSize"),
+            "{message}"
+        );
+        assert_eq!(rejected.status.current_model, None);
+        // Bounded above the margin, or not bounded (a trainer from before the bound): promoted.
+        assert_eq!(reasons(&judged(Some(0.02))), ["ModelPromoted"]);
+        assert_eq!(reasons(&judged(None)), ["ModelPromoted"]);
     }
 
     #[test]

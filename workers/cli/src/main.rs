@@ -478,6 +478,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         "frames": {"total": total, "tuning": [1, split], "heldOut": [split + 1, total], "evalStep": args.eval_step},
         "motion": motion,
         "training": training_summary(&training),
+        "gate": gate(&training, &held_out),
         "heldOut": held_out,
         "stages": {
             "capture": motion.seconds,
@@ -492,6 +493,33 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     std::fs::write(&html_path, html::render(&report))?;
     print_summary(&report);
     Ok(html_path)
+}
+
+/// What a CameraTuning's promotion gate would do with the tuned student (it judges on the
+/// trainer's eval split, against the teacher's labels, at the default `rollout.minImprovement`),
+/// beside what the held-out ground truth says, when there is one: where the two disagree, the
+/// gate was fooled (it scores against the teacher, which can share the student's errors).
+fn gate(training: &autotuner_trainer::report::Report, held_out: &Value) -> Value {
+    let margin = autotuner_api::contract::defaults::MIN_IMPROVEMENT;
+    let (Some(before), Some(after)) = (training.before.ap, training.after.ap) else {
+        return Value::Null;
+    };
+    let gain = after - before;
+    let lower_bound = training.gain.map(|g| g.ap_lower_bound);
+    let truth = &held_out["againstGroundTruth"];
+    // Better by the ground truth: not worse in AP@[.5:.95] nor in AP@0.5.
+    let better = |key: &str| Some(truth["tuned"][key].as_f64()? >= truth["offTheShelf"][key].as_f64()?);
+    let truth_says = match (better("ap"), better("ap50")) {
+        (Some(ap), Some(ap50)) => json!(ap && ap50),
+        _ => Value::Null,
+    };
+    json!({
+        "minImprovement": margin,
+        "gain": gain,
+        "gainLowerBound": lower_bound,
+        "promotes": autotuner_api::promotion::clears(gain, lower_bound, margin),
+        "groundTruthSaysBetter": truth_says,
+    })
 }
 
 fn training_summary(report: &autotuner_trainer::report::Report) -> Value {
@@ -512,6 +540,7 @@ fn training_summary(report: &autotuner_trainer::report::Report) -> Value {
                     | "selectedEpoch"
                     | "before"
                     | "after"
+                    | "gain"
                     | "export"
             )
         });
@@ -538,6 +567,21 @@ fn print_summary(report: &Value) {
                 .map_or("n/a".into(), |g| format!("{:+.1}%", g * 100.0)),
             f(&r["offTheShelf"]["ap50"]),
             f(&r["tuned"]["ap50"]),
+        );
+    }
+    let g = &report["gate"];
+    if let Some(promotes) = g["promotes"].as_bool() {
+        eprintln!(
+            "a CameraTuning's gate would {} it: eval-split AP gain {} (95% lower bound {}) against minImprovement {}{}",
+            if promotes { "promote" } else { "reject" },
+            f(&g["gain"]),
+            f(&g["gainLowerBound"]),
+            f(&g["minImprovement"]),
+            match g["groundTruthSaysBetter"].as_bool() {
+                Some(better) if better == promotes => "; the ground truth agrees",
+                Some(_) => "; the ground truth disagrees",
+                None => "",
+            }
         );
     }
 }

@@ -87,6 +87,21 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     let gain = gt["apRelativeGain"].as_f64().unwrap();
     let expected = gt["tuned"]["ap"].as_f64().unwrap() / gt["offTheShelf"]["ap"].as_f64().unwrap() - 1.0;
     assert!((gain - expected).abs() < 1e-9);
+    // The gate's verdict is the operator's rule applied to the trainer's figures.
+    let g = &r["gate"];
+    let (gain, bound) = (g["gain"].as_f64().unwrap(), g["gainLowerBound"].as_f64().unwrap());
+    let trained = &r["training"];
+    let expected_gain = trained["after"]["ap"].as_f64().unwrap() - trained["before"]["ap"].as_f64().unwrap();
+    assert!((gain - expected_gain).abs() < 1e-12, "{g}");
+    assert_eq!(bound, trained["gain"]["apLowerBound"].as_f64().unwrap());
+    assert_eq!(
+        g["promotes"].as_bool().unwrap(),
+        autotuner_api::promotion::clears(gain, Some(bound), g["minImprovement"].as_f64().unwrap()),
+        "{g}"
+    );
+    let better = unit(&gt["tuned"]["ap"]) >= unit(&gt["offTheShelf"]["ap"])
+        && unit(&gt["tuned"]["ap50"]) >= unit(&gt["offTheShelf"]["ap50"]);
+    assert_eq!(g["groundTruthSaysBetter"], better, "{g}");
     let teacher_view = &r["heldOut"]["againstTeacher"];
     unit(&teacher_view["tuned"]["ap"]);
 

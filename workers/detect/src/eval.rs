@@ -340,7 +340,10 @@ pub fn paired_gain(
         for &id in &ids {
             let i = rng.usize(..images.len());
             truth.extend(truth_of[i].iter().map(|g| GroundTruth { image_id: id, ..*g }));
-            let tag = |d: &Detection| ImageDetection { image_id: id, detection: *d };
+            let tag = |d: &Detection| ImageDetection {
+                image_id: id,
+                detection: *d,
+            };
             da.extend(a_of[i].iter().map(tag));
             db.extend(b_of[i].iter().map(tag));
         }
@@ -448,7 +451,11 @@ mod tests {
     fn ten_images(found: impl Fn(u64) -> bool) -> (Vec<u64>, Vec<GroundTruth>, Vec<ImageDetection>) {
         let images: Vec<u64> = (1..=10).collect();
         let truth = images.iter().map(|&i| gt(i, 0.0, false)).collect();
-        let detections = images.iter().filter(|&&i| found(i)).map(|&i| dt(i, 0.0, 0.9)).collect();
+        let detections = images
+            .iter()
+            .filter(|&&i| found(i))
+            .map(|&i| dt(i, 0.0, 0.9))
+            .collect();
         (images, truth, detections)
     }
 
@@ -456,7 +463,10 @@ mod tests {
     fn the_same_detector_gains_nothing_and_its_lower_bound_is_nothing() {
         let (images, truth, a) = ten_images(|i| i % 2 == 0);
         let g = paired_gain(&images, &[1], &truth, &a, &a, 200, 7).unwrap();
-        assert_eq!((g.ap, g.ap_lower_bound, g.ap50, g.ap50_lower_bound, g.draws), (0.0, 0.0, 0.0, 0.0, 200));
+        assert_eq!(
+            (g.ap, g.ap_lower_bound, g.ap50, g.ap50_lower_bound, g.draws),
+            (0.0, 0.0, 0.0, 0.0, 200)
+        );
     }
 
     #[test]

@@ -287,6 +287,7 @@ pub async fn publish(
         map50: report.after.ap50.map(|v| v.clamp(0.0, 1.0)),
         baseline_map: report.before.ap.map(|v| v.clamp(0.0, 1.0)),
         baseline_map50: report.before.ap50.map(|v| v.clamp(0.0, 1.0)),
+        map_gain_lower_bound: report.gain.map(|g| g.ap_lower_bound.clamp(-1.0, 1.0)),
         trained_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
     };
     let body = json!({

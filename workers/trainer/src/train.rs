@@ -19,7 +19,9 @@ use crate::graph::{GraphError, OnnxGraph, serialize};
 use crate::loss::{self, Targets};
 use crate::model::{Param, Student, Trainable};
 pub use crate::progress::Progress;
-use crate::report::{CacheReport, EpochRecord, EvalReport, ExportReport, GainReport, Report, SplitReport, Timing};
+use crate::report::{
+    CacheReport, EpochRecord, EvalReport, ExportReport, GainReport, Report, SplitReport, Timing,
+};
 
 #[derive(Debug, Error)]
 pub enum TrainError {
