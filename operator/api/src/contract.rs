@@ -159,6 +159,9 @@ pub mod defaults {
     /// `rollout.minImprovement`: how much mAP a candidate must gain (its lower bound, see
     /// [`crate::promotion::clears`]) over the model it started from.
     pub const MIN_IMPROVEMENT: f64 = 0.01;
+    /// `training.minEvalSize`: the fewest eval images a round trains with (at its deadline), so
+    /// the fewest a candidate is ever judged on. On fewer a bootstrap bound says little.
+    pub const MIN_EVAL_SIZE: u32 = 20;
 }
 
 /// The dataset's layout under [`ENV_DATASET_URI`]: COCO JSON per split, the capture worker writes

@@ -727,7 +727,7 @@ fn default_min_train_size() -> u32 {
 }
 
 fn default_min_eval_size() -> u32 {
-    20
+    crate::contract::defaults::MIN_EVAL_SIZE
 }
 
 fn default_max_retries() -> u32 {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use autotuner_annotator::client::Crop;
 use autotuner_store::Location;
 use autotuner_vision::{GrayImage, MotionConfig, MotionDetector, Rect};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::dataset::{Added, Dataset, DatasetConfig, Sample, Split};
@@ -82,7 +82,7 @@ impl CaptureConfig {
 }
 
 /// What a run did (also the standalone report's motion statistics).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CaptureSummary {
     pub frames_decoded: u64,

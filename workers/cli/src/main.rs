@@ -14,7 +14,7 @@ mod html;
 mod serve;
 mod video_out;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ use autotuner_trainer::dataset::LoadOptions;
 use autotuner_trainer::model::Trainable;
 use autotuner_trainer::train::{self, Progress, Schedule, TrainConfig};
 use clap::{Parser, Subcommand};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -127,6 +127,11 @@ struct TuneArgs {
     /// Share of the tuning part's time kept for the trainer's own evaluation split.
     #[arg(long, default_value_t = 0.2)]
     eval_share: f64,
+    /// Reuse the dataset in `--output` when an earlier run captured it with the same settings
+    /// (video, tuning part, classes, teacher and its thresholds, crops, frame step, eval share):
+    /// a training experiment then costs no capture.
+    #[arg(long)]
+    reuse_capture: bool,
     /// Evaluate every this many held-out frames (1: all). Two by default: neighbouring frames
     /// of a static camera are near copies, and on PETS09 every second frame gave the same AP
     /// within 0.001 (AP@0.5 within 0.011) for half the time (bench-results/tune-eval-step.json).
@@ -210,7 +215,7 @@ fn stage(text: &str) {
     eprintln!("autotuner tune: {text}");
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Motion {
     #[serde(flatten)]
@@ -275,10 +280,6 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&args.output).with_context(|| format!("create {}", args.output.display()))?;
     let output = args.output.canonicalize()?;
     let dataset_dir = output.join("dataset");
-    // A fresh dataset and spool per run: the split point and the teacher may differ from the
-    // last run's.
-    let _ = std::fs::remove_dir_all(&dataset_dir);
-    let _ = std::fs::remove_dir_all(output.join("spool"));
 
     stage(&format!(
         "counting the frames of {}",
@@ -324,86 +325,52 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     };
 
     // 1. Capture over the tuning part: motion, crops, teacher, dataset.
-    stage(&format!(
-        "capture: frames 1-{split} of {total} (motion, crops, teacher labels)"
-    ));
-    let capture_started = Instant::now();
-    let mut source = SourceConfig::new(video.clone());
-    source.queue = 8;
-    // The trainer's own eval split: whole time blocks, about a tenth of the tuning part each.
-    let tune_ms = (times[split as usize - 1] - times[0]).max(10);
-    let config = CaptureConfig {
-        source,
-        sampling: Sampling {
-            frame_step: args.frame_step,
-            ..Sampling::default()
-        },
-        dataset: DatasetConfig {
-            // Sizes in the proportion of the shares (the splits alternate by time block in that
-            // proportion); neither can be reached by the tuning part's frames.
-            train_size: split as usize,
-            eval_size: (split as f64 * args.eval_share / (1.0 - args.eval_share))
-                .round()
-                .max(1.0) as usize,
-            block_ms: tune_ms / 10,
-            rolling: None,
-        },
-        spool_dir: output.join("spool"),
-        spool_max_entries: 100_000,
-        spool_max_bytes: 8 << 30,
+    let capture_key = CaptureKey {
+        video: video.clone(),
+        tuning_frames: split,
         classes: args.classes.clone(),
-        max_frames: Some(split),
-        crop_to_motion: !args.whole_frames,
-        ..CaptureConfig::new(&video, dataset_dir.clone())
+        min_score: args.min_score,
+        teacher_min_score,
+        teacher: args
+            .teacher_url
+            .clone()
+            .unwrap_or_else(|| teacher_model.display().to_string()),
+        teacher_crop_scale: args.teacher_crop_scale,
+        whole_frames: args.whole_frames,
+        frame_step: args.frame_step,
+        eval_share: args.eval_share,
     };
-    let metrics = Metrics::new();
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let capture = {
-        let progress = metrics.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut bar = Progress::new();
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    bar.update(
-                        "capture",
-                        progress.frames("decoded").min(split) as usize,
-                        split as usize,
-                        &format!(
-                            "selected {}, labelled {}",
-                            progress.frames("selected"),
-                            progress.annotated.get()
-                        ),
-                    );
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            })
-        };
-        let result = tokio.block_on(autotuner_capture::run(
-            config.clone(),
-            teacher,
-            metrics.clone(),
-            Arc::new(AtomicBool::new(false)),
-        ));
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = ticker.join();
-        eprintln!();
-        result?
-    };
-    let coverage = ground_truth
-        .as_ref()
-        .map(|gt| heldout::coverage(&dataset_dir, gt))
-        .transpose()?
+    let reused = args
+        .reuse_capture
+        .then(|| CaptureKey::reuse(&dataset_dir, &capture_key))
         .flatten();
-    let selected_bytes = capture.full_frame_bytes as f64;
-    let motion = Motion {
-        upload_reduction_selected_frames: selected_bytes / capture.crop_bytes.max(1) as f64,
-        upload_reduction_all_frames: selected_bytes / capture.frames_selected.max(1) as f64 * split as f64
-            / capture.crop_bytes.max(1) as f64,
-        ground_truth_coverage: coverage,
-        seconds: capture_started.elapsed().as_secs_f64(),
-        capture,
+    let motion = match reused {
+        Some(motion) => {
+            stage("capture: the dataset of an earlier run with the same capture settings (--reuse-capture)");
+            motion
+        }
+        None => {
+            // A fresh dataset and spool: the split point and the teacher may differ from the
+            // last run's.
+            let _ = std::fs::remove_dir_all(&dataset_dir);
+            let _ = std::fs::remove_dir_all(output.join("spool"));
+            stage(&format!(
+                "capture: frames 1-{split} of {total} (motion, crops, teacher labels)"
+            ));
+            let motion = capture(
+                args,
+                &CapturePart {
+                    video: &video,
+                    frames: split,
+                    times_ms: &times,
+                    output: &output,
+                },
+                teacher,
+                ground_truth.as_ref(),
+            )?;
+            capture_key.store(&dataset_dir, &motion)?;
+            motion
+        }
     };
     anyhow::ensure!(
         motion.capture.train_images > 0 && motion.capture.eval_images > 0,
@@ -495,17 +462,163 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
     Ok(html_path)
 }
 
-/// What a CameraTuning's promotion gate would do with the tuned student (it judges on the
-/// trainer's eval split, against the teacher's labels, at the default `rollout.minImprovement`),
-/// beside what the held-out ground truth says, when there is one: where the two disagree, the
-/// gate was fooled (it scores against the teacher, which can share the student's errors).
+/// The tuning part of the footage, which capture runs over.
+struct CapturePart<'a> {
+    video: &'a str,
+    /// Frames 1 to this.
+    frames: u64,
+    /// The decode time of every frame of the footage, in ms.
+    times_ms: &'a [i64],
+    output: &'a Path,
+}
+
+/// Capture over the tuning part: motion, crops, the teacher's labels, the dataset (in
+/// `<output>/dataset`).
+fn capture(
+    args: &TuneArgs,
+    part: &CapturePart<'_>,
+    teacher: Teacher,
+    ground_truth: Option<&autotuner_detect::truth::Truth>,
+) -> anyhow::Result<Motion> {
+    let (video, split, times, output) = (part.video.to_string(), part.frames, part.times_ms, part.output);
+    let dataset_dir = output.join("dataset");
+    let capture_started = Instant::now();
+    let mut source = SourceConfig::new(video.clone());
+    source.queue = 8;
+    // The trainer's own eval split: whole time blocks, about a tenth of the tuning part each.
+    let tune_ms = (times[split as usize - 1] - times[0]).max(10);
+    let config = CaptureConfig {
+        source,
+        sampling: Sampling {
+            frame_step: args.frame_step,
+            ..Sampling::default()
+        },
+        dataset: DatasetConfig {
+            // Sizes in the proportion of the shares (the splits alternate by time block in that
+            // proportion); neither can be reached by the tuning part's frames.
+            train_size: split as usize,
+            eval_size: (split as f64 * args.eval_share / (1.0 - args.eval_share))
+                .round()
+                .max(1.0) as usize,
+            block_ms: tune_ms / 10,
+            rolling: None,
+        },
+        spool_dir: output.join("spool"),
+        spool_max_entries: 100_000,
+        spool_max_bytes: 8 << 30,
+        classes: args.classes.clone(),
+        max_frames: Some(split),
+        crop_to_motion: !args.whole_frames,
+        ..CaptureConfig::new(&video, dataset_dir.clone())
+    };
+    let metrics = Metrics::new();
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let capture = {
+        let progress = metrics.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut bar = Progress::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    bar.update(
+                        "capture",
+                        progress.frames("decoded").min(split) as usize,
+                        split as usize,
+                        &format!(
+                            "selected {}, labelled {}",
+                            progress.frames("selected"),
+                            progress.annotated.get()
+                        ),
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        };
+        let result = tokio.block_on(autotuner_capture::run(
+            config.clone(),
+            teacher,
+            metrics.clone(),
+            Arc::new(AtomicBool::new(false)),
+        ));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = ticker.join();
+        eprintln!();
+        result?
+    };
+    let coverage = ground_truth
+        .as_ref()
+        .map(|gt| heldout::coverage(&dataset_dir, gt))
+        .transpose()?
+        .flatten();
+    let selected_bytes = capture.full_frame_bytes as f64;
+    Ok(Motion {
+        upload_reduction_selected_frames: selected_bytes / capture.crop_bytes.max(1) as f64,
+        upload_reduction_all_frames: selected_bytes / capture.frames_selected.max(1) as f64 * split as f64
+            / capture.crop_bytes.max(1) as f64,
+        ground_truth_coverage: coverage,
+        seconds: capture_started.elapsed().as_secs_f64(),
+        capture,
+    })
+}
+
+/// What a capture ran with: `--reuse-capture` takes an earlier run's dataset only when all of it
+/// is the same (the file beside the dataset says).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct CaptureKey {
+    video: String,
+    tuning_frames: u64,
+    classes: Vec<String>,
+    min_score: f32,
+    teacher_min_score: f32,
+    teacher: String,
+    teacher_crop_scale: f32,
+    whole_frames: bool,
+    frame_step: u32,
+    eval_share: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CaptureRecord {
+    key: CaptureKey,
+    motion: Motion,
+}
+
+impl CaptureKey {
+    const FILE: &str = "capture.json";
+
+    /// The capture statistics of the dataset in `dataset`, if it was captured with `self`'s
+    /// settings (and finished: the record is written last).
+    fn reuse(dataset: &Path, key: &Self) -> Option<Motion> {
+        let record: CaptureRecord =
+            serde_json::from_slice(&std::fs::read(dataset.join(Self::FILE)).ok()?).ok()?;
+        (record.key == *key).then_some(record.motion)
+    }
+
+    fn store(self, dataset: &Path, motion: &Motion) -> anyhow::Result<()> {
+        let record = serde_json::json!({ "key": self, "motion": motion });
+        let path = dataset.join(Self::FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(&record)?)
+            .with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// What a CameraTuning with the defaults would do with the tuned student, beside what the
+/// held-out ground truth says, when there is one. The operator trains only once the eval split
+/// holds `training.minEvalSize` images, and its gate judges the candidate on that split against
+/// the teacher's labels at `rollout.minImprovement`. Where the gate and the ground truth disagree,
+/// the gate was fooled (its judge, the teacher, can share the student's errors).
 fn gate(training: &autotuner_trainer::report::Report, held_out: &Value) -> Value {
-    let margin = autotuner_api::contract::defaults::MIN_IMPROVEMENT;
+    use autotuner_api::contract::defaults::{MIN_EVAL_SIZE, MIN_IMPROVEMENT};
+    let margin = MIN_IMPROVEMENT;
     let (Some(before), Some(after)) = (training.before.ap, training.after.ap) else {
         return Value::Null;
     };
     let gain = after - before;
     let lower_bound = training.gain.map(|g| g.ap_lower_bound);
+    let eval_images = training.eval.images;
+    let judged = eval_images >= MIN_EVAL_SIZE as usize;
     let truth = &held_out["againstGroundTruth"];
     // Better by the ground truth: not worse in AP@[.5:.95] nor in AP@0.5.
     let better = |key: &str| Some(truth["tuned"][key].as_f64()? >= truth["offTheShelf"][key].as_f64()?);
@@ -515,9 +628,19 @@ fn gate(training: &autotuner_trainer::report::Report, held_out: &Value) -> Value
     };
     json!({
         "minImprovement": margin,
+        "minEvalSize": MIN_EVAL_SIZE,
+        "evalImages": eval_images,
         "gain": gain,
         "gainLowerBound": lower_bound,
-        "promotes": autotuner_api::promotion::clears(gain, lower_bound, margin),
+        "promotes": judged && autotuner_api::promotion::clears(gain, lower_bound, margin),
+        "reason": if !judged {
+            format!("the eval split holds {eval_images} images, fewer than training.minEvalSize ({MIN_EVAL_SIZE}): \
+                     the operator would keep capturing, not judge on so few (a longer video, or --eval-share)")
+        } else if autotuner_api::promotion::clears(gain, lower_bound, margin) {
+            "the gain and its 95% lower bound clear rollout.minImprovement".into()
+        } else {
+            "the gain, or its 95% lower bound over the eval images, is below rollout.minImprovement".into()
+        },
         "groundTruthSaysBetter": truth_says,
     })
 }
@@ -572,16 +695,79 @@ fn print_summary(report: &Value) {
     let g = &report["gate"];
     if let Some(promotes) = g["promotes"].as_bool() {
         eprintln!(
-            "a CameraTuning's gate would {} it: eval-split AP gain {} (95% lower bound {}) against minImprovement {}{}",
+            "a CameraTuning's gate would {} it ({}): eval-split AP gain {} (95% lower bound {}){}",
             if promotes { "promote" } else { "reject" },
+            g["reason"].as_str().unwrap_or_default(),
             f(&g["gain"]),
             f(&g["gainLowerBound"]),
-            f(&g["minImprovement"]),
             match g["groundTruthSaysBetter"].as_bool() {
                 Some(better) if better == promotes => "; the ground truth agrees",
                 Some(_) => "; the ground truth disagrees",
                 None => "",
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> CaptureKey {
+        CaptureKey {
+            video: "vtest.avi".into(),
+            tuning_frames: 398,
+            classes: vec!["person".into()],
+            min_score: 0.5,
+            teacher_min_score: 0.5,
+            teacher: "yolov12n.onnx".into(),
+            teacher_crop_scale: 2.0,
+            whole_frames: false,
+            frame_step: 1,
+            eval_share: 0.2,
+        }
+    }
+
+    #[test]
+    fn a_capture_is_reused_only_with_every_capture_setting_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            CaptureKey::reuse(dir.path(), &key()).is_none(),
+            "nothing captured yet"
+        );
+        let motion = Motion {
+            capture: CaptureSummary {
+                frames_selected: 7,
+                ..CaptureSummary::default()
+            },
+            upload_reduction_selected_frames: 5.0,
+            upload_reduction_all_frames: 6.0,
+            ground_truth_coverage: Some(0.99),
+            seconds: 12.0,
+        };
+        key().store(dir.path(), &motion).unwrap();
+        let reused = CaptureKey::reuse(dir.path(), &key()).expect("the same settings");
+        assert_eq!(reused.capture.frames_selected, 7);
+        assert_eq!(reused.ground_truth_coverage, Some(0.99));
+        for other in [
+            CaptureKey {
+                min_score: 0.4,
+                ..key()
+            },
+            CaptureKey {
+                whole_frames: true,
+                ..key()
+            },
+            CaptureKey {
+                tuning_frames: 397,
+                ..key()
+            },
+            CaptureKey {
+                teacher: "other.onnx".into(),
+                ..key()
+            },
+        ] {
+            assert!(CaptureKey::reuse(dir.path(), &other).is_none(), "{other:?}");
+        }
     }
 }

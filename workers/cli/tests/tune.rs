@@ -94,11 +94,19 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     let expected_gain = trained["after"]["ap"].as_f64().unwrap() - trained["before"]["ap"].as_f64().unwrap();
     assert!((gain - expected_gain).abs() < 1e-12, "{g}");
     assert_eq!(bound, trained["gain"]["apLowerBound"].as_f64().unwrap());
+    let judged = g["evalImages"].as_u64().unwrap() >= g["minEvalSize"].as_u64().unwrap();
+    assert_eq!(g["evalImages"], trained["eval"]["images"]);
     assert_eq!(
         g["promotes"].as_bool().unwrap(),
-        autotuner_api::promotion::clears(gain, Some(bound), g["minImprovement"].as_f64().unwrap()),
+        judged && autotuner_api::promotion::clears(gain, Some(bound), g["minImprovement"].as_f64().unwrap()),
         "{g}"
     );
+    if !judged {
+        assert!(
+            g["reason"].as_str().unwrap().contains("training.minEvalSize"),
+            "{g}"
+        );
+    }
     let better = unit(&gt["tuned"]["ap"]) >= unit(&gt["offTheShelf"]["ap"])
         && unit(&gt["tuned"]["ap50"]) >= unit(&gt["offTheShelf"]["ap50"]);
     assert_eq!(g["groundTruthSaysBetter"], better, "{g}");
@@ -152,6 +160,38 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
         page.contains("precision vs recall") && page.contains("Time per stage"),
         "{page}"
     );
+
+    // Again with --reuse-capture and the same capture settings: the dataset is taken as it is
+    // (not one file of it rewritten) and the report carries the first capture's statistics.
+    let annotations = dir.path().join("dataset/train/annotations.json");
+    let written = std::fs::metadata(&annotations).unwrap().modified().unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_autotuner"))
+        .args(["tune", "--reuse-capture", "--max-frames", "120", "--epochs", "1"])
+        .args([
+            "--trainable-layers",
+            "boxRegression",
+            "--eval-step",
+            "20",
+            "--output",
+        ])
+        .arg(dir.path())
+        .arg("--ground-truth")
+        .arg(assets().join("data/PETS09-S2L1/gt/gt.txt"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert!(
+        log.contains("(--reuse-capture)") && !log.contains("capture: frames 1-60"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::metadata(&annotations).unwrap().modified().unwrap(),
+        written
+    );
+    let second: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(second["motion"], r["motion"]);
 
     // As a person sees it: rendered by a real browser, the curves and the example frames show.
     let shot = screenshot(&dir.path().join("report.html"), &dir.path().join("report.png"));
