@@ -16,29 +16,32 @@ fn unit(v: &Value) -> f64 {
     x
 }
 
-#[test]
-fn tune_on_a_short_slice_writes_a_sane_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autotuner"))
+/// `autotuner tune` on PETS09's first 120 frames into `output`, one epoch of the heads alone
+/// (this test is of the report; every layer, the default, takes minutes in a test build).
+fn tune_slice(output: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_autotuner"))
         .args([
             "tune",
             "--max-frames",
             "120",
             "--epochs",
             "1",
-            // The heads alone: this test is of the report; every layer (the default) in a
-            // test build takes minutes.
             "--trainable-layers",
             "boxRegression",
-            "--eval-step",
-            "2",
-            "--output",
         ])
-        .arg(dir.path())
+        .args(extra)
+        .arg("--output")
+        .arg(output)
         .arg("--ground-truth")
         .arg(assets().join("data/PETS09-S2L1/gt/gt.txt"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn tune_on_a_short_slice_writes_a_sane_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tune_slice(dir.path(), &["--eval-step", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let html = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -165,20 +168,7 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     // (not one file of it rewritten) and the report carries the first capture's statistics.
     let annotations = dir.path().join("dataset/train/annotations.json");
     let written = std::fs::metadata(&annotations).unwrap().modified().unwrap();
-    let again = Command::new(env!("CARGO_BIN_EXE_autotuner"))
-        .args(["tune", "--reuse-capture", "--max-frames", "120", "--epochs", "1"])
-        .args([
-            "--trainable-layers",
-            "boxRegression",
-            "--eval-step",
-            "20",
-            "--output",
-        ])
-        .arg(dir.path())
-        .arg("--ground-truth")
-        .arg(assets().join("data/PETS09-S2L1/gt/gt.txt"))
-        .output()
-        .unwrap();
+    let again = tune_slice(dir.path(), &["--reuse-capture", "--eval-step", "20"]);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{log}");
     assert!(
