@@ -6,11 +6,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use autotuner_detect::onnx::{floats_of, ints_of};
+use autotuner_detect::onnx::{Message, ModelProto, NodeProto, floats_of, ints_of};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use onnx_ir::{Message, ModelProto, NodeProto};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
