@@ -14,7 +14,7 @@ use autotuner_vision::{GrayImage, MotionConfig, MotionDetector, Rect};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::dataset::{Added, Dataset, DatasetConfig, Sample, Split};
+use crate::dataset::{Added, Dataset, DatasetConfig, LabelBox, Sample, Split};
 use crate::edge::{Edge, frame_time_ms};
 use crate::metrics::Metrics;
 use crate::picture;
@@ -603,6 +603,64 @@ fn count_stored(dataset: &Dataset, shared: &Shared) {
     }
 }
 
+/// What [`store_batch`] stored: each sample's split and id, and the images the flush deleted
+/// (samples a rolling split replaced), as keys below the dataset's root.
+struct StoredBatch {
+    stored: Vec<(Split, String)>,
+    deleted: Vec<String>,
+}
+
+/// Stores a labelled batch in the dataset: each frame's image now, the annotation files at the
+/// flush. Disk work with fsyncs: run it with [`on_disk`].
+fn store_batch(shared: &Shared, batch: &[Entry], labels: &[Vec<LabelBox>]) -> anyhow::Result<StoredBatch> {
+    let mut dataset = shared.dataset.lock().unwrap_or_else(|e| e.into_inner());
+    let mut stored = Vec::new();
+    for (entry, labels) in batch.iter().zip(labels) {
+        let rects = entry.meta.crop_rects();
+        let unlabelled = select::outside(&rects, entry.meta.width, entry.meta.height);
+        let sample = Sample {
+            id: &entry.meta.id,
+            time_ms: entry.meta.time_ms,
+            decoded_at_ms: entry.meta.decoded_at_ms,
+            width: entry.meta.width,
+            height: entry.meta.height,
+            jpeg: &entry.frame,
+            labels,
+            unlabelled: &unlabelled,
+        };
+        match dataset.add(&sample, entry.meta.drift).context("store a sample")? {
+            Added::Stored(split) => stored.push((split, entry.meta.id.clone())),
+            Added::Duplicate => {}
+            Added::Full(split) => tracing::debug!(?split, "split full: sample not stored"),
+        }
+    }
+    // Annotations first, then forget the spool entries: a crash in between replays them, and
+    // the dataset ignores the replay.
+    let deleted = dataset.flush().context("write the dataset")?;
+    if shared.config.remote.is_none() {
+        count_stored(&dataset, shared);
+    }
+    Ok(StoredBatch { stored, deleted })
+}
+
+/// Removes the spool entries whose samples are stored, on the blocking pool (file removals and a
+/// directory fsync).
+async fn forget_stored(shared: &Shared, ids: Vec<String>) -> anyhow::Result<()> {
+    let (spool, metrics) = (Arc::clone(&shared.spool), shared.metrics.clone());
+    on_disk(move || forget(&spool, ids.into_iter(), &metrics)).await
+}
+
+/// Runs disk work (spool reads, image writes and annotation files with their fsyncs) on tokio's
+/// blocking pool, so that the runtime's threads stay free for the teacher's requests and the
+/// health and metrics endpoints while the disk is slow.
+async fn on_disk<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("disk work on the blocking pool")?
+}
+
 async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
     let Shared {
         config,
@@ -626,7 +684,7 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
                 Ok(()) => {
                     // Only now does the store hold them: counted, they may start a Job.
                     count_stored(&dataset.lock().unwrap_or_else(|e| e.into_inner()), shared);
-                    forget(spool, unsent_ids.drain(..), metrics)?;
+                    forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;
                     unsent.clear();
                     replaced.clear();
                 }
@@ -646,11 +704,14 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
         if shutdown.load(Ordering::Relaxed) && selection_done.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let batch = spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_batch(batch_size)
-            .context("read the spool")?;
+        let batch = {
+            let spool = Arc::clone(spool);
+            on_disk(move || {
+                let mut spool = spool.lock().unwrap_or_else(|e| e.into_inner());
+                spool.next_batch(batch_size).context("read the spool")
+            })
+            .await?
+        };
         if let Some(round) = config.round.as_ref().filter(|r| r.stale()) {
             // A round began: count what is already stored of it.
             round.count(&dataset.lock().unwrap_or_else(|e| e.into_inner()));
@@ -681,44 +742,21 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
             Ok(labels) => {
                 backoff = Duration::from_millis(500);
                 batch_size = config.batch_frames.max(1);
-                let mut dataset = dataset.lock().unwrap_or_else(|e| e.into_inner());
-                let mut stored = Vec::new();
-                for (entry, labels) in batch.iter().zip(&labels) {
-                    let rects = entry.meta.crop_rects();
-                    let unlabelled = select::outside(&rects, entry.meta.width, entry.meta.height);
-                    let sample = Sample {
-                        id: &entry.meta.id,
-                        time_ms: entry.meta.time_ms,
-                        decoded_at_ms: entry.meta.decoded_at_ms,
-                        width: entry.meta.width,
-                        height: entry.meta.height,
-                        jpeg: &entry.frame,
-                        labels,
-                        unlabelled: &unlabelled,
-                    };
-                    match dataset.add(&sample, entry.meta.drift).context("store a sample")? {
-                        Added::Stored(split) => stored.push((split, entry.meta.id.clone())),
-                        Added::Duplicate => {}
-                        Added::Full(split) => tracing::debug!(?split, "split full: sample not stored"),
-                    }
-                }
-                // Annotations first, then forget the spool entries: a crash in between replays
-                // them, and the dataset ignores the replay.
-                let gone = dataset.flush().context("write the dataset")?;
-                if config.remote.is_none() {
-                    count_stored(&dataset, shared);
-                }
-                drop(dataset);
-                metrics.annotated.inc_by(batch.len() as u64);
-                unsent_ids.extend(batch.iter().map(|e| e.meta.id.clone()));
+                let ids: Vec<String> = batch.iter().map(|e| e.meta.id.clone()).collect();
+                let StoredBatch { stored, deleted } = {
+                    let shared = shared.clone();
+                    on_disk(move || store_batch(&shared, &batch, &labels)).await?
+                };
+                metrics.annotated.inc_by(ids.len() as u64);
+                unsent_ids.extend(ids);
                 if config.remote.is_some() {
                     // With object storage the entries go once the store has the samples (the
                     // upload at the top of the loop).
                     unsent.extend(stored);
-                    replaced.extend(gone);
+                    replaced.extend(deleted);
                 }
                 if unsent.is_empty() {
-                    forget(spool, unsent_ids.drain(..), metrics)?;
+                    forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;
                 }
             }
             Err(TeacherError::Refused(message)) if batch.len() > 1 => {

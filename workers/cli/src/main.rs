@@ -626,9 +626,23 @@ fn gate(training: &autotuner_trainer::report::Report, held_out: &Value) -> Value
         (Some(ap), Some(ap50)) => json!(ap && ap50),
         _ => Value::Null,
     };
+    // The same rule with the held-out frames as the eval split (against the teacher too): what the
+    // gate would decide on a longer capture.
+    let held_out_gain = &held_out["againstTeacher"]["gain"];
+    let on_held_out = match (
+        held_out_gain["ap"].as_f64(),
+        held_out_gain["apLowerBound"].as_f64(),
+    ) {
+        (Some(gain), bound) => json!({
+            "images": held_out["frames"], "gain": gain, "gainLowerBound": bound,
+            "promotes": autotuner_api::promotion::clears(gain, bound, margin),
+        }),
+        _ => Value::Null,
+    };
     json!({
         "minImprovement": margin,
         "minEvalSize": MIN_EVAL_SIZE,
+        "onHeldOutFrames": on_held_out,
         "evalImages": eval_images,
         "gain": gain,
         "gainLowerBound": lower_bound,

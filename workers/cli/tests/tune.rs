@@ -115,6 +115,27 @@ fn tune_on_a_short_slice_writes_a_sane_report() {
     assert_eq!(g["groundTruthSaysBetter"], better, "{g}");
     let teacher_view = &r["heldOut"]["againstTeacher"];
     unit(&teacher_view["tuned"]["ap"]);
+    // The same judge on the held-out frames: their paired gain against the teacher, and the
+    // operator's rule applied to it.
+    let held_out_gain = &teacher_view["gain"];
+    assert_eq!(held_out_gain["draws"], 1000, "{held_out_gain}");
+    let expected =
+        teacher_view["tuned"]["ap"].as_f64().unwrap() - teacher_view["offTheShelf"]["ap"].as_f64().unwrap();
+    assert!(
+        (held_out_gain["ap"].as_f64().unwrap() - expected).abs() < 1e-12,
+        "{held_out_gain}"
+    );
+    let on_held_out = &g["onHeldOutFrames"];
+    assert_eq!(on_held_out["images"], r["heldOut"]["frames"]);
+    let (gain, bound) = (
+        held_out_gain["ap"].as_f64().unwrap(),
+        held_out_gain["apLowerBound"].as_f64().unwrap(),
+    );
+    assert_eq!(
+        on_held_out["promotes"].as_bool().unwrap(),
+        autotuner_api::promotion::clears(gain, Some(bound), g["minImprovement"].as_f64().unwrap()),
+        "{on_held_out}"
+    );
 
     // Precision-recall curves at IoU 0.5: 101 recall points, precision non-increasing.
     for who in ["offTheShelf", "tuned", "teacher"] {
