@@ -680,7 +680,32 @@ impl<'a> Run<'a> {
             ],
         )
         .unwrap();
-        expect_success(output, "helm install").unwrap();
+        if let Err(e) = expect_success(output, "helm install") {
+            // What kept the release from becoming ready: its pods, their events and logs.
+            let kubectl = |args: &[&str]| {
+                self.plane
+                    .kubectl(args)
+                    .map(|o| {
+                        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+                    })
+                    .unwrap_or_else(|e| e.to_string())
+            };
+            panic!(
+                "{e:#}\n{}\n{}\n{}",
+                kubectl(&["-n", RELEASE_NS, "get", "pods", "-o", "wide"]),
+                kubectl(&["-n", RELEASE_NS, "get", "events", "--sort-by=.lastTimestamp"]),
+                kubectl(&[
+                    "-n",
+                    RELEASE_NS,
+                    "logs",
+                    "-l",
+                    "app.kubernetes.io/instance=edge-autotuner",
+                    "--all-containers",
+                    "--tail=30",
+                    "--prefix"
+                ]),
+            );
+        }
         // The chart's own test: a pod of the operator's image reaches its Service through
         // cluster DNS and finds it ready.
         let output = helm(

@@ -145,7 +145,7 @@ impl SplitFile {
     fn open(root: &Path, split: Split, classes: &[(u32, String)]) -> Result<SplitFile, DatasetError> {
         let path = root.join(split.dir()).join("annotations.json");
         std::fs::create_dir_all(root.join(split.dir()).join("images")).map_err(io(root))?;
-        let coco = match std::fs::read(&path) {
+        let mut coco: Value = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DatasetError::Format {
                 path: path.clone(),
                 message: e.to_string(),
@@ -157,12 +157,28 @@ impl SplitFile {
             }),
             Err(e) => return Err(io(&path)(e)),
         };
+        let format = |message: &str| DatasetError::Format {
+            path: path.clone(),
+            message: message.into(),
+        };
+        // Every field this file's writer indexes into is checked here, so that a file edited or
+        // damaged on the volume is refused at open, not a panic at the next sample.
+        let root = coco.as_object_mut().ok_or_else(|| format("not a JSON object"))?;
+        for (key, empty) in [("annotations", json!([])), ("info", json!({}))] {
+            match root.get(key) {
+                None => {
+                    root.insert(key.into(), empty);
+                }
+                Some(v) if v.is_array() == empty.is_array() && v.is_object() == empty.is_object() => {}
+                Some(_) => {
+                    let kind = if empty.is_array() { "array" } else { "object" };
+                    return Err(format(&format!("{key} is not a JSON {kind}")));
+                }
+            }
+        }
         let samples = coco["images"]
             .as_array()
-            .ok_or_else(|| DatasetError::Format {
-                path: path.clone(),
-                message: "no images array".into(),
-            })?
+            .ok_or_else(|| format("no images array"))?
             .iter()
             .filter_map(|i| i["sample"].as_str().map(String::from))
             .collect();
@@ -408,6 +424,61 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz capture_dataset`: a file without an annotations array opened, and
+    /// the next stored sample panicked.
+    #[test]
+    fn an_annotation_file_the_writer_cannot_extend_is_refused_at_open_never_a_panic() {
+        let classes = vec![(1, "person".to_string())];
+        let open_with = |file: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("train")).unwrap();
+            std::fs::write(dir.path().join("train/annotations.json"), file).unwrap();
+            let opened = Dataset::open(dir.path(), DatasetConfig::default(), classes.clone());
+            (dir, opened)
+        };
+        for (file, error) in [
+            (
+                r#"{"images": [], "annotations": {}}"#,
+                "annotations is not a JSON array",
+            ),
+            (
+                r#"{"images": [], "annotations": [], "info": 5}"#,
+                "info is not a JSON object",
+            ),
+            (r#"[{"images": []}]"#, "not a JSON object"),
+            (r#"{"annotations": []}"#, "no images array"),
+        ] {
+            let (_dir, opened) = open_with(file);
+            let err = opened.unwrap_err().to_string();
+            assert!(err.contains(error), "{file}: {err}");
+        }
+        // What a writer can complete, it completes: the missing arrays and objects start empty.
+        let (dir, opened) = open_with(r#"{"images": [], "categories": [{"id": 1, "name": "person"}]}"#);
+        let mut dataset = opened.unwrap();
+        let labels = [LabelBox {
+            class: "person".into(),
+            bbox: [1.0, 2.0, 30.0, 60.0],
+            score: 0.9,
+        }];
+        let sample = Sample {
+            id: "f00000001",
+            time_ms: 0,
+            decoded_at_ms: 0,
+            width: 64,
+            height: 64,
+            jpeg: b"jpeg",
+            labels: &labels,
+            unlabelled: &[],
+        };
+        assert_eq!(dataset.add(&sample, false).unwrap(), Added::Stored(Split::Train));
+        dataset.flush().unwrap();
+        let written: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("train/annotations.json")).unwrap())
+                .unwrap();
+        assert_eq!(written["annotations"].as_array().unwrap().len(), 1, "{written}");
+        assert_eq!(written["info"]["stored"], 1, "{written}");
+    }
 
     #[test]
     fn splits_come_from_different_time_blocks_in_the_configured_proportion() {

@@ -417,11 +417,18 @@ fn read_header(path: &Path) -> std::io::Result<Header> {
 fn read_entry(path: &Path) -> std::io::Result<Entry> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    let (header, pictures) = parse_header(&bytes)?;
+    parse_entry(&bytes)
+}
+
+/// An entry from the bytes of its file: the header, then each crop and the frame. An entry that
+/// does not parse is damaged (set aside by [`Spool::open`]), whatever its bytes say.
+pub fn parse_entry(bytes: &[u8]) -> std::io::Result<Entry> {
+    let (header, pictures) = parse_header(bytes)?;
     let mut at = pictures;
     let mut take = |n: usize| -> std::io::Result<Vec<u8>> {
-        let part = bytes.get(at..at + n).ok_or_else(|| bad("truncated"))?.to_vec();
-        at += n;
+        let end = at.checked_add(n).ok_or_else(|| bad("truncated"))?;
+        let part = bytes.get(at..end).ok_or_else(|| bad("truncated"))?.to_vec();
+        at = end;
         Ok(part)
     };
     let crops = header
@@ -567,6 +574,50 @@ mod tests {
         assert_eq!(got[0], entry("f00000001", 10));
         spool.remove("f00000001").unwrap();
         assert_eq!(spool.next_batch(5).unwrap()[0].meta.id, "f00000002");
+    }
+
+    /// An entry's bytes with a header saying anything (a damaged or foreign file).
+    fn entry_bytes(header: &str, pictures: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend((header.len() as u32).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend(pictures);
+        bytes
+    }
+
+    #[test]
+    fn an_entry_whose_sizes_do_not_fit_its_bytes_is_refused_not_a_panic() {
+        let meta =
+            r#"{"id":"f1","drift":false,"timeMs":0,"frameIndex":1,"width":8,"height":8,"crops":[[0,0,4,4]]}"#;
+        let ok = entry_bytes(
+            &format!(r#"{{"meta":{meta},"crop_bytes":[2],"frame_bytes":3}}"#),
+            b"ab123",
+        );
+        let entry = parse_entry(&ok).unwrap();
+        assert_eq!(
+            (entry.crops, entry.frame),
+            (vec![b"ab".to_vec()], b"123".to_vec())
+        );
+        for (crops, frame) in [
+            // A size past the end of usize: the sum would wrap around (and panic in debug builds).
+            (format!("[{}]", usize::MAX), 0),
+            (format!("[2,{}]", usize::MAX - 1), 0),
+            ("[2]".to_string(), usize::MAX),
+            ("[6]".to_string(), 0),
+        ] {
+            let bytes = entry_bytes(
+                &format!(r#"{{"meta":{meta},"crop_bytes":{crops},"frame_bytes":{frame}}}"#),
+                b"ab123",
+            );
+            let err = parse_entry(&bytes).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::InvalidData,
+                "{crops} {frame}: {err}"
+            );
+        }
+        assert!(parse_entry(b"ATSPOOL1").is_err());
+        assert!(parse_entry(&entry_bytes("{", b"")).is_err());
     }
 
     #[test]

@@ -161,6 +161,14 @@ fn the_check_holds_on_the_same_scene_falls_after_a_change_and_catches_a_worse_mo
         .expect("the previous model scored in probation");
     eprintln!("probation: candidate {:.3}, previous {previous:.3}", checked.ap50);
     assert!(previous - checked.ap50 > 0.05, "{checked:?}");
+    // `probationChecks` (1 here) checks of a version score the previous model; the next does not.
+    assert!(
+        checker.on_probation(3),
+        "a version not checked yet is on probation"
+    );
+    let after_probation = checker.check_on(&day_samples, &bad, Some(&promoted)).unwrap();
+    assert_eq!(after_probation.previous_ap50, None, "{after_probation:?}");
+    assert!(!checker.on_probation(2));
     let status = json!({
         "phase": "Monitoring", "iteration": 2,
         "currentModel": { "version": 2, "uri": "file:///m/2.onnx", "map": 0.3, "map50": reference },
@@ -219,6 +227,10 @@ async fn in_a_cluster_the_worker_checks_the_promoted_model_and_reports_it() {
         t.spec.drift.check_interval = "10s".into();
         t.spec.drift.sample_size = 6;
         t.spec.inference.max_frames_per_second = Some(2.0);
+        // Every check of this test is on probation, however many run before the drift samples
+        // reach `sampleSize` (more on a loaded machine: checks come by the clock, samples by the
+        // teacher's pace). Probation's end by count: the_check_holds_on_the_same_scene_falls_...
+        t.spec.rollout.probation_checks = 100;
     })
     .await;
     // The operator's promotion: iteration 1 current, the off-the-shelf student kept behind it.
