@@ -171,8 +171,10 @@ fn main() {
                             tokio::task::spawn_blocking(move || images::decode(&jpeg, u64::MAX).unwrap())
                                 .await
                                 .unwrap();
+                        let caller: autotuner_annotator::batcher::Caller =
+                            std::sync::Arc::from(format!("client-{t}"));
                         let reply = batcher
-                            .submit(vec![decoded], DetectOptions::default())
+                            .submit(&caller, vec![decoded], DetectOptions::default())
                             .expect("queue");
                         reply.await.unwrap().unwrap();
                         done.fetch_add(1, Ordering::Relaxed);

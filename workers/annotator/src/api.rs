@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The request header naming the caller (the capture worker's camera, `namespace/name`): the
+/// annotator shares its queue and its request slots fairly between callers.
+pub const CALLER_HEADER: &str = "autotuner-caller";
+
 /// One detected object, in the coordinates of the frame the crop came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use thiserror::Error;
 
-use crate::api::{AnnotateResponse, ErrorBody};
+use crate::api::{AnnotateResponse, CALLER_HEADER, ErrorBody};
 
 /// An encoded crop and where it sits in its frame.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct Client {
     url: String,
     token: Option<String>,
     retry: RetryPolicy,
+    /// Who this client labels for (`Autotuner-Caller`): the annotator shares itself fairly by it.
+    caller: Option<String>,
 }
 
 impl Client {
@@ -75,7 +77,15 @@ impl Client {
             url,
             token,
             retry,
+            caller: None,
         })
+    }
+
+    /// Names the caller (a camera: `namespace/name`) in every request, so that the annotator
+    /// shares its queue fairly between cameras rather than between addresses.
+    pub fn with_caller(mut self, caller: impl Into<String>) -> Self {
+        self.caller = Some(caller.into());
+        self
     }
 
     /// Labels `crops`; the same `idempotency_key` must be used for retries of the same crops.
@@ -112,6 +122,9 @@ impl Client {
                 .multipart(form);
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);
+            }
+            if let Some(caller) = &self.caller {
+                request = request.header(CALLER_HEADER, caller);
             }
             let wait = match request.send().await {
                 Ok(response) if response.status().is_success() => {

@@ -2,6 +2,7 @@
 //! Protocol v2), with dynamic batching, limits, auth and metrics; and the client the capture
 //! worker uses.
 
+pub mod admission;
 pub mod api;
 pub mod batcher;
 pub mod client;

@@ -167,7 +167,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving");
-    axum::serve(listener, app)
+    // The peer's address is the caller of a request without an `Autotuner-Caller` header.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown())
         .await?;
     // The router (and with it the batcher's last sender) is gone: the worker drains and stops.

@@ -2,12 +2,15 @@
 //! same model, `/metrics`, `/healthz`, `/readyz`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use autotuner_detect::{DetectOptions, Detection, labels};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Path, Query, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +20,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{AnnotateResponse, ErrorBody, ImageLabels, Label, ModelInfo};
-use crate::batcher::{Batcher, Labelled, Refused};
+use crate::admission::{Admission, Admitted};
+use crate::api::{AnnotateResponse, CALLER_HEADER, ErrorBody, ImageLabels, Label, ModelInfo};
+use crate::batcher::{Batcher, Caller, Failed, Labelled, Refused};
 use crate::images::{self, DecodeError, RgbBuffer};
 use crate::metrics::{LABELLING_ROUTES, Metrics};
 
@@ -39,7 +43,9 @@ pub struct ServerConfig {
     /// How long a request waits for the model before 503.
     pub timeout: Duration,
     /// Requests admitted at once (reading, decoding, queued, running); more get 429 before their
-    /// body is read. With the body and pixel limits this bounds the memory requests can take.
+    /// body is read. Shared fairly between callers (`admission`): a caller under its share gets
+    /// in over the bound, up to twice it in all. With the body and pixel limits this bounds the
+    /// memory requests can take.
     pub max_in_flight: usize,
 }
 
@@ -64,7 +70,14 @@ struct AppState {
     batcher: Batcher,
     metrics: Metrics,
     replies: Mutex<ReplyCache>,
-    admission: Arc<tokio::sync::Semaphore>,
+    admission: Arc<Admission>,
+}
+
+impl AppState {
+    /// The idempotency cache, whatever a panicking holder left (its methods leave it whole).
+    fn replies(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+        self.replies.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Answers of recent requests by `Idempotency-Key`, so that a client's retry is not labelled
@@ -169,7 +182,7 @@ impl From<DecodeError> for ApiError {
 /// The router of the whole API.
 pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Router {
     let max_body = config.max_body_bytes;
-    let admission = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
+    let admission = Admission::new(config.max_in_flight);
     let state = Arc::new(AppState {
         config,
         batcher,
@@ -215,11 +228,34 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// Lets a request in, or answers 429 when `max_in_flight` requests are already in.
-fn admit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    state.admission.clone().try_acquire_owned().map_err(|_| ApiError {
+/// Who sends a request: the `Autotuner-Caller` header the capture worker sets (its camera), else
+/// the peer's address (behind a proxy that is the proxy's: set the header). The callers are
+/// trusted workers with the token; the identity shares the annotator fairly between them, it is
+/// not authentication.
+fn caller(request: &Request) -> Caller {
+    let named = request
+        .headers()
+        .get(CALLER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.len() <= MAX_KEY_LENGTH);
+    match named {
+        Some(name) => Arc::from(name),
+        None => match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(peer)) => Arc::from(peer.ip().to_string()),
+            None => Arc::from("unknown"),
+        },
+    }
+}
+
+/// Lets a request of `caller` in, or answers 429 when it has its share and the annotator is at
+/// `max_in_flight`.
+fn admit(state: &AppState, caller: &Caller) -> Result<Admitted, ApiError> {
+    state.admission.admit(caller).ok_or_else(|| ApiError {
         status: StatusCode::TOO_MANY_REQUESTS,
-        message: "the annotator is at capacity: retry after the time in Retry-After".into(),
+        message:
+            "the annotator is at capacity and this caller has its share: retry after the time in Retry-After"
+                .into(),
         retry_after: Some(1),
     })
 }
@@ -338,20 +374,26 @@ fn options(
     })
 }
 
+fn queue_full() -> ApiError {
+    ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: "the annotator's queue is full and this caller has the most waiting: retry after the time in Retry-After"
+            .into(),
+        retry_after: Some(1),
+    }
+}
+
 async fn label(
     state: &AppState,
+    caller: &Caller,
     images: Vec<RgbBuffer>,
     options: DetectOptions,
 ) -> Result<Labelled, ApiError> {
     let receiver = state
         .batcher
-        .submit(images, options)
+        .submit(caller, images, options)
         .map_err(|refused| match refused {
-            Refused::QueueFull => ApiError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: "the annotator's queue is full: retry after the time in Retry-After".into(),
-                retry_after: Some(1),
-            },
+            Refused::QueueFull => queue_full(),
             Refused::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the inference thread has stopped: the annotator must be restarted",
@@ -360,7 +402,8 @@ async fn label(
         })?;
     match tokio::time::timeout(state.config.timeout, receiver).await {
         Ok(Ok(Ok(labelled))) => Ok(labelled),
-        Ok(Ok(Err(e))) => Err(ApiError::new(
+        Ok(Ok(Err(Failed::Shed))) => Err(queue_full()),
+        Ok(Ok(Err(Failed::Inference(e)))) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("inference failed: {e}"),
         )),
@@ -418,11 +461,21 @@ fn to_label(d: &Detection, offset: [u32; 2]) -> Label {
 /// optional `offsets` part (JSON `[[x, y], ...]`, one per image: where each crop sits in its frame).
 async fn annotate(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<AnnotateQuery>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let _admitted = admit(&state)?;
+    let caller = caller(&request);
+    let _admitted = admit(&state, &caller)?;
+    // Parsed here rather than by an extractor, so that a bad query gets the API's JSON error.
+    let Query(query) = Query::<AnnotateQuery>::try_from_uri(request.uri()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad query ({}): use classes=person,car and min_score=0.5",
+                e.body_text()
+            ),
+        )
+    })?;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -476,7 +529,7 @@ async fn annotate(
         fingerprint(&query_text, &parts)
     });
     if let (Some(key), Some(print)) = (&key, print) {
-        match state.replies.lock().expect("reply cache").get(key, print) {
+        match state.replies().get(key, print) {
             Cached::Miss => {}
             Cached::Hit(body) => {
                 return Ok((
@@ -498,7 +551,7 @@ async fn annotate(
     }
     let decoded = decode_all(&state, bodies).await?;
     let sizes: Vec<(u32, u32)> = decoded.iter().map(|d| (d.width, d.height)).collect();
-    let labelled = label(&state, decoded, options).await?;
+    let labelled = label(&state, &caller, decoded, options).await?;
     let response = AnnotateResponse {
         model: state.config.model.clone(),
         inference_ms: labelled.inference.as_secs_f64() * 1e3,
@@ -520,11 +573,7 @@ async fn annotate(
     };
     let body = Bytes::from(serde_json::to_vec(&response).expect("serialise"));
     if let (Some(key), Some(print)) = (key, print) {
-        state
-            .replies
-            .lock()
-            .expect("reply cache")
-            .put(key, print, body.clone());
+        state.replies().put(key, print, body.clone());
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -673,7 +722,8 @@ async fn oip_infer(
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     check_model(&state, &name)?;
-    let _admitted = admit(&state)?;
+    let caller = caller(&request);
+    let _admitted = admit(&state, &caller)?;
     let body = Bytes::from_request(request, &())
         .await
         .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
@@ -767,7 +817,7 @@ async fn oip_infer(
         .and_then(Value::as_f64)
         .map(|v| v as f32);
     let options = options(&state, classes.as_deref(), min_score)?;
-    let labelled = label(&state, vec![image], options).await?;
+    let labelled = label(&state, &caller, vec![image], options).await?;
     let found = &labelled.detections[0];
     let n = found.len();
     Ok(Json(json!({

@@ -1,6 +1,7 @@
 //! The annotator over real HTTP on loopback, with the real teacher (YOLOv12n on ONNX Runtime):
 //! answers, every error class, auth, the Open Inference Protocol v2, batching under concurrent
-//! load, a full queue, idempotent retries, the client's retries, and graceful shutdown.
+//! load, a full queue, fairness between cameras, idempotent retries, the client's retries, and
+//! graceful shutdown.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -543,6 +544,45 @@ async fn a_full_queue_answers_429_with_retry_after_and_nothing_fails() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "{ok} answered, {refused} refused");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_camera_gets_the_refusals_and_a_quiet_one_is_served() {
+    // One image a batch and few slots: the busy camera fills both the slots and the queue.
+    let batch = BatchConfig {
+        max_batch: 1,
+        max_wait: Duration::ZERO,
+        queue: 4,
+    };
+    let server = Server::start(batch, |c| c.max_in_flight = 8).await;
+    let url = format!("{}/v1/annotate", server.url);
+    let jpeg = frame_jpeg(5);
+    let send = |caller: &'static str| {
+        let (url, jpeg) = (url.clone(), jpeg.clone());
+        async move {
+            http()
+                .post(&url)
+                .header("content-type", "image/jpeg")
+                .header(autotuner_annotator::api::CALLER_HEADER, caller)
+                .body(jpeg)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let busy = tokio::spawn(futures::future::join_all((0..24).map(|_| send("ns/busy"))));
+    // The quiet camera comes while the busy one holds every slot and fills the queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        assert_eq!(send("ns/quiet").await, 200, "the quiet camera's request {i}");
+    }
+    let busy = busy.await.unwrap();
+    let refused = busy.iter().filter(|s| **s == 429).count();
+    assert!(busy.iter().all(|s| *s == 200 || *s == 429), "{busy:?}");
+    assert!((1..24).contains(&refused), "the busy camera: {busy:?}");
     server.stop().await;
 }
 

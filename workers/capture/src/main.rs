@@ -284,7 +284,14 @@ async fn main() -> ExitCode {
         Duration::from_secs(30),
         RetryPolicy::default(),
     ) {
-        Ok(c) => c,
+        // In a cluster the camera is the caller the annotator shares itself fairly between.
+        Ok(c) => match (
+            std::env::var(contract::ENV_NAMESPACE),
+            std::env::var(contract::ENV_NAME),
+        ) {
+            (Ok(namespace), Ok(name)) => c.with_caller(format!("{namespace}/{name}")),
+            _ => c,
+        },
         Err(e) => {
             eprintln!("capture: {e}");
             return ExitCode::from(2);

@@ -142,8 +142,9 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// The URL FFmpeg opens: `file://` stripped, credentials put in.
-fn connection_url(config: &SourceConfig) -> String {
+/// The URL FFmpeg opens: `file://` stripped, credentials put in. It holds the password: never
+/// log it (log [`redact`]ed `url`).
+pub fn connection_url(config: &SourceConfig) -> String {
     let url = config.url.strip_prefix("file://").unwrap_or(&config.url);
     match (&config.credentials, url.split_once("://")) {
         (Some(c), Some((scheme, rest))) => {

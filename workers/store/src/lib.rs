@@ -63,15 +63,22 @@ pub struct S3Options {
 
 /// A URI for logs and errors: no user information, no query or fragment (presigned URLs and
 /// cameras carry credentials there).
+///
+/// Everything up to the last `@` goes, not only a well-formed authority's user information: a
+/// password typed with a `/` in it (`rtsp://admin:pa/ss@cam/stream`) must not show either,
+/// whatever a URL parser would make of it. An `@` after a `?` or `#` is either in a query or in
+/// a password with one of those: nothing but the scheme shows then.
 pub fn redact_uri(uri: &str) -> String {
     match uri.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-            let path = path.split(['?', '#']).next().unwrap_or("");
-            let hidden = if rest.contains(['?', '#']) { "?…" } else { "" };
-            format!("{scheme}://{host}{path}{hidden}")
-        }
+        Some((scheme, rest)) => match (rest.find(['?', '#']), rest.rfind('@')) {
+            (Some(query), Some(at)) if query < at => format!("{scheme}://…"),
+            (_, at) => {
+                let rest = at.map_or(rest, |at| &rest[at + 1..]);
+                let hidden = if rest.contains(['?', '#']) { "?…" } else { "" };
+                let rest = rest.split(['?', '#']).next().unwrap_or("");
+                format!("{scheme}://{rest}{hidden}")
+            }
+        },
         None => uri.to_string(),
     }
 }
@@ -437,6 +444,26 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shown_uri_has_no_user_information_query_or_fragment() {
+        use super::redact_uri;
+        assert_eq!(
+            redact_uri("rtsp://admin:s3cret@cam.local:554/stream1"),
+            "rtsp://cam.local:554/stream1"
+        );
+        assert_eq!(
+            redact_uri("https://h/model.onnx?X-Amz-Signature=abc"),
+            "https://h/model.onnx?…"
+        );
+        assert_eq!(redact_uri("s3://bucket/key#frag"), "s3://bucket/key?…");
+        // A password with the characters a URL would have percent-encoded.
+        assert_eq!(redact_uri("rtsp://admin:pa/ss@cam/stream"), "rtsp://cam/stream");
+        assert_eq!(redact_uri("rtsp://admin:p@ss@cam/s"), "rtsp://cam/s");
+        assert_eq!(redact_uri("rtsp://admin:pa?ss@cam/s"), "rtsp://…");
+        assert_eq!(redact_uri("http://cam/s?token=ab@cd"), "http://…");
+        assert_eq!(redact_uri("/data/video.mp4"), "/data/video.mp4");
+    }
+
     use super::*;
 
     /// The capture worker rewrites a split's annotation file (a rename over it) after every
