@@ -6,7 +6,8 @@
 //! operator promotes, and the capture pod serves the tuned student. Faults on the way: the
 //! capture pod, the annotator's pod and the operator's pods are deleted mid-capture. Finally
 //! deleting the CameraTuning removes everything it made, and the node leaves the machine as it
-//! found it.
+//! found it. The camera needs credentials (a Secret): its password shows in no log, Event or
+//! status of the whole run.
 //!
 //! Mocked: only the GPU (the node advertises one `nvidia.com/gpu`, so the annotator's placement
 //! is real, and the annotator runs on the CPU) and the camera (GStreamer's RTSP server on the
@@ -53,6 +54,10 @@ const POD_WAIT: Duration = Duration::from_secs(600);
 const TRAIN_SIZE: u64 = 16;
 const EVAL_SIZE: u64 = 8;
 const MAX_DATASET_SIZE: u64 = 16;
+/// The camera's credentials, from a Secret the CameraTuning references: the RTSP server refuses
+/// a client without them, and no log line, Event or status of the whole run may hold the password.
+const CAMERA_USER: &str = "lobby-viewer";
+const CAMERA_PASSWORD: &str = "e2e-Camera-S3cret-4f1c9";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
@@ -213,6 +218,7 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     }
     discovery.abort();
     run.assert_logs_free_of_errors();
+    run.assert_no_secret_shown();
     run.assert_restricted_pods();
 
     // Deleting the CameraTuning removes everything it made.
@@ -743,12 +749,17 @@ impl<'a> Run<'a> {
 
     fn apply_tuning(&self, camera: &Camera, models: &FileServer) {
         self.kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {NAME}-camera, namespace: {NS} }}\n\
+             stringData: {{ username: {CAMERA_USER}, password: {CAMERA_PASSWORD} }}\n"
+        ));
+        self.kubectl_apply(&format!(
             r#"apiVersion: autotuner.io/v1alpha1
 kind: CameraTuning
 metadata: {{ name: {NAME}, namespace: {NS} }}
 spec:
   camera:
     url: {camera}
+    credentialsSecretRef: {{ name: {NAME}-camera }}
     nodeSelector: {{ autotuner.io/camera-node: "true" }}
     resources: {{ requests: {{ cpu: 100m, memory: 256Mi }} }}
   classes: [person]
@@ -879,6 +890,42 @@ spec:
                     errors.join("\n")
                 );
             }
+        }
+    }
+
+    /// The camera's password shows nowhere an operator looks: no pod's log (the operator's, the
+    /// workers', the training Jobs', the cluster's own), no Event, not the CameraTuning, not the
+    /// control plane's and the node's logs.
+    fn assert_no_secret_shown(&self) {
+        let mut places: Vec<(String, String)> = Vec::new();
+        for namespace in [NS, RELEASE_NS, "kube-system"] {
+            let names = self.kubectl(&["-n", namespace, "get", "pods", "-o", "name"]);
+            for pod in names.lines() {
+                let logs = self.kubectl(&["-n", namespace, "logs", pod, "--all-containers"]);
+                places.push((format!("{namespace}/{pod}'s log"), logs));
+            }
+        }
+        places.push((
+            "the Events".into(),
+            self.kubectl(&["get", "events", "-A", "-o", "json"]),
+        ));
+        places.push((
+            "the CameraTuning".into(),
+            self.kubectl(&["-n", NS, "get", "cameratuning", NAME, "-o", "json"]),
+        ));
+        for entry in std::fs::read_dir(self.plane.dir()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+                places.push((path.display().to_string(), text));
+            }
+        }
+        assert!(places.len() > 10, "{} places read", places.len());
+        for (place, text) in places {
+            assert!(
+                !text.contains(CAMERA_PASSWORD),
+                "the camera's password is in {place}"
+            );
         }
     }
 
@@ -1070,6 +1117,7 @@ impl Camera {
             .args(["--address", NODE_IP])
             .arg(clip)
             .arg(port.to_string())
+            .args([CAMERA_USER, CAMERA_PASSWORD])
             .stdout(Stdio::null())
             .spawn()
             .expect("the RTSP server");

@@ -20,6 +20,9 @@ pub const ENV_NAMESPACE: &str = "AUTOTUNER_NAMESPACE";
 pub const ENV_ANNOTATOR_URL: &str = "AUTOTUNER_ANNOTATOR_URL";
 /// Bearer token for the annotator, from the Secret the spec names.
 pub const ENV_ANNOTATOR_TOKEN: &str = "AUTOTUNER_ANNOTATOR_TOKEN";
+/// The annotator's CA certificate(s), PEM, for an `https://` annotator (from the Secret the spec
+/// names): the capture worker trusts these alone for it.
+pub const ENV_ANNOTATOR_CA: &str = "AUTOTUNER_ANNOTATOR_CA";
 /// The stream's user name and password, from the Secret the spec names.
 pub const ENV_CAMERA_USERNAME: &str = "AUTOTUNER_CAMERA_USERNAME";
 pub const ENV_CAMERA_PASSWORD: &str = "AUTOTUNER_CAMERA_PASSWORD";
@@ -199,5 +202,9 @@ pub const OPERATOR_FIELD_MANAGER: &str = "autotuner-operator";
 /// Port of the capture worker's HTTP server: `/metrics`, the detections, health.
 pub const CAPTURE_PORT: u16 = 9090;
 
-/// Port of the annotator's HTTP API.
+/// Port of the annotator's HTTP API (HTTPS with `annotation.teacher.tlsSecretName`).
 pub const ANNOTATOR_PORT: u16 = 8080;
+/// With an HTTPS API, the annotator's probes and `/metrics` over plain HTTP.
+pub const ANNOTATOR_PLAIN_PORT: u16 = 9090;
+/// Where the annotator's TLS Secret is mounted (`tls.crt`, `tls.key`).
+pub const ANNOTATOR_TLS_MOUNT: &str = "/tls";

@@ -481,6 +481,18 @@ pub struct TeacherSpec {
     /// 512Mi, memory limit 2Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Serve the teacher over HTTPS with the certificate of this `kubernetes.io/tls` Secret in
+    /// the namespace: `tls.crt`, `tls.key` and its issuer's `ca.crt`, as cert-manager writes
+    /// them, valid for `*.<namespace>.svc` (the annotator's Service is named after a hash of
+    /// this spec). The capture workers trust that issuer alone for it; a renewed certificate is
+    /// served without a restart. The probes and `/metrics` stay on plain HTTP (port `http`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub tls_secret_name: Option<String>,
 }
 
 fn default_teacher_gpus() -> u32 {
@@ -489,6 +501,12 @@ fn default_teacher_gpus() -> u32 {
 
 /// An annotator that already runs.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.caSecretRef) || self.url.startsWith('https://')")
+        .message("annotation.endpoint.caSecretRef is only used with an https:// url")
+        .field_path(".caSecretRef")
+        .reason(Reason::FieldValueForbidden),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSpec {
     /// Base URL of the annotator's HTTP API.
@@ -501,6 +519,11 @@ pub struct EndpointSpec {
     /// A Secret key holding the bearer token the annotator expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeyRef>,
+
+    /// For an `https://` url: a Secret key holding the PEM certificate(s) of the annotator's
+    /// issuer (`ca.crt` of a cert-manager Secret), trusted instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Size and storage of the accumulated dataset.

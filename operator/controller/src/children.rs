@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use autotuner_api::contract::{self, ANNOTATOR_PORT, DATASET_MOUNT, SPOOL_MOUNT, TrainingSettings};
+use autotuner_api::contract::{
+    self, ANNOTATOR_PLAIN_PORT, ANNOTATOR_PORT, ANNOTATOR_TLS_MOUNT, DATASET_MOUNT, SPOOL_MOUNT,
+    TrainingSettings,
+};
 use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -484,10 +487,31 @@ fn annotator_url(tuning: &CameraTuning) -> String {
     match (&tuning.spec.annotation.teacher, &tuning.spec.annotation.endpoint) {
         (_, Some(endpoint)) => endpoint.url.clone(),
         (Some(teacher), None) => format!(
-            "http://{}:{ANNOTATOR_PORT}",
+            "{}://{}:{ANNOTATOR_PORT}",
+            if teacher.tls_secret_name.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             names::annotator(&teacher_hash(teacher))
         ),
         (None, None) => String::new(),
+    }
+}
+
+/// The Secret key of the annotator's issuer certificate, which the capture worker trusts alone
+/// for it: the teacher's TLS Secret's `ca.crt`, or the endpoint's `caSecretRef`.
+fn annotator_ca(tuning: &CameraTuning) -> Option<(String, String)> {
+    match (&tuning.spec.annotation.teacher, &tuning.spec.annotation.endpoint) {
+        (_, Some(endpoint)) => endpoint
+            .ca_secret_ref
+            .as_ref()
+            .map(|r| (r.name.clone(), r.key.clone())),
+        (Some(teacher), None) => teacher
+            .tls_secret_name
+            .as_ref()
+            .map(|name| (name.clone(), "ca.crt".to_string())),
+        (None, None) => None,
     }
 }
 
@@ -534,6 +558,9 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
     let spec = &tuning.spec;
     let mut vars = worker_env(tuning, dataset);
     vars.push(env(contract::ENV_ANNOTATOR_URL, annotator_url(tuning)));
+    if let Some((secret, key)) = annotator_ca(tuning) {
+        vars.push(secret_env(contract::ENV_ANNOTATOR_CA, &secret, &key));
+    }
     if let Some(token) = spec
         .annotation
         .endpoint
@@ -655,6 +682,13 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
             .unwrap_or_else(default_resources::annotator),
     )
     .expect("resources serialize");
+    // With a TLS Secret the API is HTTPS on its own port (`https`), and the probes and metrics
+    // stay on plain HTTP (`http`, where the kubelet and the PodMonitor look).
+    let api_port = if teacher.tls_secret_name.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut pod_spec = json!({
         // The annotator needs no Kubernetes API access.
         "automountServiceAccountToken": false,
@@ -664,7 +698,7 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
             "image": config.worker_image,
             "args": ["annotator"],
             "env": [env(contract::ENV_TEACHER_URI, uri.as_str()), env(contract::ENV_TEACHER_FAMILY, family)],
-            "ports": [{ "name": "http", "containerPort": ANNOTATOR_PORT }],
+            "ports": [{ "name": api_port, "containerPort": ANNOTATOR_PORT }],
             // Ready, and alive, while its inference thread runs: a stopped one is restarted.
             "startupProbe": probes::startup("/v2/health/live"),
             "livenessProbe": probes::liveness("/v2/health/ready"),
@@ -674,6 +708,30 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
         }],
         "volumes": [{ "name": "tmp", "emptyDir": {} }],
     });
+    if let Some(secret) = &teacher.tls_secret_name {
+        let container = &mut pod_spec["containers"][0];
+        container["args"] = json!([
+            "annotator",
+            "--tls-cert-file",
+            format!("{ANNOTATOR_TLS_MOUNT}/tls.crt"),
+            "--tls-key-file",
+            format!("{ANNOTATOR_TLS_MOUNT}/tls.key"),
+            "--metrics-listen",
+            format!("0.0.0.0:{ANNOTATOR_PLAIN_PORT}"),
+        ]);
+        container["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "name": "http", "containerPort": ANNOTATOR_PLAIN_PORT }));
+        container["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "name": "tls", "mountPath": ANNOTATOR_TLS_MOUNT, "readOnly": true }));
+        pod_spec["volumes"].as_array_mut().unwrap().push(json!({
+            "name": "tls",
+            "secret": { "secretName": secret, "items": [{ "key": "tls.crt", "path": "tls.crt" }, { "key": "tls.key", "path": "tls.key" }] }
+        }));
+    }
     if teacher.gpus > 0 {
         let limits = resources
             .as_object_mut()
@@ -706,13 +764,13 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
         "metadata": meta,
         "spec": {
             "selector": selector,
-            "ports": [{ "name": "http", "port": ANNOTATOR_PORT, "targetPort": "http" }]
+            "ports": [{ "name": api_port, "port": ANNOTATOR_PORT, "targetPort": api_port }]
         }
     }));
     let network_policy = config
         .annotator_ingress_from
         .as_ref()
-        .map(|scrapers| annotator_network_policy(&deployment, scrapers));
+        .map(|scrapers| annotator_network_policy(&deployment, scrapers, api_port));
     Annotator {
         teacher_hash: hash,
         deployment,
@@ -724,7 +782,19 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
 /// The teacher's API answers the capture pods of the annotator's namespace; its metrics, on the
 /// same port, `scrapers`; nothing else reaches it. Egress stays open: the annotator fetches its
 /// model from wherever the spec's URI says.
-fn annotator_network_policy(deployment: &Deployment, scrapers: &[NetworkPolicyPeer]) -> NetworkPolicy {
+fn tcp_port(name: &str) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::String(name.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+fn annotator_network_policy(
+    deployment: &Deployment,
+    scrapers: &[NetworkPolicyPeer],
+    api_port: &str,
+) -> NetworkPolicy {
     let capture_pods = NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([
@@ -745,18 +815,20 @@ fn annotator_network_policy(deployment: &Deployment, scrapers: &[NetworkPolicyPe
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(selector),
             policy_types: Some(vec!["Ingress".to_string()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(
-                    std::iter::once(capture_pods)
-                        .chain(scrapers.iter().cloned())
-                        .collect(),
-                ),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::String("http".to_string())),
-                    protocol: Some("TCP".to_string()),
-                    ..NetworkPolicyPort::default()
-                }]),
-            }]),
+            // The API (`http`, or `https` with TLS) to the capture pods; the metrics (always on
+            // `http`) to the scrapers. No scrapers, no rule: a rule with an empty `from` would
+            // admit every source.
+            ingress: Some(
+                std::iter::once(NetworkPolicyIngressRule {
+                    from: Some(vec![capture_pods]),
+                    ports: Some(vec![tcp_port(api_port)]),
+                })
+                .chain((!scrapers.is_empty()).then(|| NetworkPolicyIngressRule {
+                    from: Some(scrapers.to_vec()),
+                    ports: Some(vec![tcp_port("http")]),
+                }))
+                .collect(),
+            ),
             ..NetworkPolicySpec::default()
         }),
     }
@@ -892,7 +964,7 @@ mod tests {
             "egress stays open for the model download"
         );
         let rules = spec.ingress.unwrap();
-        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.len(), 2);
         let from = rules[0].from.clone().unwrap();
         let capture = from[0].pod_selector.clone().unwrap().match_labels.unwrap();
         assert_eq!(capture[labels::COMPONENT], "capture");
@@ -900,10 +972,137 @@ mod tests {
             from[0].namespace_selector.is_none(),
             "capture pods of its own namespace only"
         );
-        assert_eq!(from[1], scraper);
-        assert_eq!(from.len(), 2);
-        let ports = rules[0].ports.clone().unwrap();
-        assert_eq!(ports[0].port, Some(IntOrString::String("http".into())));
+        assert_eq!(from.len(), 1);
+        assert_eq!(rules[1].from, Some(vec![scraper]));
+        for rule in &rules {
+            let ports = rule.ports.clone().unwrap();
+            assert_eq!(ports[0].port, Some(IntOrString::String("http".into())));
+        }
+        // No scrapers: the capture pods alone (a rule with an empty `from` admits everyone).
+        let config = Config {
+            annotator_ingress_from: Some(vec![]),
+            ..Config::default()
+        };
+        let policy = build(&t, &rollout, &config)
+            .annotator
+            .unwrap()
+            .network_policy
+            .unwrap();
+        let rules = policy.spec.unwrap().ingress.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].from.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_teacher_with_a_tls_secret_serves_https_and_the_capture_pods_trust_its_issuer_alone() {
+        let t = tuning(json!({ "annotation": { "teacher": {
+            "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" },
+            "tlsSecretName": "annotator-tls",
+        } } }));
+        let config = Config {
+            annotator_ingress_from: Some(vec![NetworkPolicyPeer::default()]),
+            ..Config::default()
+        };
+        let rollout = Rollout {
+            deployed_model_uri: "file:///m/ssd.onnx",
+            train_iteration: None,
+            round_started_at: None,
+        };
+        let children = build(&t, &rollout, &config);
+        let annotator = children.annotator.unwrap();
+        let pod = serde_json::to_value(&annotator.deployment.spec.template.spec).unwrap();
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["args"],
+            json!([
+                "annotator",
+                "--tls-cert-file",
+                "/tls/tls.crt",
+                "--tls-key-file",
+                "/tls/tls.key",
+                "--metrics-listen",
+                "0.0.0.0:9090"
+            ])
+        );
+        assert_eq!(
+            container["ports"],
+            json!([{ "name": "https", "containerPort": 8080 }, { "name": "http", "containerPort": 9090 }])
+        );
+        // The probes and the PodMonitor read the plain port.
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], "http");
+        let tls_volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .unwrap();
+        assert_eq!(tls_volume["secret"]["secretName"], "annotator-tls");
+        assert!(
+            !tls_volume.to_string().contains("ca.crt"),
+            "the annotator mounts its certificate and key, not more: {tls_volume}"
+        );
+        let service = serde_json::to_value(&annotator.service.spec).unwrap();
+        assert_eq!(
+            service["ports"],
+            json!([{ "name": "https", "port": 8080, "targetPort": "https" }])
+        );
+        let rules = annotator.network_policy.unwrap().spec.unwrap().ingress.unwrap();
+        assert_eq!(
+            rules[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::String("https".into()))
+        );
+        assert_eq!(
+            rules[1].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::String("http".into()))
+        );
+        // The capture worker: the https:// Service URL and the issuer from the same Secret.
+        let capture = serde_json::to_value(&children.capture.spec.template.spec).unwrap();
+        let vars = capture["containers"][0]["env"].as_array().unwrap().clone();
+        let find = |name: &str| vars.iter().find(|v| v["name"] == name).cloned().unwrap();
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_URL)["value"],
+            format!("https://annotator-{}:8080", annotator.teacher_hash)
+        );
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_CA)["valueFrom"]["secretKeyRef"],
+            json!({ "name": "annotator-tls", "key": "ca.crt" })
+        );
+        // Another TLS Secret is another annotator: the certificate is part of the teacher's identity.
+        let other = tuning(json!({ "annotation": { "teacher": {
+            "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" },
+            "tlsSecretName": "other-tls",
+        } } }));
+        assert_ne!(
+            build(&other, &rollout, &config).annotator.unwrap().teacher_hash,
+            annotator.teacher_hash
+        );
+    }
+
+    #[test]
+    fn an_https_endpoint_is_trusted_by_the_issuer_its_ca_secret_names() {
+        let t = tuning(json!({ "annotation": { "teacher": null, "endpoint": {
+            "url": "https://labels.example:8443",
+            "caSecretRef": { "name": "labels-ca", "key": "ca.pem" },
+        } } }));
+        let children = build_all(&t);
+        assert!(children.annotator.is_none());
+        let capture = serde_json::to_value(&children.capture.spec.template.spec).unwrap();
+        let vars = capture["containers"][0]["env"].as_array().unwrap().clone();
+        let find = |name: &str| vars.iter().find(|v| v["name"] == name).cloned();
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_URL).unwrap()["value"],
+            "https://labels.example:8443"
+        );
+        assert_eq!(
+            find(contract::ENV_ANNOTATOR_CA).unwrap()["valueFrom"]["secretKeyRef"],
+            json!({ "name": "labels-ca", "key": "ca.pem" })
+        );
+        // Without a CA Secret the worker trusts the system's roots: no variable.
+        let plain = tuning(
+            json!({ "annotation": { "teacher": null, "endpoint": { "url": "https://labels.example" } } }),
+        );
+        let capture = serde_json::to_value(&build_all(&plain).capture.spec.template.spec).unwrap();
+        assert!(!capture.to_string().contains(contract::ENV_ANNOTATOR_CA));
     }
 
     /// Every pod template, as JSON.

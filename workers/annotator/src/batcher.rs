@@ -241,6 +241,16 @@ impl std::fmt::Debug for Batcher {
     }
 }
 
+/// Tells whether the inference thread runs ([`Batcher::health`]).
+#[derive(Debug, Clone)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    pub fn is_alive(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Marks the batcher dead when the inference thread ends, however it ends (a panic included).
 struct AliveGuard(Arc<AtomicBool>);
 
@@ -288,6 +298,12 @@ impl Batcher {
     /// Whether the inference thread is running.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Whether the inference thread runs, without a handle on its queue (which a clone would
+    /// keep open).
+    pub fn health(&self) -> Health {
+        Health(self.alive.clone())
     }
 
     /// Queues `images` for labelling on behalf of `caller`; the receiver gets the detections (one

@@ -9,3 +9,4 @@ pub mod client;
 pub mod images;
 pub mod metrics;
 pub mod server;
+pub mod tls;

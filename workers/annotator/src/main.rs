@@ -8,7 +8,8 @@ use anyhow::Context;
 use autotuner_annotator::api::ModelInfo;
 use autotuner_annotator::batcher::{BatchConfig, Batcher};
 use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::server::{ServerConfig, routers};
+use autotuner_annotator::tls::{self, TlsFiles};
 use autotuner_api::contract;
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 use clap::{Parser, ValueEnum};
@@ -76,6 +77,17 @@ struct Args {
     /// A file holding the bearer token clients must send (a mounted Secret); unset: no auth.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM, the chain; a mounted `kubernetes.io/tls`
+    /// Secret's `tls.crt`), reloaded when it changes. Needs --tls-key-file.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM; the Secret's `tls.key`).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Also serve the probes and `/metrics` (not the API) over plain HTTP here: beside an HTTPS
+    /// API, for the kubelet and Prometheus.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     #[arg(long, default_value_t = 0.25)]
     min_score: f32,
     #[arg(long, default_value_t = 0.5)]
@@ -162,15 +174,40 @@ async fn main() -> anyhow::Result<()> {
         iou_threshold: args.iou,
         ..ServerConfig::new(model)
     };
-    let app = router(config, batcher, metrics);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "serving");
-    // The peer's address is the caller of a request without an `Autotuner-Caller` header.
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let (app, observability) = routers(config, batcher, metrics);
+    if let Some(address) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {address}"))?;
+        tracing::info!(listen = %address, "serving the probes and /metrics over HTTP");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, observability).await {
+                tracing::error!(error = %e, "the probes' and metrics' server stopped");
+            }
+        });
+    }
+    let listener =
+        std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            tracing::info!(listen = %args.listen, "serving HTTPS");
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload_every: Duration::from_secs(30),
+            };
+            tls::serve(listener, app, files, shutdown()).await?;
+        }
+        _ => {
+            tracing::info!(listen = %args.listen, "serving HTTP");
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            // The peer's address is the caller of a request without an `Autotuner-Caller` header.
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown())
+                .await?;
+        }
+    }
     // The router (and with it the batcher's last sender) is gone: the worker drains and stops.
     worker
         .join()

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::admission::{Admission, Admitted};
 use crate::api::{AnnotateResponse, CALLER_HEADER, ErrorBody, ImageLabels, Label, ModelInfo};
-use crate::batcher::{Batcher, Caller, Failed, Labelled, Refused};
+use crate::batcher::{Batcher, Caller, Failed, Health, Labelled, Refused};
 use crate::images::{self, DecodeError, RgbBuffer};
 use crate::metrics::{LABELLING_ROUTES, Metrics};
 
@@ -181,6 +181,13 @@ impl From<DecodeError> for ApiError {
 
 /// The router of the whole API.
 pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Router {
+    routers(config, batcher, metrics).0
+}
+
+/// The whole API, and apart the probes and `/metrics` alone (`/healthz`, `/readyz`,
+/// `/v2/health/*`, `/metrics`): for a plain-HTTP port beside an HTTPS API, which the kubelet
+/// and Prometheus reach without the annotator's certificate.
+pub fn routers(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> (Router, Router) {
     let max_body = config.max_body_bytes;
     let admission = Admission::new(config.max_in_flight);
     let state = Arc::new(AppState {
@@ -195,19 +202,40 @@ pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Route
         .route(LABELLING_ROUTES[1], post(oip_infer))
         .route(LABELLING_ROUTES[2], post(oip_infer_version))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let observed = Observed {
+        metrics: state.metrics.clone(),
+        health: state.batcher.health(),
+    };
+    let api = Router::new()
         .merge(inference)
         .route("/v2", get(oip_server))
-        .route("/v2/health/live", get(ok))
-        .route("/v2/health/ready", get(ready))
         .route("/v2/models/{name}", get(oip_model))
         .route("/v2/models/{name}/ready", get(oip_model_ready))
+        .with_state(state)
+        .merge(observability(observed.clone()))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(observed.metrics.clone(), record));
+    let plain =
+        observability(observed.clone()).layer(middleware::from_fn_with_state(observed.metrics, record));
+    (api, plain)
+}
+
+/// What the probes and `/metrics` read. Not the batcher itself: a server of these alone must not
+/// keep the inference thread's queue open once the API has stopped.
+#[derive(Clone)]
+struct Observed {
+    metrics: Metrics,
+    health: Health,
+}
+
+fn observability(observed: Observed) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(ok))
+        .route("/v2/health/ready", get(ready))
         .route("/healthz", get(ok))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
-        .with_state(state)
+        .with_state(observed)
 }
 
 async fn ok() -> &'static str {
@@ -216,8 +244,8 @@ async fn ok() -> &'static str {
 
 /// Ready while the inference thread runs: if it died, no request can succeed, and the probe
 /// failing gets the pod out of the Service (and, with a liveness probe on it, restarted).
-async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.batcher.is_alive() {
+async fn ready(State(observed): State<Observed>) -> Response {
+    if observed.health.is_alive() {
         "ok".into_response()
     } else {
         ApiError::new(
@@ -276,30 +304,28 @@ impl Drop for InFlight {
     }
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics_text(State(observed): State<Observed>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        observed.metrics.render(),
     )
 }
 
 /// Counts every request by route and status, and times it.
-async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let started = Instant::now();
-    let in_flight = InFlight::new(&state.metrics.in_flight);
+    let in_flight = InFlight::new(&metrics.in_flight);
     let response = next.run(request).await;
     drop(in_flight);
-    state
-        .metrics
+    metrics
         .request_seconds
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
-    state
-        .metrics
+    metrics
         .requests
         .with_label_values(&[&route, response.status().as_str()])
         .inc();

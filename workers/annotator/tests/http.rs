@@ -1,7 +1,7 @@
 //! The annotator over real HTTP on loopback, with the real teacher (YOLOv12n on ONNX Runtime):
 //! answers, every error class, auth, the Open Inference Protocol v2, batching under concurrent
-//! load, a full queue, fairness between cameras, idempotent retries, the client's retries, and
-//! graceful shutdown.
+//! load, a full queue, fairness between cameras, idempotent retries, the client's retries, HTTPS
+//! with a renewed certificate, and graceful shutdown.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use autotuner_annotator::api::{AnnotateResponse, ModelInfo};
 use autotuner_annotator::batcher::{BatchConfig, Batcher};
 use autotuner_annotator::client::{Client, ClientError, Crop, RetryPolicy};
 use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::server::{ServerConfig, routers};
+use autotuner_annotator::tls::{self, TlsFiles};
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 use base64::Engine;
 use serde_json::{Value, json};
@@ -55,6 +56,8 @@ fn crop_jpeg(jpeg: &[u8], x: u32, y: u32, w: u32, h: u32) -> Vec<u8> {
 
 struct Server {
     url: String,
+    /// Beside an HTTPS API: the probes and `/metrics` over plain HTTP (`--metrics-listen`).
+    plain_url: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
     worker: Option<std::thread::JoinHandle<()>>,
@@ -62,6 +65,19 @@ struct Server {
 
 impl Server {
     async fn start(batch: BatchConfig, adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+        Self::start_with(batch, adjust, None).await
+    }
+
+    /// The same over HTTPS (`tls::serve`, as `autotuner-annotator --tls-cert-file` runs it).
+    async fn start_tls(files: TlsFiles) -> Server {
+        Self::start_with(BatchConfig::default(), |_| {}, Some(files)).await
+    }
+
+    async fn start_with(
+        batch: BatchConfig,
+        adjust: impl FnOnce(&mut ServerConfig),
+        tls: Option<TlsFiles>,
+    ) -> Server {
         let runtime = Runtime::load(&assets().join("libonnxruntime.so")).unwrap();
         let detector = Detector::load(
             &runtime,
@@ -79,20 +95,36 @@ impl Server {
         let (batcher, worker) = Batcher::start(detector, batch, metrics.clone());
         let mut config = ServerConfig::new(model);
         adjust(&mut config);
-        let app = router(config, batcher, metrics);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (app, observability) = routers(config, batcher, metrics);
+        let mut plain_url = None;
+        if tls.is_some() {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            plain_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+            tokio::spawn(async move { axum::serve(listener, observability).await.unwrap() });
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
+        let stopped = async {
+            stopped.await.ok();
+        };
         let done = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    stopped.await.ok();
-                })
-                .await
-                .unwrap();
+            match tls {
+                Some(files) => tls::serve(listener, app, files, stopped).await.unwrap(),
+                None => {
+                    listener.set_nonblocking(true).unwrap();
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                        .unwrap();
+                }
+            }
         });
         Server {
             url,
+            plain_url,
             stop: Some(stop),
             done,
             worker: Some(worker),
@@ -584,6 +616,143 @@ async fn a_busy_camera_gets_the_refusals_and_a_quiet_one_is_served() {
     assert!(busy.iter().all(|s| *s == 200 || *s == 429), "{busy:?}");
     assert!((1..24).contains(&refused), "the busy camera: {busy:?}");
     server.stop().await;
+}
+
+/// A throwaway certificate authority.
+struct Authority {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert_pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            cert_pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// The annotator's certificate and key for 127.0.0.1, written where `files` says (the key
+    /// first, as a Secret's update may land).
+    fn issue(&self, files: &TlsFiles) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_only_a_client_that_trusts_the_issuer_is_served_and_a_renewed_certificate_is_used() {
+    let dir = std::env::temp_dir().join(format!("autotuner-annotator-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        reload_every: Duration::from_millis(100),
+    };
+    let first = Authority::new("first CA");
+    first.issue(&files);
+    let server = Server::start_tls(files.clone()).await;
+    let once = RetryPolicy {
+        attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let client = |ca: Option<&Authority>| {
+        let c = Client::new(&server.url, None, Duration::from_secs(30), once.clone()).unwrap();
+        match ca {
+            Some(ca) => c.with_ca_pem(ca.cert_pem.as_bytes()).unwrap(),
+            None => c,
+        }
+    };
+    let crop = Crop {
+        image: frame_jpeg(3),
+        content_type: "image/jpeg",
+        offset: [0, 0],
+    };
+    let labelled = client(Some(&first))
+        .annotate(std::slice::from_ref(&crop), &["person".into()], None, "tls-1")
+        .await
+        .unwrap();
+    assert!(!labelled.images[0].labels.is_empty());
+    // The system's roots do not vouch for the annotator's issuer: no labels, however often asked.
+    match client(None)
+        .annotate(std::slice::from_ref(&crop), &[], None, "tls-2")
+        .await
+    {
+        Err(ClientError::Unavailable { .. }) => {}
+        other => panic!("a client without the CA got {other:?}"),
+    }
+    // Plain HTTP on the HTTPS port gets no answer.
+    let plain = http()
+        .get(format!("{}/healthz", server.url.replacen("https", "http", 1)))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // The probes and the metrics are on the plain port, the API is not.
+    let plain_url = server.plain_url.clone().unwrap();
+    assert!(has_line(
+        &metrics(&plain_url).await,
+        "autotuner_annotator_images_total 1"
+    ));
+    for probe in ["/healthz", "/readyz", "/v2/health/ready"] {
+        let r = http().get(format!("{plain_url}{probe}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    assert_eq!(
+        post(
+            &format!("{plain_url}/v1/annotate"),
+            "image/jpeg",
+            crop.image.clone()
+        )
+        .await
+        .status(),
+        404
+    );
+    // A renewed certificate from another issuer, written over the files: new connections get it.
+    let second = Authority::new("second CA");
+    second.issue(&files);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let renewed = client(Some(&second))
+            .annotate(std::slice::from_ref(&crop), &[], None, "tls-3")
+            .await;
+        if renewed.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served: {renewed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match client(Some(&first))
+        .annotate(std::slice::from_ref(&crop), &[], None, "tls-4")
+        .await
+    {
+        Err(ClientError::Unavailable { .. }) => {}
+        other => panic!("the old issuer still vouches for the annotator: {other:?}"),
+    }
+    // A CA file that holds no certificate is a setup error, not a client without TLS.
+    assert!(matches!(
+        Client::new(&server.url, None, Duration::from_secs(1), once.clone())
+            .unwrap()
+            .with_ca_pem(b"not a certificate"),
+        Err(ClientError::Setup(_))
+    ));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

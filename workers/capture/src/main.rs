@@ -53,6 +53,13 @@ struct Args {
     annotator_url: String,
     #[arg(long, env = contract::ENV_ANNOTATOR_TOKEN, hide_env_values = true)]
     annotator_token: Option<String>,
+    /// For an `https://` annotator: its CA certificate(s) in PEM, trusted instead of the
+    /// system's roots (in a cluster, from the Secret the spec names).
+    #[arg(long, env = contract::ENV_ANNOTATOR_CA, conflicts_with = "annotator_ca_file")]
+    annotator_ca: Option<String>,
+    /// The same, from a file.
+    #[arg(long)]
+    annotator_ca_file: Option<PathBuf>,
     /// Target classes (COCO names), comma-separated.
     #[arg(long, default_value = "person", value_delimiter = ',')]
     classes: Vec<String>,
@@ -296,6 +303,30 @@ async fn main() -> ExitCode {
             eprintln!("capture: {e}");
             return ExitCode::from(2);
         }
+    };
+    let ca = match (&args.annotator_ca, &args.annotator_ca_file) {
+        (Some(pem), _) => Some(pem.as_bytes().to_vec()),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!(
+                    "capture: read the annotator's CA certificate {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    let client = match ca {
+        Some(pem) => match client.with_ca_pem(&pem) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("capture: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => client,
     };
     let (dataset_dir, remote) = if args.dataset.starts_with("s3://") {
         let options = S3Options {
