@@ -4,12 +4,13 @@
 //! replays the capture worker's requests (multipart, three crops of real frames of vtest.avi with
 //! their offsets) at its own rate, open loop, without retrying a refusal (so that refusals count).
 //!
-//! Two runs side by side on the same server settings: every camera named (`Autotuner-Caller`,
-//! as the capture worker sends it: fair queuing and admission by camera) and none named (every
-//! request from one caller: one first-come-first-served queue, the annotator before fairness).
-//! The rates are set from the annotator's measured capacity: the nineteen quiet cameras together
-//! ask for 60% of it, the busy one for ten times a quiet one's (another 32%) and in bursts of ten
-//! (a backlog replayed at once), so the busy one's bursts overflow the queue.
+//! Three runs on the same server: the quiet cameras alone (the baseline: what they get without
+//! the busy one), then all twenty with every camera named (`Autotuner-Caller`, as the capture
+//! worker sends it: fair queuing and admission by camera) and with none named (every request
+//! from one caller: one first-come-first-served queue, the annotator before fairness). The rates
+//! are set from the annotator's measured capacity: the nineteen quiet cameras together ask for
+//! 70% of it, the busy one for ten times a quiet one's (another 37%, so 107% in all) in bursts of
+//! ten (a backlog replayed at once): the annotator is overloaded and must refuse someone.
 //!
 //! `cargo bench -p autotuner-annotator --bench fairness` (after `scripts/fetch-assets`). Writes
 //! bench-results/annotator-fairness.json.
@@ -168,19 +169,21 @@ async fn capacity(client: &reqwest::Client, url: &str, requests: &Arc<Vec<Reques
     images as f64 / started.elapsed().as_secs_f64()
 }
 
-/// One run of `SECONDS`: each camera sends at its rate; `named` says whether it names itself.
+/// One run of `SECONDS`: each camera sends at its rate; `named` says whether it names itself,
+/// `busy` whether camera 0 sends at all.
 async fn run(
     client: &reqwest::Client,
     url: &str,
     requests: &Arc<Vec<Request>>,
     quiet_rate: f64,
     named: bool,
+    busy: bool,
 ) -> Vec<Tally> {
     let tallies: Arc<Mutex<Vec<Tally>>> =
         Arc::new(Mutex::new((0..CAMERAS).map(|_| Tally::default()).collect()));
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let mut tasks = Vec::new();
-    for camera in 0..CAMERAS {
+    for camera in (if busy { 0 } else { 1 })..CAMERAS {
         // Camera 0 is the busy one: ten times the rate, in bursts.
         let (burst, period) = if camera == 0 {
             (
@@ -317,8 +320,8 @@ fn main() {
         }
         let idle_p99 = percentile(&mut idle, 0.99);
         let capacity = capacity(&client, &server.url, &requests).await;
-        // The quiet cameras together ask for 60% of the capacity.
-        let quiet_rate = 0.6 * capacity / CROPS as f64 / (CAMERAS - 1) as f64;
+        // The quiet cameras together ask for 70% of the capacity.
+        let quiet_rate = 0.7 * capacity / CROPS as f64 / (CAMERAS - 1) as f64;
         println!(
             "capacity {capacity:.1} images/s; idle p99 {:.0} ms; a quiet camera sends a request every {:.1} s, the busy one {BURST} every {:.1} s",
             idle_p99 * 1e3,
@@ -326,9 +329,15 @@ fn main() {
             BURST as f64 / (quiet_rate * BUSY_FACTOR)
         );
         let mut by_mode = HashMap::new();
-        for (mode, named) in [("oneQueue", false), ("byCamera", true)] {
-            let mut tallies = run(&client, &server.url, &requests, quiet_rate, named).await;
-            let s = summary(&mut tallies, capacity, quiet_rate, idle_p99);
+        let mut quiet_alone_p99 = f64::NAN;
+        for (mode, named, busy) in [("quietAlone", true, false), ("oneQueue", false, true), ("byCamera", true, true)] {
+            let mut tallies = run(&client, &server.url, &requests, quiet_rate, named, busy).await;
+            let mut s = summary(&mut tallies, capacity, quiet_rate, idle_p99);
+            let p99 = s["quiet"]["p99LatencySeconds"].as_f64().unwrap_or(f64::NAN);
+            if !busy {
+                quiet_alone_p99 = p99;
+            }
+            s["quiet"]["p99OverQuietAlone"] = json!(p99 / quiet_alone_p99);
             println!("{mode}: {s}");
             by_mode.insert(mode, s);
         }
@@ -350,7 +359,7 @@ fn main() {
     let out = json!({
         "command": "cargo bench -p autotuner-annotator --bench fairness",
         "machine": cpu,
-        "setup": format!("{CAMERAS} cameras on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batch 8, 5 ms, queue 32, 40 in flight)"),
+        "setup": format!("{CAMERAS} cameras (19 quiet at 70% of the capacity together, 1 busy) on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batch 8, 5 ms, queue 32, 40 in flight)"),
         "result": result,
     });
     let path = manifest_dir().join("../../bench-results/annotator-fairness.json");
