@@ -195,6 +195,32 @@ fn mqtt_from_args(args: &Args) -> Option<MqttConfig> {
     })
 }
 
+/// The annotator's client: its URL and token, the issuer it trusts for HTTPS, and in a cluster
+/// the camera it labels for (the caller the annotator shares itself fairly between).
+fn annotator_client(args: &Args) -> Result<Client, String> {
+    let client = Client::new(
+        &args.annotator_url,
+        args.annotator_token.clone(),
+        Duration::from_secs(30),
+        RetryPolicy::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let client = match (
+        std::env::var(contract::ENV_NAMESPACE),
+        std::env::var(contract::ENV_NAME),
+    ) {
+        (Ok(namespace), Ok(name)) => client.with_caller(format!("{namespace}/{name}")),
+        _ => client,
+    };
+    let ca = match (&args.annotator_ca, &args.annotator_ca_file) {
+        (Some(pem), _) => pem.as_bytes().to_vec(),
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("read the annotator's CA certificate {}: {e}", path.display()))?,
+        (None, None) => return Ok(client),
+    };
+    client.with_ca_pem(&ca).map_err(|e| e.to_string())
+}
+
 fn credentials(args: &Args) -> Result<Option<Credentials>, String> {
     if let Some(path) = &args.camera_credentials_file {
         let text = std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -285,48 +311,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match Client::new(
-        &args.annotator_url,
-        args.annotator_token.clone(),
-        Duration::from_secs(30),
-        RetryPolicy::default(),
-    ) {
-        // In a cluster the camera is the caller the annotator shares itself fairly between.
-        Ok(c) => match (
-            std::env::var(contract::ENV_NAMESPACE),
-            std::env::var(contract::ENV_NAME),
-        ) {
-            (Ok(namespace), Ok(name)) => c.with_caller(format!("{namespace}/{name}")),
-            _ => c,
-        },
+    let client = match annotator_client(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("capture: {e}");
             return ExitCode::from(2);
         }
-    };
-    let ca = match (&args.annotator_ca, &args.annotator_ca_file) {
-        (Some(pem), _) => Some(pem.as_bytes().to_vec()),
-        (None, Some(path)) => match std::fs::read(path) {
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                eprintln!(
-                    "capture: read the annotator's CA certificate {}: {e}",
-                    path.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-        (None, None) => None,
-    };
-    let client = match ca {
-        Some(pem) => match client.with_ca_pem(&pem) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("capture: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => client,
     };
     let (dataset_dir, remote) = if args.dataset.starts_with("s3://") {
         let options = S3Options {
