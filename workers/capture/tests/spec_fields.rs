@@ -47,6 +47,7 @@ fn bases() -> Vec<Value> {
     spec["annotation"]["endpoint"] = json!({
         "url": "https://annotator.gpu.svc:8080",
         "tokenSecretRef": { "name": "annotator-token", "key": "token" },
+        "caSecretRef": { "name": "annotator-ca", "key": "ca.crt" },
     });
     spec["dataset"]["storage"] =
         json!({ "persistentVolumeClaim": { "size": "20Gi", "storageClassName": "fast" } });
