@@ -46,7 +46,8 @@ pub fn gaussian_kernel(size: usize) -> Vec<u16> {
 /// `p` reflected into `0..n` the way `BORDER_REFLECT_101` does (`gfedcb|abcdefgh|gfedcba`).
 pub fn reflect101(mut p: isize, n: usize) -> usize {
     let n = n as isize;
-    if n == 1 {
+    // One pixel (or none: never asked, but a loop must not hang on it) reflects onto itself.
+    if n <= 1 {
         return 0;
     }
     loop {
@@ -175,6 +176,15 @@ impl BlurPlan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_empty_or_one_pixel_line_reflects_onto_its_start_without_looping() {
+        assert_eq!(super::reflect101(-5, 1), 0);
+        assert_eq!(super::reflect101(-5, 0), 0);
+        assert_eq!(super::reflect101(7, 0), 0);
+        assert_eq!(super::reflect101(-2, 5), 2);
+        assert_eq!(super::reflect101(6, 5), 2);
+    }
+
     use super::*;
 
     /// Direct 2-D convolution with the same integer kernel: the definition the fast path must meet.

@@ -91,7 +91,12 @@ pub enum ConfigError {
     Level(Level),
     #[error("frame size {width}x{height} is not usable")]
     FrameSize { width: usize, height: usize },
+    #[error("processing width must be at least {MIN_PROCESSING_WIDTH} pixels, got {0}")]
+    ProcessingWidth(u32),
 }
+
+/// The narrowest frames are processed at: below it a blur's border is wider than the image.
+pub const MIN_PROCESSING_WIDTH: u32 = 16;
 
 /// What happened to a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -632,6 +637,9 @@ fn validate(c: &MotionConfig) -> Result<(), ConfigError> {
     if c.dilate_iterations > 10 {
         return Err(ConfigError::Dilate(c.dilate_iterations));
     }
+    if let Some(width) = c.processing_width.filter(|&w| w < MIN_PROCESSING_WIDTH) {
+        return Err(ConfigError::ProcessingWidth(width));
+    }
     if !(c.reset_changed_fraction > 0.0 && c.reset_changed_fraction <= 1.0) {
         return Err(ConfigError::ResetFraction(c.reset_changed_fraction));
     }
@@ -1090,6 +1098,28 @@ mod tests {
     #[test]
     fn bad_settings_are_refused() {
         let bad = |c: MotionConfig| MotionDetector::new(64, 48, c).unwrap_err();
+        // Found by fuzzing a CameraTuning's settings (`fuzz/fuzz_targets/worker_settings.rs`): a
+        // processing width of 0 hung the detector's construction in the blur's border table.
+        for width in [0, 1, MIN_PROCESSING_WIDTH - 1] {
+            assert_eq!(
+                bad(MotionConfig {
+                    processing_width: Some(width),
+                    ..Default::default()
+                }),
+                ConfigError::ProcessingWidth(width)
+            );
+        }
+        assert!(
+            MotionDetector::new(
+                64,
+                48,
+                MotionConfig {
+                    processing_width: Some(MIN_PROCESSING_WIDTH),
+                    ..Default::default()
+                }
+            )
+            .is_ok()
+        );
         assert_eq!(
             bad(MotionConfig {
                 blur_kernel: 4,

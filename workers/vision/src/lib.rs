@@ -19,7 +19,8 @@ mod simd;
 pub use bits::BitMask;
 pub use blur::gaussian_kernel;
 pub use detector::{
-    Background, ConfigError, FrameReport, FrameState, MotionConfig, MotionDetector, ResetCause, crop_for,
+    Background, ConfigError, FrameReport, FrameState, MIN_PROCESSING_WIDTH, MotionConfig, MotionDetector,
+    ResetCause, crop_for,
 };
 pub use image::{GrayImage, ImageError, Rect};
 pub use simd::Level;
