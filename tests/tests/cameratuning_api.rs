@@ -318,6 +318,21 @@ fn invalid_specs() -> Vec<Invalid> {
             message: "annotation.endpoint.url must be an http:// or https:// URL without credentials",
         },
         Invalid {
+            what: "a CA for an endpoint served over plain HTTP",
+            change: |o| {
+                remove(o, "spec/annotation/teacher");
+                set(
+                    o,
+                    "spec/annotation/endpoint",
+                    json!({
+                        "url": "http://annotator.ml.svc:8080",
+                        "caSecretRef": { "name": "annotator-ca", "key": "ca.crt" }
+                    }),
+                );
+            },
+            message: "annotation.endpoint.caSecretRef is only used with an https:// url",
+        },
+        Invalid {
             what: "two kinds of dataset storage",
             change: |o| {
                 set(
