@@ -121,6 +121,10 @@ struct TuneArgs {
     lr_schedule: Option<Schedule>,
     #[arg(long, default_value_t = defaults::BATCH_SIZE as usize)]
     batch_size: usize,
+    /// Judge and export a moving average of the weights with this decay per step, started at
+    /// the starting weights (0: the last step's weights).
+    #[arg(long, default_value_t = train::DEFAULT_WEIGHT_AVERAGE, value_parser = train::parse_weight_average)]
+    weight_average: f64,
     /// Every how many frames the motion detector looks at (1: all).
     #[arg(long, default_value_t = 1)]
     frame_step: u32,
@@ -397,6 +401,7 @@ fn tune(args: &TuneArgs) -> anyhow::Result<PathBuf> {
         schedule: args
             .lr_schedule
             .unwrap_or(Schedule::default_for(args.trainable_layers)),
+        weight_average: (args.weight_average > 0.0).then_some(args.weight_average),
         load: LoadOptions {
             skip_unknown_classes: true,
             object_min_score: (teacher_min_score < args.min_score).then_some(args.min_score),

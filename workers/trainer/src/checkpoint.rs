@@ -26,6 +26,10 @@ pub struct Header {
     /// first moments, second moments, best values).
     pub lengths: Vec<usize>,
     pub adam_step: u64,
+    /// Whether a fifth group follows: the weight average (absent in checkpoints of jobs without
+    /// one, and in those written before it existed).
+    #[serde(default)]
+    pub averaged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,17 +39,24 @@ pub struct Checkpoint {
     pub first_moments: Vec<Vec<f32>>,
     pub second_moments: Vec<Vec<f32>>,
     pub best: Vec<Vec<f32>>,
+    /// The weight average, for a job that keeps one.
+    pub averaged: Option<Vec<Vec<f32>>>,
 }
 
 pub fn save(path: &Path, c: &Checkpoint) -> std::io::Result<()> {
-    let header = serde_json::to_vec(&c.header).map_err(std::io::Error::other)?;
+    let header = Header {
+        averaged: c.averaged.is_some(),
+        ..c.header.clone()
+    };
+    let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         f.write_all(MAGIC)?;
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(&header)?;
-        for group in [&c.values, &c.first_moments, &c.second_moments, &c.best] {
+        let groups = [&c.values, &c.first_moments, &c.second_moments, &c.best];
+        for group in groups.into_iter().chain(c.averaged.as_ref()) {
             for t in group {
                 for v in t {
                     f.write_all(&v.to_le_bytes())?;
@@ -79,7 +90,8 @@ pub fn load(path: &Path) -> std::io::Result<Option<Checkpoint>> {
     let mut floats = bytes[16 + n..]
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
-    let total: usize = header.lengths.iter().sum::<usize>() * 4;
+    let groups = 4 + usize::from(header.averaged);
+    let total: usize = header.lengths.iter().sum::<usize>() * groups;
     if bytes.len() - 16 - n != total * 4 {
         return Err(bad("truncated tensors"));
     }
@@ -91,12 +103,14 @@ pub fn load(path: &Path) -> std::io::Result<Option<Checkpoint>> {
             .collect()
     };
     let (values, first_moments, second_moments, best) = (group(), group(), group(), group());
+    let averaged = header.averaged.then(group);
     Ok(Some(Checkpoint {
         header,
         values,
         first_moments,
         second_moments,
         best,
+        averaged,
     }))
 }
 
@@ -119,14 +133,27 @@ mod tests {
                 best_ap: 0.3,
                 lengths: vec![3, 1],
                 adam_step: 20,
+                averaged: true,
             },
             values: vec![vec![1.0, 2.0, 3.0], vec![4.0]],
             first_moments: vec![vec![0.1, 0.2, 0.3], vec![0.4]],
             second_moments: vec![vec![0.5, 0.6, 0.7], vec![0.8]],
             best: vec![vec![9.0, 8.0, 7.0], vec![6.0]],
+            averaged: Some(vec![vec![1.5, 2.5, 3.5], vec![4.5]]),
         };
         save(&path, &c).unwrap();
-        assert_eq!(load(&path).unwrap(), Some(c));
+        assert_eq!(load(&path).unwrap(), Some(c.clone()));
+        // A job without a weight average writes four groups and reads back none.
+        let plain = Checkpoint {
+            header: Header {
+                averaged: false,
+                ..c.header.clone()
+            },
+            averaged: None,
+            ..c
+        };
+        save(&path, &plain).unwrap();
+        assert_eq!(load(&path).unwrap(), Some(plain));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
         assert!(load(&path).is_err());

@@ -69,6 +69,10 @@ struct Args {
     /// `--eval-every`: with only the evaluation after the last epoch, every epoch runs.
     #[arg(long, default_value_t = 4)]
     patience: usize,
+    /// Judge and export a moving average of the weights with this decay per step, started at
+    /// the starting weights (0: the last step's weights).
+    #[arg(long, default_value_t = train::DEFAULT_WEIGHT_AVERAGE, value_parser = train::parse_weight_average)]
+    weight_average: f64,
     /// Stop after this many optimiser steps (for benchmarks and smoke runs).
     #[arg(long)]
     max_steps: Option<u64>,
@@ -267,6 +271,7 @@ fn main() -> ExitCode {
         seed: args.seed,
         eval_every: args.eval_every,
         patience: args.patience,
+        weight_average: (args.weight_average > 0.0).then_some(args.weight_average),
         max_steps: args.max_steps,
         max_train_images: job.as_ref().map(|j| j.settings.dataset_cap as usize),
         eval_since_ms: job

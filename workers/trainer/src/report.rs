@@ -129,6 +129,10 @@ pub struct Report {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub schedule: String,
+    /// The decay of the weight average that was judged and exported (absent: the last step's
+    /// weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_average: Option<f64>,
     pub train: SplitReport,
     pub eval: SplitReport,
     /// The eval split was cut to the frames decoded since then (the round's), in ms since the
