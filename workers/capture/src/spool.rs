@@ -255,7 +255,10 @@ impl Spool {
         self.entries.contains_key(id)
     }
 
-    /// Stores an entry durably; drops the oldest entries while over the bound.
+    /// Stores an entry durably; drops the oldest entries while over the bound. When the
+    /// spool's volume is full, the oldest entries make room (each counted as dropped), and an
+    /// entry larger than all the spool holds is itself dropped (counted): capture goes on
+    /// selecting, never stops on a full disk, and no entry is left half-written.
     pub fn push(&mut self, entry: &Entry) -> Result<(), SpoolError> {
         let header = Header {
             meta: entry.meta.clone(),
@@ -264,20 +267,35 @@ impl Spool {
         };
         let header = serde_json::to_vec(&header).expect("header serialises");
         let tmp = self.dir.join("tmp").join(&entry.meta.id);
-        {
-            let mut file = File::create(&tmp).map_err(io(&tmp))?;
-            file.write_all(MAGIC).map_err(io(&tmp))?;
-            file.write_all(&(header.len() as u32).to_le_bytes())
-                .map_err(io(&tmp))?;
-            file.write_all(&header).map_err(io(&tmp))?;
-            for crop in &entry.crops {
-                file.write_all(crop).map_err(io(&tmp))?;
-            }
-            file.write_all(&entry.frame).map_err(io(&tmp))?;
-            file.sync_all().map_err(io(&tmp))?;
-        }
         let path = self.path(&entry.meta.id);
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let size = (MAGIC.len()
+            + 4
+            + header.len()
+            + entry.crops.iter().map(Vec::len).sum::<usize>()
+            + entry.frame.len()) as u64;
+        loop {
+            match write_entry(&tmp, &path, &header, entry) {
+                Ok(()) => break,
+                Err(e) if is_full(&e) => {
+                    // Emptying the whole spool for one entry is never worth it (and need not
+                    // be enough: the volume may hold other files).
+                    let Some(oldest) = self.entries.keys().next().cloned().filter(|_| size <= self.bytes)
+                    else {
+                        tracing::warn!(
+                            id = entry.meta.id,
+                            bytes = size,
+                            "spool volume full: dropping this entry, larger than what the spool holds"
+                        );
+                        self.stats.dropped += 1;
+                        return Ok(());
+                    };
+                    tracing::warn!(id = oldest, "spool volume full: dropping its oldest entry");
+                    self.remove(&oldest)?;
+                    self.stats.dropped += 1;
+                }
+                Err(e) => return Err(io(&tmp)(e)),
+            }
+        }
         sync_dir(&self.dir);
         let size = std::fs::metadata(&path).map_err(io(&path))?.len();
         if let Some(old) = self.entries.insert(entry.meta.id.clone(), size) {
@@ -372,6 +390,35 @@ impl Spool {
         self.drift.remove(id);
         Ok(())
     }
+}
+
+/// Writes an entry to `tmp`, syncs it and renames it to `path`; on failure nothing is left
+/// at `tmp` (a full volume gets its space back).
+fn write_entry(tmp: &Path, path: &Path, header: &[u8], entry: &Entry) -> std::io::Result<()> {
+    let written = (|| {
+        let mut file = File::create(tmp)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&(header.len() as u32).to_le_bytes())?;
+        file.write_all(header)?;
+        for crop in &entry.crops {
+            file.write_all(crop)?;
+        }
+        file.write_all(&entry.frame)?;
+        file.sync_all()?;
+        std::fs::rename(tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
+/// The volume (or the user's quota on it) is full.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn sync_dir(dir: &Path) {
@@ -618,6 +665,79 @@ mod tests {
         }
         assert!(parse_entry(b"ATSPOOL1").is_err());
         assert!(parse_entry(&entry_bytes("{", b"")).is_err());
+    }
+
+    /// The environment of [`full_volume_body`]: the tmpfs it works in, and a file outside it
+    /// that it writes when every assertion held.
+    const SMALL_VOLUME: &str = "AUTOTUNER_TEST_SMALL_VOLUME";
+    const SMALL_VOLUME_DONE: &str = "AUTOTUNER_TEST_SMALL_VOLUME_DONE";
+
+    #[test]
+    fn on_a_full_volume_the_oldest_entries_make_room_and_none_is_half_written() {
+        // A real full volume: a 256 KiB tmpfs, which needs a mount namespace. The body runs in
+        // this test binary again, under `unshare` (a user namespace in which it may mount).
+        let volume = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let done = outside.path().join("done");
+        let status = std::process::Command::new("unshare")
+            .args(["--map-root-user", "--mount", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o size=256k tmpfs "$1" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(volume.path())
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spool::tests::full_volume_body",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env(SMALL_VOLUME, volume.path())
+            .env(SMALL_VOLUME_DONE, &done)
+            .status()
+            .expect("unshare (util-linux) runs");
+        assert!(status.success(), "the body failed: {status}");
+        assert!(done.is_file(), "the body did not run to its end");
+    }
+
+    #[test]
+    #[ignore = "run inside a 256 KiB tmpfs by on_a_full_volume_the_oldest_entries_make_room_and_none_is_half_written"]
+    fn full_volume_body() {
+        let volume = PathBuf::from(std::env::var_os(SMALL_VOLUME).expect("run by the outer test"));
+        let dir = volume.join("spool");
+        // No bound of the spool's own: only the volume limits it.
+        let mut spool = Spool::open(&dir, usize::MAX, u64::MAX, Waiting::UNBOUNDED).unwrap();
+        let id = |i: usize| format!("f{i:08}");
+        // 30 entries of 40 KiB: a handful fit.
+        for i in 0..30 {
+            spool.push(&entry(&id(i), 20 << 10)).unwrap();
+        }
+        let kept = spool.len();
+        assert!((3..30).contains(&kept), "{kept} entries kept");
+        assert_eq!(spool.stats().dropped as usize, 30 - kept);
+        // The newest are kept, whole, in order; nothing half-written is left behind.
+        let expected: Vec<String> = (30 - kept..30).map(id).collect();
+        let assert_whole = |spool: &mut Spool| {
+            let got = spool.next_batch(100).unwrap();
+            assert_eq!(
+                got.iter().map(|e| e.meta.id.clone()).collect::<Vec<_>>(),
+                expected
+            );
+            for e in &got {
+                assert_eq!(*e, entry(&e.meta.id, 20 << 10));
+            }
+            assert_eq!(spool.stats().corrupt, 0);
+            assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        };
+        assert_whole(&mut spool);
+        // An entry larger than all the spool holds is dropped, not paid for with the others.
+        spool.push(&entry(&id(99), 200 << 10)).unwrap();
+        assert_eq!(spool.stats().dropped as usize, 30 - kept + 1);
+        assert_whole(&mut spool);
+        // What a restart finds is the same.
+        drop(spool);
+        let mut reopened = Spool::open(&dir, usize::MAX, u64::MAX, Waiting::UNBOUNDED).unwrap();
+        assert_whole(&mut reopened);
+        std::fs::write(std::env::var_os(SMALL_VOLUME_DONE).unwrap(), b"ok").unwrap();
     }
 
     #[test]
