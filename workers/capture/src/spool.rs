@@ -668,9 +668,10 @@ mod tests {
     }
 
     /// The environment of [`full_volume_body`]: the tmpfs it works in, and a file outside it
-    /// that it writes when every assertion held.
-    const SMALL_VOLUME: &str = "AUTOTUNER_TEST_SMALL_VOLUME";
-    const SMALL_VOLUME_DONE: &str = "AUTOTUNER_TEST_SMALL_VOLUME_DONE";
+    /// that it writes when every assertion held. Private to this test and its child process,
+    /// not configuration (hence not in `autotuner_api::contract`).
+    const SMALL_VOLUME: &str = "SPOOL_TEST_SMALL_VOLUME";
+    const SMALL_VOLUME_DONE: &str = "SPOOL_TEST_SMALL_VOLUME_DONE";
 
     #[test]
     fn on_a_full_volume_the_oldest_entries_make_room_and_none_is_half_written() {
