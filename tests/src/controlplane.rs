@@ -391,6 +391,35 @@ impl ControlPlane {
         child.wait_with_output().context("running kubectl")
     }
 
+    /// Fault injection: kills a control-plane process (`etcd`, `kube-apiserver`, ...) as a crash
+    /// would, leaving the others running. [`ControlPlane::start_again`] brings it back.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        self.component(name)?.kill();
+        Ok(())
+    }
+
+    /// Starts a killed process again with its arguments and ports, and waits until the API
+    /// server is ready again (its readiness covers etcd).
+    pub async fn start_again(&mut self, name: &str) -> Result<()> {
+        self.component(name)?.start_again()?;
+        let client = client_from(&self.kubeconfig).await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !readyz(&client).await {
+            if Instant::now() > deadline {
+                bail!("the API server was not ready within {READY_TIMEOUT:?} of starting {name} again");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    fn component(&mut self, name: &str) -> Result<&mut Component> {
+        self.components
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow!("no control-plane process named {name}"))
+    }
+
     /// Stops every process and removes the directory.
     pub fn stop(mut self) {
         self.stop_processes();

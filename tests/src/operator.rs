@@ -54,7 +54,9 @@ pub async fn start_configured(
     // The operator's logs, shown with a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter("info,kube=warn")
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
+        )
         .try_init();
     let client = service_account_client(plane, OPERATOR_NAMESPACE, "autotuner-operator")
         .await

@@ -58,35 +58,35 @@ fn die_with_parent(command: &mut Command) {
 pub struct Component {
     pub name: &'static str,
     pub log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
     child: Child,
 }
 
 impl Component {
     /// Starts `program args` with stdout and stderr appended to `log`.
     pub(crate) fn start(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Result<Self> {
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        die_with_parent(&mut command);
-        let (reply_tx, reply_rx) = mpsc::channel();
-        supervisor()
-            .lock()
-            .expect("supervisor lock")
-            .send((command, reply_tx))
-            .context("the control-plane supervisor thread is gone")?;
-        let child = reply_rx
-            .recv()
-            .context("the control-plane supervisor thread is gone")?
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
-        Ok(Self { name, log, child })
+        let child = spawn(name, program, args, &log)?;
+        Ok(Self {
+            name,
+            log,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            child,
+        })
+    }
+
+    /// Starts the stopped process again with the same arguments (its log goes on).
+    pub(crate) fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(self.exited().is_some(), "{} is still running", self.name);
+        self.child = spawn(self.name, &self.program, &self.args, &self.log)?;
+        Ok(())
+    }
+
+    /// Kills the process at once, as a crash would (no shutdown of its own).
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// `Some(status)` once the process has exited.
@@ -119,6 +119,32 @@ impl Component {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `program args` from the supervisor thread, stdout and stderr appended to `log`.
+fn spawn(name: &'static str, program: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    die_with_parent(&mut command);
+    let (reply_tx, reply_rx) = mpsc::channel();
+    supervisor()
+        .lock()
+        .expect("supervisor lock")
+        .send((command, reply_tx))
+        .context("the control-plane supervisor thread is gone")?;
+    reply_rx
+        .recv()
+        .context("the control-plane supervisor thread is gone")?
+        .with_context(|| format!("starting {name} ({})", program.display()))
 }
 
 impl Drop for Component {

@@ -319,6 +319,101 @@ fn trainer(args: &[&str]) -> (bool, String) {
 }
 
 #[test]
+fn a_trainer_killed_mid_epoch_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_does() {
+    let dir = temp("killed");
+    let train_file = coco(&dir, "train.json", &TRAIN);
+    let eval_file = coco(&dir, "eval.json", &EVAL[..4]);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--train",
+            train_file.to_str().unwrap(),
+            "--eval",
+            eval_file.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--trainable-layers",
+            "boxRegression",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "4",
+            "--eval-every",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let command = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        c.args(args(out))
+            .env(
+                autotuner_api::contract::ENV_ONNXRUNTIME,
+                assets().join("libonnxruntime.so"),
+            )
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    // Killed (SIGKILL, as a pod's container is when its node fails it) once the first epoch's
+    // checkpoint is written, while a later epoch is under way.
+    let killed = dir.join("killed");
+    let checkpoint = killed.join(train::CHECKPOINT_FILE);
+    let mut child = command(&killed).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !checkpoint.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the trainer ended before its first checkpoint"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = autotuner_trainer::checkpoint::load(&checkpoint)
+        .unwrap()
+        .expect("a whole checkpoint")
+        .header
+        .epoch;
+    assert!((1..4).contains(&at_kill), "killed after epoch {at_kill} of 4");
+    assert!(
+        !killed.join("report.json").exists(),
+        "killed before the job ended"
+    );
+
+    // Restarted with the same inputs and settings, it goes on from the checkpoint.
+    assert!(command(&killed).status().unwrap().success());
+    let report = |out: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
+    };
+    let resumed = report(&killed);
+    assert_eq!(resumed["resumedFromEpoch"], json!(at_kill));
+    assert_eq!(
+        resumed["timing"]["steps"],
+        json!((4 - at_kill) * 3),
+        "only the epochs left ran (3 batches of 4 each)"
+    );
+
+    // An unbroken run of the same job ends at the same place: the same history and export.
+    let unbroken = dir.join("unbroken");
+    assert!(command(&unbroken).status().unwrap().success());
+    let straight = report(&unbroken);
+    let epochs = |r: &serde_json::Value| r["epochs"].as_array().unwrap().clone();
+    assert_eq!(epochs(&resumed).len(), 4);
+    for (a, b) in epochs(&resumed).iter().zip(epochs(&straight)) {
+        let close = |key: &str| (a[key].as_f64().unwrap() - b[key].as_f64().unwrap()).abs() < 1e-3;
+        assert!(close("loss") && close("ap"), "{a} vs {b}");
+    }
+    assert_eq!(resumed["selectedEpoch"], straight["selectedEpoch"]);
+    assert!(
+        (resumed["after"]["ap"].as_f64().unwrap() - straight["after"]["ap"].as_f64().unwrap()).abs() < 1e-3
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn bad_datasets_fail_clearly_and_bad_samples_are_skipped_and_counted() {
     let dir = temp("bad");
     let eval = coco(&dir, "eval.json", &EVAL[..2]);
