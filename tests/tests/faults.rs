@@ -179,8 +179,9 @@ async fn the_operator_rides_out_an_api_server_and_an_etcd_restart_without_duplic
 }
 
 /// Fails today (2026-12-07): after the API server has been down for 60 s, a CameraTuning
-/// changed once it is back was not reconciled within 2 minutes in 7 of 7 runs (the last on a
-/// multi-thread runtime, as the operator's own, so not an artefact of the test's). The
+/// changed once it is back was not reconciled within 2 minutes in 8 of 8 runs (the last two on a
+/// multi-thread runtime, as the operator's own, so not an artefact of the test's; the last with
+/// 4 concurrent reconciles, so not one reconcile blocking the rest). The
 /// operator's three watches re-watched from their old resourceVersions and got 410 Gone from
 /// the restarted API server one after another, about 32 s apart, the CameraTuning watch last
 /// (72 s after the API server was back); no reconcile ran in that time. Capping the watchers'
