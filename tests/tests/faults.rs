@@ -103,6 +103,21 @@ async fn assert_whole(client: &Client, ns: &str, cameras: &[&str], when: &str) {
     assert_eq!(services.len(), 1, "{when}: one annotator Service: {services:?}");
 }
 
+/// Kills a control-plane process, waits `down`, and starts it again (until the API server is
+/// ready).
+async fn outage(plane: &mut ControlPlane, name: &str, down: Duration) {
+    plane.kill(name).unwrap();
+    tokio::time::sleep(down).await;
+    plane.start_again(name).await.unwrap();
+}
+
+/// Nothing the operator made was made twice, under any name: a capture Deployment per camera and
+/// the one annotator.
+async fn assert_nothing_made_twice(client: &Client, ns: &str) {
+    let all = names::<Deployment>(client, ns, "app.kubernetes.io/managed-by=autotuner-operator").await;
+    assert_eq!(all.len(), CAMERAS.len() + 1, "{all:?}");
+}
+
 /// The operator replica after a fault: the same one when it kept its Lease, else (it stopped
 /// when it could no longer tell whether it led, as it must) a new one, as its Deployment's pod
 /// would be restarted.
@@ -116,9 +131,8 @@ async fn running_replica(plane: &ControlPlane, ns: &str, op: Operator, identity:
     (operator::start(plane, ns, identity).await, true)
 }
 
-/// A control plane of this test's own, the operator for one namespace, and three CameraTunings
-/// it has finished making everything for.
-async fn three_cameras(prefix: &str) -> (ControlPlane, Client, String, Operator) {
+/// A control plane of this test's own, a namespace in it, and the operator for that namespace.
+async fn plane_with_operator(prefix: &str) -> (ControlPlane, Client, String, Operator) {
     let plane = ControlPlane::start(Options {
         controllers: true,
         node: false,
@@ -153,28 +167,22 @@ async fn set_train_size(admin: &Client, ns: &str, name: &str, size: u32) {
 
 #[tokio::test]
 async fn the_operator_rides_out_an_api_server_and_an_etcd_restart_without_duplicating_anything() {
-    let (mut plane, admin, ns, op) = three_cameras("restarts").await;
+    let (mut plane, admin, ns, op) = plane_with_operator("restarts").await;
 
     // The API server dies while three new CameraTunings are being reconciled.
     create_cameras(&admin, &ns).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    plane.kill("kube-apiserver").unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    plane.start_again("kube-apiserver").await.unwrap();
+    outage(&mut plane, "kube-apiserver", Duration::from_secs(2)).await;
     let (op, _) = running_replica(&plane, &ns, op, "second").await;
     assert_whole(&admin, &ns, &CAMERAS, "after the API server restart").await;
 
     // etcd dies; a change made once it is back is acted on.
-    plane.kill("etcd").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    plane.start_again("etcd").await.unwrap();
+    outage(&mut plane, "etcd", Duration::from_secs(3)).await;
     let (op, _) = running_replica(&plane, &ns, op, "third").await;
     set_train_size(&admin, &ns, "cam-a", 12).await;
     assert_whole(&admin, &ns, &CAMERAS, "after the etcd restart").await;
 
-    // Nothing the operator made was made twice, under any name.
-    let all = names::<Deployment>(&admin, &ns, "app.kubernetes.io/managed-by=autotuner-operator").await;
-    assert_eq!(all.len(), CAMERAS.len() + 1, "{all:?}");
+    assert_nothing_made_twice(&admin, &ns).await;
     op.task.abort();
 }
 
@@ -192,16 +200,14 @@ async fn the_operator_rides_out_an_api_server_and_an_etcd_restart_without_duplic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reproduces the slow recovery after a 60 s cut (issue 19)"]
 async fn after_a_60_s_cut_the_operator_acts_on_a_change_within_two_minutes() {
-    let (mut plane, admin, ns, op) = three_cameras("cut").await;
+    let (mut plane, admin, ns, op) = plane_with_operator("cut").await;
     create_cameras(&admin, &ns).await;
     assert_whole(&admin, &ns, &CAMERAS, "before the cut").await;
 
     // The operator is cut off from the API server for 60 s (the API server is down: to the
     // operator the same as a cut network). Its 3 s Lease runs out meanwhile.
     let reconciled_before = op.metrics.reconciliations.get();
-    plane.kill("kube-apiserver").unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    plane.start_again("kube-apiserver").await.unwrap();
+    outage(&mut plane, "kube-apiserver", Duration::from_secs(60)).await;
     let (op, replaced) = running_replica(&plane, &ns, op, "second").await;
     set_train_size(&admin, &ns, "cam-b", 14).await;
     assert_whole(&admin, &ns, &CAMERAS, "after a 60 s cut").await;
@@ -211,7 +217,6 @@ async fn after_a_60_s_cut_the_operator_acts_on_a_change_within_two_minutes() {
             "the replica that kept running reconciles again after the cut"
         );
     }
-    let all = names::<Deployment>(&admin, &ns, "app.kubernetes.io/managed-by=autotuner-operator").await;
-    assert_eq!(all.len(), CAMERAS.len() + 1, "{all:?}");
+    assert_nothing_made_twice(&admin, &ns).await;
     op.task.abort();
 }
