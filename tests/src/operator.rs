@@ -25,17 +25,18 @@ pub struct Operator {
 }
 
 /// The operator's namespace, ServiceAccount and RBAC (`manifests/operator/rbac.yaml`), once per
-/// test process.
+/// control plane (a test binary may run its own beside the shared one).
 pub async fn install_rbac(plane: &ControlPlane) {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    INSTALLED
-        .get_or_init(|| async {
-            let _ = plane.kubectl(["create", "namespace", OPERATOR_NAMESPACE]);
-            let rbac = repo_root().join("manifests/operator/rbac.yaml");
-            let args = ["apply", "--server-side", "-f", rbac.to_str().unwrap()];
-            expect_success(plane.kubectl(args).unwrap(), "applying the operator RBAC").unwrap();
-        })
-        .await;
+    static INSTALLED: tokio::sync::Mutex<Vec<String>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut installed = INSTALLED.lock().await;
+    if installed.iter().any(|server| server == plane.server()) {
+        return;
+    }
+    let _ = plane.kubectl(["create", "namespace", OPERATOR_NAMESPACE]);
+    let rbac = repo_root().join("manifests/operator/rbac.yaml");
+    let args = ["apply", "--server-side", "-f", rbac.to_str().unwrap()];
+    expect_success(plane.kubectl(args).unwrap(), "applying the operator RBAC").unwrap();
+    installed.push(plane.server().to_string());
 }
 
 /// Starts a replica that reconciles `namespace` only.

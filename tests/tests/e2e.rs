@@ -993,13 +993,7 @@ spec:
             .iter()
             .map(|(what, seconds)| serde_json::json!({ "stage": what, "seconds": (seconds * 10.0).round() / 10.0 }))
             .collect();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                let line = info.lines().find(|l| l.starts_with("model name"))?.to_string();
-                Some(line.split_once(':')?.1.trim().to_string())
-            })
-            .unwrap_or_default();
+        let cpu = autotuner_vision::cpu_model();
         let figures = serde_json::json!({
             "test": "tests/tests/e2e.rs",
             "machine": format!(

@@ -16,6 +16,9 @@ pub struct Metrics {
     registry: Registry,
     pub reconciliations: IntCounter,
     pub failures: IntCounterVec,
+    /// Failed watch requests by resource (the API server unreachable, a 410 Gone to relist
+    /// after), each retried by its own watch.
+    pub watch_errors: IntCounterVec,
     pub duration: Histogram,
     tunings: IntGaugeVec,
     dataset: IntGaugeVec,
@@ -194,6 +197,14 @@ impl Default for Metrics {
             &["error"],
         )
         .unwrap();
+        let watch_errors = IntCounterVec::new(
+            Opts::new(
+                "autotuner_operator_watch_errors_total",
+                "Failed watch or list requests of the operator's caches, by resource; each is retried",
+            ),
+            &["resource"],
+        )
+        .unwrap();
         let duration = Histogram::with_opts(
             HistogramOpts::new(
                 "autotuner_operator_reconcile_duration_seconds",
@@ -230,6 +241,7 @@ impl Default for Metrics {
         for collector in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
+            Box::new(watch_errors.clone()),
             Box::new(duration.clone()),
             Box::new(tunings.clone()),
             Box::new(dataset.clone()),
@@ -244,6 +256,7 @@ impl Default for Metrics {
             registry,
             reconciliations,
             failures,
+            watch_errors,
             duration,
             tunings,
             dataset,

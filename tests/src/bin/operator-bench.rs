@@ -250,16 +250,7 @@ fn round(x: f64) -> f64 {
 
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_default();
-    format!("{cpus} CPUs, {model}")
+    format!("{cpus} CPUs, {}", autotuner_vision::cpu_model())
 }
 
 fn http_get(port: u16, path: &str) -> Result<String> {

@@ -348,14 +348,7 @@ fn main() {
             "runs": by_mode,
         })
     });
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = autotuner_vision::cpu_model();
     let out = json!({
         "command": "cargo bench -p autotuner-annotator --bench fairness",
         "machine": cpu,

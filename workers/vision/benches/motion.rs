@@ -144,14 +144,7 @@ fn main() {
     let level = MotionDetector::new(w, h, MotionConfig::default())
         .unwrap()
         .level();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = autotuner_vision::cpu_model();
     let out = serde_json::json!({
         "command": "cargo bench -p autotuner-vision --bench motion",
         "threads": "1 each (cv2.setNumThreads(1); the Rust detector is single-threaded)",

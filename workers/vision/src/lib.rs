@@ -23,4 +23,4 @@ pub use detector::{
     ResetCause, crop_for,
 };
 pub use image::{GrayImage, ImageError, Rect};
-pub use simd::Level;
+pub use simd::{Level, cpu_model};

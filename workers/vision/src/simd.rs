@@ -107,3 +107,16 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// The CPU's model name as the kernel reports it (`model name` in `/proc/cpuinfo`), to record
+/// beside a benchmark's figures: the two machine kinds this project runs on differ twofold in
+/// speed. Empty where the kernel does not say.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_default()
+}

@@ -64,9 +64,10 @@ func fleet() *dashboard.DashboardBuilder {
 			"Replicas holding the leader Lease: 1 in a healthy install, 0 means nothing reconciles.", "short",
 			q(`sum(autotuner_operator_leader)`, "leaders"))).
 		WithPanel(graph("Reconciliations",
-			"Reconciliations per second, and failures by kind of error.", "ops",
+			"Reconciliations per second, failures by kind of error, and failed watches by resource (the API server out of reach).", "ops",
 			q(`sum(rate(autotuner_operator_reconciliations_total`+rate+`))`, "reconciliations"),
-			q(`sum by (error) (rate(autotuner_operator_reconcile_errors_total`+rate+`))`, "error: {{error}}"))).
+			q(`sum by (error) (rate(autotuner_operator_reconcile_errors_total`+rate+`))`, "error: {{error}}"),
+			q(`sum by (resource) (rate(autotuner_operator_watch_errors_total`+rate+`))`, "watch errors: {{resource}}"))).
 		WithPanel(graph("Reconciliation duration",
 			"50th and 95th percentile.", "s",
 			q(`histogram_quantile(0.5, sum by (le) (rate(autotuner_operator_reconcile_duration_seconds_bucket`+rate+`)))`, "p50"),
