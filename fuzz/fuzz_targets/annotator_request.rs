@@ -11,9 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use autotuner_annotator::api::{AnnotateResponse, ErrorBody, ModelInfo};
-use autotuner_annotator::batcher::{BatchConfig, Batcher, Model};
-use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::batcher::{BatchConfig, Model};
+use autotuner_annotator::server::{ServerConfig, serve_model};
 use autotuner_detect::{BBox, DetectOptions, Detection, RgbImage};
 use axum::Router;
 use axum::body::Body;
@@ -50,13 +49,12 @@ struct Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let metrics = Metrics::new();
         let batch = BatchConfig {
             max_batch: 8,
             max_wait: Duration::ZERO,
             queue: 32,
         };
-        let (batcher, _worker) = Batcher::start(OneBoxPerImage, batch, metrics.clone());
+
         let model = ModelInfo {
             name: "teacher".into(),
             version: "1".into(),
@@ -74,7 +72,7 @@ fn harness() -> &'static Harness {
                 .enable_all()
                 .build()
                 .expect("runtime"),
-            app: router(config, batcher, metrics),
+            app: serve_model(OneBoxPerImage, batch, config).0,
         }
     })
 }

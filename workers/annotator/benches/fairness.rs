@@ -22,9 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use autotuner_annotator::api::{CALLER_HEADER, ModelInfo};
-use autotuner_annotator::batcher::{BatchConfig, Batcher};
-use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::batcher::BatchConfig;
+use autotuner_annotator::server::{ServerConfig, serve_model};
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 use serde_json::json;
 
@@ -126,15 +125,13 @@ async fn start_server(runtime: &Runtime) -> Server {
         DevicePreference::Cpu,
     )
     .unwrap();
-    let metrics = Metrics::new();
-    // The annotator's defaults (its command line's): batches of 8, 5 ms, a queue of 32, 40 in flight.
-    let (batcher, _worker) = Batcher::start(detector, BatchConfig::default(), metrics.clone());
     let info = ModelInfo {
         name: "yolov12n".into(),
         version: "1".into(),
         device: "cpu".into(),
     };
-    let app = router(ServerConfig::new(info), batcher, metrics);
+    // The annotator's defaults (its command line's): batches of 8, 5 ms, a queue of 32, 40 in flight.
+    let (app, _, _worker) = serve_model(detector, BatchConfig::default(), ServerConfig::new(info));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/annotate", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

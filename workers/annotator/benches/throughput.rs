@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use autotuner_annotator::api::ModelInfo;
-use autotuner_annotator::batcher::{BatchConfig, Batcher};
+use autotuner_annotator::batcher::BatchConfig;
 use autotuner_annotator::images;
-use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::server::{ServerConfig, serve_model};
 use autotuner_detect::{DetectOptions, Detector, DevicePreference, Family, RgbImage, Runtime};
 
 fn manifest_dir() -> PathBuf {
@@ -140,19 +139,17 @@ fn main() {
             DevicePreference::Cpu,
         )
         .unwrap();
-        let metrics = Metrics::new();
         let batch = BatchConfig {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
             queue: 64,
         };
-        let (batcher, worker) = Batcher::start(detector, batch, metrics.clone());
         let info = ModelInfo {
             name: "yolov12n".into(),
             version: "1".into(),
             device: "cpu".into(),
         };
-        let app = router(ServerConfig::new(info), batcher.clone(), metrics);
+        let (app, batcher, worker) = serve_model(detector, batch, ServerConfig::new(info));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -184,6 +184,19 @@ pub fn router(config: ServerConfig, batcher: Batcher, metrics: Metrics) -> Route
     routers(config, batcher, metrics).0
 }
 
+/// The whole API over `model`, with a batcher and metrics of its own: what `main` assembles from
+/// its flags, for the tests, benchmarks and fuzz target that serve a model in their process.
+/// The batcher's worker ends once the router and every clone of the batcher are gone.
+pub fn serve_model(
+    model: impl crate::batcher::Model,
+    batch: crate::batcher::BatchConfig,
+    config: ServerConfig,
+) -> (Router, Batcher, std::thread::JoinHandle<()>) {
+    let metrics = Metrics::new();
+    let (batcher, worker) = Batcher::start(model, batch, metrics.clone());
+    (router(config, batcher.clone(), metrics), batcher, worker)
+}
+
 /// The whole API, and apart the probes and `/metrics` alone (`/healthz`, `/readyz`,
 /// `/v2/health/*`, `/metrics`): for a plain-HTTP port beside an HTTPS API, which the kubelet
 /// and Prometheus reach without the annotator's certificate.
