@@ -1,6 +1,7 @@
-//! A dataset's annotation file as the capture worker finds it on its volume at start (written by
-//! an older version, edited, damaged): opening it and storing a sample give a clear error or a
-//! valid COCO file, never a panic.
+//! A dataset's annotation file and its journal as the capture worker finds them on its volume at
+//! start (written by an older version, edited, damaged, cut short by a crash): opening them and
+//! storing a sample give a clear error or a valid COCO file, never a panic. With bit 16 of the
+//! first byte set, the input is the file and the journal, split at the first 0xFF byte.
 #![no_main]
 
 use autotuner_capture::dataset::{Dataset, DatasetConfig, LabelBox, Rolling, Sample};
@@ -14,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let split = ["train", "eval", "drift"][selector as usize % 3];
     std::fs::create_dir_all(dir.path().join(split)).expect("the split's directory");
+    let (file, journal) = match file.iter().position(|&b| b == 0xFF) {
+        Some(at) if selector & 16 != 0 => (&file[..at], Some(&file[at + 1..])),
+        _ => (file, None),
+    };
     std::fs::write(dir.path().join(split).join("annotations.json"), file).expect("write the file");
+    if let Some(journal) = journal {
+        std::fs::write(dir.path().join(split).join("annotations.jsonl"), journal).expect("write the journal");
+    }
     let config = DatasetConfig {
         rolling: (selector & 4 != 0).then_some(Rolling {
             train: 1,

@@ -168,7 +168,9 @@ pub mod defaults {
 }
 
 /// The dataset's layout under [`ENV_DATASET_URI`]: COCO JSON per split, the capture worker writes
-/// them and the trainer reads them (image paths are relative to each file).
+/// them and the trainer reads them (image paths are relative to each file). Beside each, a
+/// journal of the changes since it was last written whole (`annotations.jsonl`,
+/// `autotuner_store::journal`), which readers replay.
 pub const DATASET_TRAIN_FILE: &str = "train/annotations.json";
 pub const DATASET_EVAL_FILE: &str = "eval/annotations.json";
 /// Every split a training Job needs: it trains on one and judges its candidate on the other.

@@ -8,6 +8,14 @@
 //! Standalone, a split stops at its size. In a cluster the dataset rolls: a full split replaces
 //! its oldest sample with each new one, so after drift the scene the camera sees now reaches the
 //! next round of training and the eval split that judges it.
+//!
+//! A flush appends the batch's changes to the split's journal (`annotations.jsonl`,
+//! `autotuner_store::journal`) and writes the COCO file whole only while the split is small or
+//! once the journal has reached half its images, so the cost of a batch stays the same however
+//! large the split grows. Readers replay the journal (the trainer's mirror does); a clean stop
+//! ([`Dataset::write_whole`]) leaves each file whole.
+
+use autotuner_store::journal::{self, Change, Entry};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -127,10 +135,22 @@ pub struct Sample<'a> {
     pub unlabelled: &'a [Rect],
 }
 
+/// Below this many images a split's file is written whole at every flush (a few hundred KiB at
+/// most): its readers then need no journal, and the journal is for long captures.
+const WHOLE_BELOW: usize = 256;
+
 #[derive(Debug)]
 struct SplitFile {
     path: PathBuf,
     coco: Value,
+    /// Changes since the last flush, for the journal.
+    pending: Vec<Entry>,
+    /// The sequence number of the last change.
+    seq: u64,
+    /// Complete lines in the journal file.
+    journal_lines: usize,
+    /// Write the file whole at the next flush (its journal ended in a torn line).
+    whole_next: bool,
     samples: HashSet<String>,
     /// Samples ever stored in this split, those replaced since included (kept in the file's
     /// `info.stored`, so it survives restarts): image ids and the operator's round count.
@@ -176,6 +196,24 @@ impl SplitFile {
                 }
             }
         }
+        if !coco["images"].is_array() {
+            return Err(format("no images array"));
+        }
+        let journal_path = journal::path_of(&path);
+        let replayed = match std::fs::read(&journal_path) {
+            Ok(bytes) => journal::replay(&mut coco, &bytes).map_err(|e| DatasetError::Format {
+                path: journal_path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => journal::Replayed {
+                seq: journal::file_seq(&coco),
+                ..journal::Replayed::default()
+            },
+            Err(e) => return Err(io(&journal_path)(e)),
+        };
+        if replayed.torn {
+            tracing::warn!(journal = %journal_path.display(), "the journal's last line was cut short (a crash mid-write): left out");
+        }
         let samples = coco["images"]
             .as_array()
             .ok_or_else(|| format("no images array"))?
@@ -196,6 +234,10 @@ impl SplitFile {
         Ok(SplitFile {
             path,
             coco,
+            pending: Vec::new(),
+            seq: replayed.seq,
+            journal_lines: replayed.lines,
+            whole_next: replayed.torn,
             samples,
             stored,
             next_annotation_id,
@@ -212,6 +254,9 @@ impl SplitFile {
         }
         let oldest = images.remove(0);
         let id = oldest["id"].as_u64();
+        if let Some(image_id) = id {
+            self.record(Change::Drop { image_id });
+        }
         if let Some(sample) = oldest["sample"].as_str() {
             self.samples.remove(sample);
         }
@@ -228,6 +273,57 @@ impl SplitFile {
     fn images(&self) -> usize {
         self.samples.len()
     }
+
+    fn record(&mut self, change: Change) {
+        self.seq += 1;
+        self.pending.push(Entry {
+            seq: self.seq,
+            change,
+        });
+    }
+
+    /// Writes this flush's changes: appended to the journal, or the file whole (see the module
+    /// notes). Returns the files written, relative to the dataset's root.
+    fn write(&mut self, root: &Path, whole: bool) -> Result<Vec<String>, DatasetError> {
+        let journal_path = journal::path_of(&self.path);
+        let whole = whole
+            || self.whole_next
+            || self.images() < WHOLE_BELOW
+            || self.journal_lines + self.pending.len() > self.images() / 2;
+        let mut written = vec![];
+        if whole {
+            journal::set_file_seq(&mut self.coco, self.seq);
+            let bytes = serde_json::to_vec(&self.coco).expect("COCO serialises");
+            autotuner_store::write_atomically(&self.path, &bytes)?;
+            written.push(self.path.clone());
+            // Emptied after the file is written: a reader holding the old journal finds its
+            // entries in the new file.
+            if self.journal_lines > 0 || self.whole_next {
+                autotuner_store::write_atomically(&journal_path, b"")?;
+                written.push(journal_path);
+            }
+            self.journal_lines = 0;
+        } else {
+            use std::io::Write;
+            let lines: Vec<u8> = self.pending.iter().flat_map(Entry::line).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&journal_path)
+                .map_err(io(&journal_path))?;
+            file.write_all(&lines).map_err(io(&journal_path))?;
+            file.sync_data().map_err(io(&journal_path))?;
+            self.journal_lines += self.pending.len();
+            written.push(journal_path);
+        }
+        self.pending.clear();
+        self.whole_next = false;
+        self.dirty = false;
+        Ok(written
+            .iter()
+            .filter_map(|p| Some(p.strip_prefix(root).ok()?.to_string_lossy().into_owned()))
+            .collect())
+    }
 }
 
 /// The dataset on a local path (the camera node's volume).
@@ -239,6 +335,16 @@ pub struct Dataset {
     train: SplitFile,
     eval: SplitFile,
     drift: SplitFile,
+}
+
+/// What [`Dataset::flush`] wrote and deleted, as paths below the dataset's root (an object store
+/// holding a copy puts and deletes the same).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// Annotation files and journals, each file before its journal.
+    pub written: Vec<String>,
+    /// Images of the samples replaced since the last flush.
+    pub removed: Vec<String>,
 }
 
 /// What [`Dataset::add`] did.
@@ -361,33 +467,55 @@ impl Dataset {
         let first_annotation = file.next_annotation_id;
         file.next_annotation_id += annotations.len() as u64;
         file.coco["info"]["stored"] = json!(file.stored);
-        file.coco["images"].as_array_mut().expect("images").push(json!({
+        let image = json!({
             "id": image_id, "file_name": file_name, "width": sample.width, "height": sample.height,
             "sample": sample.id, "time_ms": sample.time_ms, "decoded_at_ms": sample.decoded_at_ms,
-        }));
-        let list = file.coco["annotations"].as_array_mut().expect("annotations");
-        for (id, mut a) in (first_annotation..).zip(annotations) {
-            a["id"] = json!(id);
-            a["image_id"] = json!(image_id);
-            list.push(a);
-        }
+        });
+        let annotations: Vec<Value> = (first_annotation..)
+            .zip(annotations)
+            .map(|(id, mut a)| {
+                a["id"] = json!(id);
+                a["image_id"] = json!(image_id);
+                a
+            })
+            .collect();
+        file.coco["images"]
+            .as_array_mut()
+            .expect("images")
+            .push(image.clone());
+        file.coco["annotations"]
+            .as_array_mut()
+            .expect("annotations")
+            .extend(annotations.iter().cloned());
+        file.record(Change::Add { image, annotations });
         file.samples.insert(sample.id.to_string());
         file.dirty = true;
         Ok(Added::Stored(split))
     }
 
-    /// Writes the annotation files that changed (atomically), then deletes the images of the
-    /// samples replaced since the last flush; returns those images' paths below the root (an
-    /// object store holding a copy deletes them too).
-    pub fn flush(&mut self) -> Result<Vec<String>, DatasetError> {
-        let mut removed = Vec::new();
+    /// Writes what changed in the annotation files (to their journals, or whole: see the module
+    /// notes), then deletes the images of the samples replaced since the last flush.
+    pub fn flush(&mut self) -> Result<Flushed, DatasetError> {
+        self.write(false)
+    }
+
+    /// [`Dataset::flush`], with every split's file written whole and its journal emptied: for a
+    /// clean stop, so that the files alone are the dataset.
+    pub fn write_whole(&mut self) -> Result<Flushed, DatasetError> {
         for split in [Split::Train, Split::Eval, Split::Drift] {
-            let root = self.root.clone();
+            let file = self.file_mut(split);
+            file.dirty |= file.journal_lines > 0 || file.whole_next;
+        }
+        self.write(true)
+    }
+
+    fn write(&mut self, whole: bool) -> Result<Flushed, DatasetError> {
+        let mut flushed = Flushed::default();
+        let root = self.root.clone();
+        for split in [Split::Train, Split::Eval, Split::Drift] {
             let file = self.file_mut(split);
             if file.dirty {
-                let bytes = serde_json::to_vec(&file.coco).expect("COCO serialises");
-                autotuner_store::write_atomically(&file.path, &bytes)?;
-                file.dirty = false;
+                flushed.written.extend(file.write(&root, whole)?);
             }
             // A crash before this leaves an image nothing names: harmless, and the next
             // replacement of a sample does not look for it.
@@ -397,11 +525,11 @@ impl Dataset {
                     _ => {}
                 }
                 if let Ok(key) = image.strip_prefix(&root) {
-                    removed.push(key.to_string_lossy().into_owned());
+                    flushed.removed.push(key.to_string_lossy().into_owned());
                 }
             }
         }
-        Ok(removed)
+        Ok(flushed)
     }
 
     /// Images in `split` of frames decoded at or after `since_ms` (this node's clock): a round
@@ -574,7 +702,7 @@ mod tests {
                 unlabelled: &[],
             };
             assert_eq!(d.add(&sample, false).unwrap(), Added::Stored(Split::Train));
-            removed.extend(d.flush().unwrap());
+            removed.extend(d.flush().unwrap().removed);
         }
         assert_eq!(
             removed,
@@ -644,5 +772,179 @@ mod tests {
         let d = Dataset::open(dir.path(), config, classes).unwrap();
         assert_eq!(d.count_since(Split::Train, 5000), 2, "after a reopen");
         assert_eq!(d.count_since(Split::Eval, 0), 0);
+    }
+
+    /// Adds `count` samples with ids from `first` (all in the train split: time 0), flushing
+    /// every 8 like the capture worker's batches; returns each flush's files.
+    fn add_batches(d: &mut Dataset, first: usize, count: usize) -> Vec<Vec<String>> {
+        let labels = [LabelBox {
+            class: "person".into(),
+            bbox: [10.0, 20.0, 30.0, 80.0],
+            score: 0.9,
+        }];
+        let mut flushes = Vec::new();
+        for i in first..first + count {
+            let id = format!("f{i:08}");
+            let sample = Sample {
+                id: &id,
+                time_ms: 0,
+                decoded_at_ms: i as u64,
+                width: 64,
+                height: 48,
+                jpeg: b"jpeg",
+                labels: &labels,
+                unlabelled: &[],
+            };
+            assert!(matches!(
+                d.add(&sample, false).unwrap(),
+                Added::Stored(Split::Train)
+            ));
+            if (i + 1) % 8 == 0 {
+                flushes.push(d.flush().unwrap().written);
+            }
+        }
+        flushes
+    }
+
+    fn sample_ids(coco: &Value) -> Vec<String> {
+        coco["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["sample"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_large_split_appends_each_batch_to_its_journal_and_is_rewritten_whole_only_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec![(1, "person".to_string())];
+        let config = DatasetConfig {
+            train_size: 100_000,
+            ..DatasetConfig::default()
+        };
+        let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
+        let flushes = add_batches(&mut d, 0, 2000);
+        let whole = |f: &&Vec<String>| f.contains(&"train/annotations.json".to_string());
+        // Small (under 256 images after the flush), the file is written whole each time, with no
+        // journal for readers to know of ...
+        let small = WHOLE_BELOW / 8 - 1;
+        assert!(
+            flushes[..small].iter().all(|f| f == &["train/annotations.json"]),
+            "{:?}",
+            &flushes[..small]
+        );
+        // ... large, a batch is one append to the journal, and the file is rewritten only when
+        // the journal reaches half of it, that is each time the split has about doubled: at 504
+        // and 1016 images on the way to 2000 (the cost per image stays the same however large the
+        // split grows).
+        let rewrites: Vec<usize> = (small..flushes.len()).filter(|&i| whole(&&flushes[i])).collect();
+        assert_eq!(
+            rewrites,
+            [62, 126],
+            "the flushes (of 8 images each) that rewrote the file"
+        );
+        assert!(
+            flushes[small..]
+                .iter()
+                .filter(|f| !whole(f))
+                .all(|f| f == &["train/annotations.jsonl"]),
+            "{:?}",
+            &flushes[small..]
+        );
+        let journal = std::fs::read_to_string(dir.path().join("train/annotations.jsonl")).unwrap();
+        assert!(
+            !journal.is_empty() && journal.lines().count() <= 1000,
+            "{} lines",
+            journal.lines().count()
+        );
+        // A reader (the drift check, the trainer's mirror) and a reopening writer see every sample.
+        let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sample_ids(&read).len(), 2000);
+        assert_eq!(read["annotations"].as_array().unwrap().len(), 2000);
+        let mut reopened = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
+        assert_eq!(reopened.len(Split::Train), 2000);
+        assert_eq!(reopened.stored(Split::Train), 2000);
+        // It goes on where it stopped: ids continue, nothing is doubled.
+        add_batches(&mut reopened, 2000, 8);
+        let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
+            .unwrap()
+            .unwrap();
+        let ids: Vec<u64> = read["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (1..=2008).collect::<Vec<_>>());
+        // A clean stop leaves the file whole and the journal empty.
+        let flushed = reopened.write_whole().unwrap();
+        assert_eq!(
+            flushed.written,
+            ["train/annotations.json", "train/annotations.jsonl"]
+        );
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("train/annotations.json")).unwrap())
+                .unwrap();
+        assert_eq!(sample_ids(&file).len(), 2008);
+        assert!(
+            std::fs::read(dir.path().join("train/annotations.jsonl"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_rolling_split_replays_its_drops_and_a_journal_line_cut_short_loses_only_what_was_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = vec![(1, "person".to_string())];
+        let config = DatasetConfig {
+            rolling: Some(Rolling {
+                train: 300,
+                eval: 1,
+                drift: 1,
+            }),
+            ..DatasetConfig::default()
+        };
+        let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
+        let flushes = add_batches(&mut d, 0, 400);
+        assert!(
+            flushes.last().unwrap() == &["train/annotations.jsonl"],
+            "{flushes:?}"
+        );
+        let journal_path = dir.path().join("train/annotations.jsonl");
+        let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
+            .unwrap()
+            .unwrap();
+        let latest: Vec<String> = (100..400).map(|i| format!("f{i:08}")).collect();
+        assert_eq!(sample_ids(&read), latest, "the latest 300, the oldest dropped");
+        // A crash in the middle of the last batch's append: its lines are cut short.
+        let journal = std::fs::read(&journal_path).unwrap();
+        let last_line = journal[..journal.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
+        std::fs::write(&journal_path, &journal[..last_line + 10]).unwrap();
+        let mut reopened = Dataset::open(dir.path(), config, classes).unwrap();
+        // The cut line was the last sample's (a drop, then an add, per sample): it is left out,
+        // its batch was never acknowledged, and the spool gives it again.
+        assert_eq!(reopened.len(Split::Train), 299);
+        assert!(reopened.contains("f00000398") && !reopened.contains("f00000399"));
+        // The next flush writes the file whole (an append would follow the torn line).
+        let flushes = add_batches(&mut reopened, 399, 1);
+        assert_eq!(
+            flushes,
+            [vec![
+                "train/annotations.json".to_string(),
+                "train/annotations.jsonl".to_string()
+            ]]
+        );
+        let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sample_ids(&read), latest);
     }
 }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use autotuner_detect::eval::{self, GroundTruth, ImageDetection};
 use autotuner_detect::{BBox, DetectOptions, Detector, Family, LoadOptions, RgbImage, Runtime, Threads};
-use serde_json::Value;
 
 use crate::dataset::Split;
 
@@ -48,10 +47,8 @@ impl Samples {
     /// check of that moment saw (tests replay a stream's checks from one dataset).
     pub fn stored_before(root: &Path, end: usize, count: usize) -> Result<Self, String> {
         let file = root.join(Split::Drift.dir()).join("annotations.json");
-        let coco: Value = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(format!("{}: {e}", file.display())),
+        let Some(coco) = autotuner_store::journal::read(&file).map_err(|e| e.to_string())? else {
+            return Ok(Self::default());
         };
         let list = |key: &str| coco[key].as_array().cloned().unwrap_or_default();
         let mut images = list("images");

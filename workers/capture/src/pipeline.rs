@@ -2,6 +2,7 @@
 //! annotation loop (spool -> teacher -> dataset), joined only by the durable spool. The selection
 //! thread never waits for the teacher; the annotation loop never loses what it has not stored.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use autotuner_vision::{GrayImage, MotionConfig, MotionDetector, Rect};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::dataset::{Added, Dataset, DatasetConfig, LabelBox, Sample, Split};
+use crate::dataset::{Added, Dataset, DatasetConfig, Flushed, LabelBox, Sample, Split};
 use crate::edge::{Edge, frame_time_ms};
 use crate::metrics::Metrics;
 use crate::picture;
@@ -201,6 +202,15 @@ pub async fn run(
     };
 
     annotate(&shared, &teacher).await?;
+    if shared.config.remote.is_none() {
+        // A clean stop leaves each annotation file whole (its journal empty).
+        let dataset = Arc::clone(&shared.dataset);
+        on_disk(move || {
+            let mut dataset = dataset.lock().unwrap_or_else(|e| e.into_inner());
+            dataset.write_whole().context("write the dataset")
+        })
+        .await?;
+    }
     let selected = selection
         .join()
         .map_err(|_| anyhow::anyhow!("the selection thread panicked"));
@@ -292,26 +302,31 @@ fn annotation_key(split: Split) -> String {
 async fn restore_from_store(remote: &Location, dir: &Path) -> anyhow::Result<()> {
     for split in SPLITS {
         let key = annotation_key(split);
-        let local = dir.join(&key);
         std::fs::create_dir_all(dir.join(split.dir())).context("create the dataset's working copy")?;
-        let _ = std::fs::remove_file(&local);
-        if remote
-            .get_file(&key, &local)
-            .await
-            .context("read the dataset from object storage")?
-        {
-            tracing::info!(key, "continuing the dataset in object storage");
+        // The journal before the file (autotuner_store::journal: the order readers keep).
+        for key in [autotuner_store::journal::key_of(&key), key.clone()] {
+            let local = dir.join(&key);
+            let _ = std::fs::remove_file(&local);
+            if remote
+                .get_file(&key, &local)
+                .await
+                .context("read the dataset from object storage")?
+            {
+                tracing::info!(key, "continuing the dataset in object storage");
+            }
         }
     }
     Ok(())
 }
 
-/// Puts the images of `stored` and then the annotation files of their splits (the order that
-/// never lets an annotation name a missing image); local images are then removed.
+/// Puts the images of `stored` and then the annotation files and journals written since the last
+/// upload (the order that never lets an annotation name a missing image; each file before its
+/// journal, as `files` sorts); local images are then removed.
 async fn upload(
     remote: &Location,
     dir: &Path,
     stored: &[(Split, String)],
+    files: &BTreeSet<String>,
     replaced: &[String],
 ) -> anyhow::Result<()> {
     for (split, id) in stored {
@@ -321,11 +336,8 @@ async fn upload(
             remote.put_file(&key, &path).await?;
         }
     }
-    for split in SPLITS {
-        if stored.iter().any(|(s, _)| *s == split) {
-            let key = annotation_key(split);
-            remote.put_file(&key, &dir.join(&key)).await?;
-        }
+    for key in files {
+        remote.put_file(key, &dir.join(key)).await?;
     }
     for (split, id) in stored {
         let _ = std::fs::remove_file(dir.join(format!("{}/images/{id}.jpg", split.dir())));
@@ -603,11 +615,12 @@ fn count_stored(dataset: &Dataset, shared: &Shared) {
     }
 }
 
-/// What [`store_batch`] stored: each sample's split and id, and the images the flush deleted
-/// (samples a rolling split replaced), as keys below the dataset's root.
+/// What [`store_batch`] stored: each sample's split and id, and what the flush wrote and
+/// deleted (annotation files; images of samples a rolling split replaced), as keys below the
+/// dataset's root.
 struct StoredBatch {
     stored: Vec<(Split, String)>,
-    deleted: Vec<String>,
+    flushed: Flushed,
 }
 
 /// Stores a labelled batch in the dataset: each frame's image now, the annotation files at the
@@ -636,11 +649,11 @@ fn store_batch(shared: &Shared, batch: &[Entry], labels: &[Vec<LabelBox>]) -> an
     }
     // Annotations first, then forget the spool entries: a crash in between replays them, and
     // the dataset ignores the replay.
-    let deleted = dataset.flush().context("write the dataset")?;
+    let flushed = dataset.flush().context("write the dataset")?;
     if shared.config.remote.is_none() {
         count_stored(&dataset, shared);
     }
-    Ok(StoredBatch { stored, deleted })
+    Ok(StoredBatch { stored, flushed })
 }
 
 /// Removes the spool entries whose samples are stored, on the blocking pool (file removals and a
@@ -677,15 +690,17 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
     // Stored locally but not yet in object storage (an upload failed): retried first.
     let mut unsent: Vec<(Split, String)> = Vec::new();
     let mut unsent_ids: Vec<String> = Vec::new();
+    let mut unsent_files: BTreeSet<String> = BTreeSet::new();
     let mut replaced: Vec<String> = Vec::new();
     loop {
         if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
-            match upload(remote, &config.dataset_dir, &unsent, &replaced).await {
+            match upload(remote, &config.dataset_dir, &unsent, &unsent_files, &replaced).await {
                 Ok(()) => {
                     // Only now does the store hold them: counted, they may start a Job.
                     count_stored(&dataset.lock().unwrap_or_else(|e| e.into_inner()), shared);
                     forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;
                     unsent.clear();
+                    unsent_files.clear();
                     replaced.clear();
                 }
                 Err(e) => {
@@ -743,7 +758,7 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
                 backoff = Duration::from_millis(500);
                 batch_size = config.batch_frames.max(1);
                 let ids: Vec<String> = batch.iter().map(|e| e.meta.id.clone()).collect();
-                let StoredBatch { stored, deleted } = {
+                let StoredBatch { stored, flushed } = {
                     let shared = shared.clone();
                     on_disk(move || store_batch(&shared, &batch, &labels)).await?
                 };
@@ -753,7 +768,8 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
                     // With object storage the entries go once the store has the samples (the
                     // upload at the top of the loop).
                     unsent.extend(stored);
-                    replaced.extend(deleted);
+                    unsent_files.extend(flushed.written);
+                    replaced.extend(flushed.removed);
                 }
                 if unsent.is_empty() {
                     forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;

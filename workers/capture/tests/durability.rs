@@ -39,10 +39,12 @@ fn sample_ids(dataset: &Path) -> Vec<String> {
 fn split_ids(dataset: &Path, splits: &[&str]) -> Vec<String> {
     let mut ids = Vec::new();
     for split in splits {
-        let Ok(bytes) = std::fs::read(dataset.join(split).join("annotations.json")) else {
+        // With its journal, as every reader of a split takes it (a killed capture leaves one).
+        let Some(coco) =
+            autotuner_store::journal::read(&dataset.join(split).join("annotations.json")).unwrap()
+        else {
             continue;
         };
-        let coco: Value = serde_json::from_slice(&bytes).unwrap();
         for image in coco["images"].as_array().unwrap() {
             ids.push(image["sample"].as_str().unwrap().to_string());
             assert!(

@@ -7,6 +7,8 @@
 //! results are put back object by object. Every write goes to a temporary name first (local) or
 //! is a single PUT (S3), so a reader never sees half a file.
 
+pub mod journal;
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,6 +50,12 @@ pub enum StoreError {
         uri: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("{uri}: {source}")]
+    Journal {
+        uri: String,
+        #[source]
+        source: journal::JournalError,
     },
 }
 
@@ -294,6 +302,26 @@ impl Location {
         Ok(true)
     }
 
+    /// The bytes of `key`; `None` when there is no such object. Read, not linked: for files
+    /// their writer appends to (a link would follow the appends).
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(dir) = &self.local {
+            let path = dir.join(key);
+            return match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(StoreError::Io { path, source }),
+            };
+        }
+        match self.store.get(&self.key(key)).await {
+            Ok(object) => Ok(Some(
+                object.bytes().await.map_err(|e| self.error(key, e))?.to_vec(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(key, e)),
+        }
+    }
+
     /// In a directory, `key` hard-linked at `dest` on the same filesystem: nothing is copied,
     /// and since every writer replaces files by renaming, the link keeps the content it had.
     /// `None` when that cannot be done here (not a directory, another filesystem).
@@ -365,6 +393,9 @@ impl Location {
         let mut images: Vec<String> = Vec::new();
         for &key in annotation_keys {
             let dest = dir.join(key);
+            // The journal before the file: see `journal` for why that order is consistent.
+            let journal_key = journal::key_of(key);
+            let journal = self.get_bytes(&journal_key).await?;
             if !self.get_file(key, &dest).await? {
                 mirrored.annotations_missing.push(key.to_string());
                 continue;
@@ -374,10 +405,23 @@ impl Location {
                 path: dest.clone(),
                 source,
             })?;
-            let coco: Coco = serde_json::from_slice(&text).map_err(|source| StoreError::Annotations {
+            let not_coco = |source| StoreError::Annotations {
                 uri: self.uri_of(key),
                 source,
-            })?;
+            };
+            let coco: Coco = match journal.filter(|j| !j.is_empty()) {
+                None => serde_json::from_slice(&text).map_err(not_coco)?,
+                // The split whole in the mirror, so that the trainer reads one file.
+                Some(journal) => {
+                    let mut whole: serde_json::Value = serde_json::from_slice(&text).map_err(not_coco)?;
+                    journal::replay(&mut whole, &journal).map_err(|source| StoreError::Journal {
+                        uri: self.uri_of(&journal_key),
+                        source,
+                    })?;
+                    write_atomically(&dest, &serde_json::to_vec(&whole).expect("JSON serialises"))?;
+                    serde_json::from_value(whole).map_err(not_coco)?
+                }
+            };
             let folder = key.rsplit_once('/').map_or("", |(folder, _)| folder);
             for image in coco.images {
                 let inside = Path::new(&image.file_name)
@@ -591,5 +635,67 @@ mod tests {
         assert!(!mirror.join("secret").exists());
         let again = location.mirror_dataset(&keys, mirror).await.unwrap();
         assert_eq!((again.images_fetched, again.images_present), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_split_with_a_journal_is_mirrored_whole_and_the_writers_files_are_left_alone() {
+        let (source_dir, mirror_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (source, mirror) = (source_dir.path(), mirror_dir.path());
+        std::fs::create_dir_all(source.join("train/images")).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(source.join(format!("train/images/{name}.jpg")), name).unwrap();
+        }
+        // The file holds a and b (entries up to 2); the journal repeats those, drops a, adds c.
+        let file = r#"{"info": {"journal": 2}, "images": [{"id": 1, "file_name": "images/a.jpg"},
+                       {"id": 2, "file_name": "images/b.jpg"}], "annotations": []}"#;
+        std::fs::write(source.join("train/annotations.json"), file).unwrap();
+        let add = |seq: u64, id: u64, name: &str| journal::Entry {
+            seq,
+            change: journal::Change::Add {
+                image: serde_json::json!({ "id": id, "file_name": format!("images/{name}.jpg") }),
+                annotations: vec![],
+            },
+        };
+        let drop_a = journal::Entry {
+            seq: 3,
+            change: journal::Change::Drop { image_id: 1 },
+        };
+        let lines: Vec<u8> = [add(1, 1, "a"), add(2, 2, "b"), drop_a, add(4, 3, "c")]
+            .iter()
+            .flat_map(journal::Entry::line)
+            .collect();
+        std::fs::write(source.join("train/annotations.jsonl"), &lines).unwrap();
+        let location = Location::parse(source.to_str().unwrap(), &S3Options::default()).unwrap();
+        let mirrored = location
+            .mirror_dataset(&["train/annotations.json"], mirror)
+            .await
+            .unwrap();
+        assert_eq!(
+            (mirrored.images_fetched, mirrored.images_missing),
+            (2, 0),
+            "b and c, not a"
+        );
+        let whole: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(mirror.join("train/annotations.json")).unwrap()).unwrap();
+        let names: Vec<&str> = whole["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["file_name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["images/b.jpg", "images/c.jpg"]);
+        assert_eq!(whole["info"]["journal"], 4);
+        assert!(
+            !mirror.join("train/annotations.jsonl").exists(),
+            "the trainer reads one file"
+        );
+        assert_eq!(
+            std::fs::read_to_string(source.join("train/annotations.json")).unwrap(),
+            file
+        );
+        assert_eq!(
+            std::fs::read(source.join("train/annotations.jsonl")).unwrap(),
+            lines
+        );
     }
 }
