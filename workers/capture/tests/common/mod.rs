@@ -6,9 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use autotuner_annotator::api::ModelInfo;
-use autotuner_annotator::batcher::{BatchConfig, Batcher};
-use autotuner_annotator::metrics::Metrics;
-use autotuner_annotator::server::{ServerConfig, router};
+use autotuner_annotator::batcher::BatchConfig;
+use autotuner_annotator::server::{ServerConfig, serve_model};
 use autotuner_detect::{Detector, DevicePreference, Family, Runtime};
 
 pub fn assets() -> PathBuf {
@@ -39,8 +38,6 @@ impl Annotator {
             DevicePreference::Cpu,
         )
         .unwrap();
-        let metrics = Metrics::new();
-        let (batcher, _worker) = Batcher::start(detector, BatchConfig::default(), metrics.clone());
         let model = ModelInfo {
             name: "yolov12n".into(),
             version: "test".into(),
@@ -50,7 +47,7 @@ impl Annotator {
             token: token.map(String::from),
             ..ServerConfig::new(model)
         };
-        let app = router(config, batcher, metrics);
+        let (app, _, _worker) = serve_model(detector, BatchConfig::default(), config);
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .unwrap();
