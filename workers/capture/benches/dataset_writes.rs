@@ -56,6 +56,14 @@ fn spread(values: &mut [f64]) -> serde_json::Value {
     })
 }
 
+/// VmHWM of /proc/self/status, in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -83,6 +91,9 @@ fn main() {
         }
     }
     assert_eq!(dataset.len(Split::Train), SAMPLES);
+    // The process's peak so far: the split is held in memory as JSON, bounded by its size
+    // (trainSize, evalSize, drift.maxDatasetSize), not by how long the capture runs.
+    let peak_rss = peak_rss_mib();
     // The flushes of the 10 batches up to 100 images and of the last 10, and the mean of all
     // the second half's (the occasional whole rewrite included: the amortised cost).
     let near = |size: usize| -> Vec<f64> {
@@ -129,6 +140,7 @@ fn main() {
         "wholeFileAt100Images": spread(&mut whole_at(100)),
         "wholeFileAt10000Images": spread(&mut whole_at(SAMPLES)),
         "fileBytesAt10000Images": file_bytes(&file),
+        "peakRssMiBWith10000Images": peak_rss,
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results/dataset-writes.json");
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();

@@ -34,7 +34,8 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const NAME: &str = "lobby";
-/// `drift.minRelativeAccuracy`, for a student whose heads trained 8 epochs. Runs that played all
+/// `drift.minRelativeAccuracy` (set when the test trained the heads alone for 8 epochs; it has
+/// held for the default training since). Runs that played all
 /// of vtest.avi (80 s) put the unchanged scene's checks anywhere from 0.83 to 1.30, while each
 /// run's own checks agreed within about 0.1: a check's 16 samples (16 s of the loop) and the
 /// promotion's 20 eval images (the first minute or so) saw different stretches of the footage, so
@@ -224,18 +225,20 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_serves_only_a_better
             "classes": ["person"],
             "sampling": { "maxUploadsPerMinute": 120 },
             "annotation": { "teacher": { "model": { "uri": model("yolov12n.onnx"), "family": "yolo" } } },
-            "dataset": { "trainSize": 40, "evalSize": 20 },
+            // A round of 80 + 40 images: of 40 + 20, iteration 2 trained with the defaults was ahead
+            // by about 0.01 mAP, and 20 eval images could not support that (a bound of -0.004 in
+            // one run); on the same change played offline, 80 + 40 took the bound from +0.001 to
+            // +0.008 (bench-results/tuning-loop-retrain.json).
+            "dataset": { "trainSize": 80, "evalSize": 40 },
             "training": {
                 "student": { "uri": model("ssd_mobilenet_v2_coco_raw.onnx"), "family": "ssdRaw" },
-                // The heads alone, as this test has always trained (it is of the loop and its
-                // timing, not of accuracy; the default trains every layer).
-                "trainableLayers": "boxRegression",
-                // 8 epochs: with 2, iteration 2 lost to iteration 1 on the new scene in two runs of
-                // two (bench-results/tuning-loop-retrain.json).
-                "minTrainSize": 10, "epochs": 8, "batchSize": 8, "learningRate": 0.001,
+                // The default training (most layers, 2 epochs from 1e-4, the weight average):
+                // the heads alone for 8 epochs at 1e-3, which this test trained before, did worse
+                // on the new scene against its ground truth (AP@0.5 +0.001 against +0.011).
+                "minTrainSize": 10,
             },
             "inference": { "maxFramesPerSecond": 2 },
-            "drift": { "checkInterval": "10s", "sampleSize": 16, "minRelativeAccuracy": THRESHOLD, "maxDatasetSize": 40 },
+            "drift": { "checkInterval": "10s", "sampleSize": 16, "minRelativeAccuracy": THRESHOLD, "maxDatasetSize": 80 },
             // 16 samples make a noisy comparison in probation; rollback has tests of its own.
             "rollout": { "minImprovement": 0.0, "probationChecks": 1, "rollbackMargin": 0.2 },
         },
@@ -339,8 +342,8 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_serves_only_a_better
     eprintln!("iteration 1 after the switch: {after:.2?}");
 
     // Round 2: drift starts a new round at the time of the check that saw it, and counts only
-    // the frames decoded since; iteration 2 trains once it has 40 of its own, from iteration 1
-    // (on the latest 40: `maxDatasetSize` equals `trainSize` here to keep the test short; by
+    // the frames decoded since; iteration 2 trains once it has 80 of its own, from iteration 1
+    // (on the latest 80: `maxDatasetSize` equals `trainSize` here to keep the test short; by
     // default older images stay in).
     let status = lp
         .until("drift starts a round", Duration::from_secs(30), |s| {
@@ -369,7 +372,7 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_serves_only_a_better
     let round = lp.status().await.dataset.unwrap().round.unwrap();
     assert_eq!(round.since, round_started_at, "{round:?}");
     assert!(
-        round.train >= 40 && round.eval >= 1,
+        round.train >= 80 && round.eval >= 1,
         "the round collected its own images: {round:?}"
     );
     assert_eq!(
@@ -431,8 +434,8 @@ async fn after_drift_the_loop_retrains_on_the_new_scene_and_serves_only_a_better
         assert_eq!(status.phase, Some(Phase::Monitoring));
         assert!(status.rolled_back_model.is_none(), "{status:#?}");
     } else {
-        // Behind (8 epochs of the heads on 40 images of the new scene lost to their starting
-        // point in some runs: bench-results/tuning-loop-retrain.json), so rejected: iteration 1
+        // Not supported as ahead (runs with smaller rounds or the heads alone: see
+        // bench-results/tuning-loop-retrain.json), so rejected: iteration 1
         // serves on. The check that started the round does not start another on the frames it
         // trained on; the next one, of the same changed scene, does, counted from its own time,
         // so no Job trains at once.
