@@ -1,7 +1,7 @@
 //! Person AP of the teacher and the student on PETS09-S2L1 frames 401-795, on full frames and
 //! on the motion detector's crops. Writes bench-results/detectors-pets09.json.
 //!
-//! `cargo run --release -p autotuner-detect --example pets09` (after `scripts/fetch-assets`).
+//! `cargo run --release -p autotuner-detect --example detectors_pets09` (after `scripts/fetch-assets`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -36,7 +36,7 @@ fn main() {
     let dir = manifest_dir().join("../../bench-results");
     std::fs::create_dir_all(&dir).unwrap();
     let out = serde_json::json!({
-        "command": "cargo run --release -p autotuner-detect --example pets09",
+        "command": "cargo run --release -p autotuner-detect --example detectors_pets09",
         "data": "PETS09-S2L1 (vtest.avi) frames 401-795, person, flag-1 boxes (flag 0 as ignore), COCO AP@[.5:.95] and AP@.5, min score 0.05",
         "results": rows,
     });
