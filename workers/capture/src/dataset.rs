@@ -165,17 +165,16 @@ impl SplitFile {
     fn open(root: &Path, split: Split, classes: &[(u32, String)]) -> Result<SplitFile, DatasetError> {
         let path = root.join(split.dir()).join("annotations.json");
         std::fs::create_dir_all(root.join(split.dir()).join("images")).map_err(io(root))?;
-        let mut coco: Value = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DatasetError::Format {
+        let mut coco: Value = match autotuner_store::read_if_present(&path)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| DatasetError::Format {
                 path: path.clone(),
                 message: e.to_string(),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({
+            None => json!({
                 "info": {"description": "Edge AutoTuner capture: teacher labels of selected frames"},
                 "images": [], "annotations": [],
                 "categories": classes.iter().map(|(id, name)| json!({"id": id, "name": name})).collect::<Vec<_>>(),
             }),
-            Err(e) => return Err(io(&path)(e)),
         };
         let format = |message: &str| DatasetError::Format {
             path: path.clone(),
@@ -200,16 +199,15 @@ impl SplitFile {
             return Err(format("no images array"));
         }
         let journal_path = journal::path_of(&path);
-        let replayed = match std::fs::read(&journal_path) {
-            Ok(bytes) => journal::replay(&mut coco, &bytes).map_err(|e| DatasetError::Format {
+        let replayed = match autotuner_store::read_if_present(&journal_path)? {
+            Some(bytes) => journal::replay(&mut coco, &bytes).map_err(|e| DatasetError::Format {
                 path: journal_path.clone(),
                 message: e.to_string(),
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => journal::Replayed {
+            None => journal::Replayed {
                 seq: journal::file_seq(&coco),
                 ..journal::Replayed::default()
             },
-            Err(e) => return Err(io(&journal_path)(e)),
         };
         if replayed.torn {
             tracing::warn!(journal = %journal_path.display(), "the journal's last line was cut short (a crash mid-write): left out");

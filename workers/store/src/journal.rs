@@ -83,12 +83,14 @@ pub fn file_seq(coco: &Value) -> u64 {
 
 /// Records in `coco` that it holds every entry up to `seq`.
 pub fn set_file_seq(coco: &mut Value, seq: u64) {
-    if let Some(root) = coco.as_object_mut() {
-        let info = root.entry("info").or_insert_with(|| json!({}));
-        if let Some(info) = info.as_object_mut() {
-            info.insert("journal".into(), json!(seq));
-        }
+    if let Some(info) = info_mut(coco) {
+        info.insert("journal".into(), json!(seq));
     }
+}
+
+fn info_mut(coco: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    let root = coco.as_object_mut()?;
+    root.entry("info").or_insert_with(|| json!({})).as_object_mut()
 }
 
 /// The split whose annotation file is at `annotations`, its journal replayed; `None` when there
@@ -96,16 +98,8 @@ pub fn set_file_seq(coco: &mut Value, seq: u64) {
 /// appends to one and rewrites the other (the module notes).
 pub fn read(annotations: &Path) -> Result<Option<Value>, crate::StoreError> {
     let journal_path = path_of(annotations);
-    let read = |path: &Path| match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(crate::StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    };
-    let journal = read(&journal_path)?;
-    let Some(file) = read(annotations)? else {
+    let journal = crate::read_if_present(&journal_path)?;
+    let Some(file) = crate::read_if_present(annotations)? else {
         return Ok(None);
     };
     let mut coco: Value = serde_json::from_slice(&file).map_err(|source| crate::StoreError::Annotations {
@@ -175,6 +169,13 @@ fn apply(coco: &mut Value, change: Change) -> Result<(), String> {
                 .as_array_mut()
                 .expect("checked")
                 .extend(annotations);
+            // Image ids are the split's storage sequence (1 to `info.stored`, the count of samples
+            // ever stored, replaced ones included): a reader of the replayed file sees the count
+            // its writer had.
+            if let Some(info) = info_mut(coco) {
+                let stored = info.get("stored").and_then(Value::as_u64).unwrap_or(0);
+                info.insert("stored".into(), json!(stored.max(id)));
+            }
         }
         Change::Drop { image_id } => {
             coco["images"]
@@ -247,6 +248,10 @@ mod tests {
             (4, 4, 4, false)
         );
         assert_eq!(file_seq(&file), 4);
+        assert_eq!(
+            file["info"]["stored"], 3,
+            "the count of samples ever stored is the largest id added, dropped ones included"
+        );
     }
 
     #[test]

@@ -306,12 +306,7 @@ impl Location {
     /// their writer appends to (a link would follow the appends).
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(dir) = &self.local {
-            let path = dir.join(key);
-            return match std::fs::read(&path) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(StoreError::Io { path, source }),
-            };
+            return read_if_present(&dir.join(key));
         }
         match self.store.get(&self.key(key)).await {
             Ok(object) => Ok(Some(
@@ -462,6 +457,19 @@ impl Location {
 
 /// Links tried while a writer keeps replacing the file, before reading it instead.
 const LINK_ATTEMPTS: usize = 8;
+
+/// The bytes of the file at `path`; `None` when there is none. Any other failure is an error
+/// naming the path.
+pub fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
 
 /// Writes `bytes` to `path` through a temporary file and a rename: a reader sees the old file
 /// or the new one, never a part.
