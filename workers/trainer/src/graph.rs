@@ -8,7 +8,6 @@ use std::path::Path;
 
 use autotuner_detect::onnx::{Message, ModelProto, NodeProto, floats_of, ints_of};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use thiserror::Error;
 
@@ -353,7 +352,7 @@ impl OnnxGraph {
                     dilation: [d[0] as usize, d[1] as usize],
                     groups: attr_int(node, "group", 1) as usize,
                 };
-                Value::Float(conv2d(x, w, bias, options), 4)
+                Value::Float(crate::layers::conv(x, w, bias, options), 4)
             }
             "Clip" => {
                 let (t, rank) = self.float(values, params, input(0)?)?;

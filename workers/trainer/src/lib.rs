@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod dataset;
 mod graph;
+pub mod layers;
 pub mod loss;
 pub mod memory;
 pub mod model;
