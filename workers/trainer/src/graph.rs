@@ -356,7 +356,10 @@ impl OnnxGraph {
             }
             "Clip" => {
                 let (t, rank) = self.float(values, params, input(0)?)?;
-                Value::Float(t.clamp(self.scalar(input(1)?)?, self.scalar(input(2)?)?), rank)
+                Value::Float(
+                    crate::layers::clip(t, self.scalar(input(1)?)?, self.scalar(input(2)?)?),
+                    rank,
+                )
             }
             "Add" | "Mul" => {
                 let (a, ra) = self.float(values, params, input(0)?)?;

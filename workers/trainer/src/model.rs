@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use autotuner_detect::anchors::{Anchor, SsdAnchorConfig};
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 use crate::graph::{ConvNode, GraphError, OnnxGraph};
@@ -240,7 +239,7 @@ impl Student {
                     dilation: [1, 1],
                     groups: 1,
                 };
-                conv2d(x, w, Some(bias), options)
+                crate::layers::conv(x, w, Some(bias), options)
             };
             let (b, c) = if layer.boxes.pads == layer.classes.pads {
                 // Both predictors read the same input the same way: one convolution with their

@@ -1,0 +1,267 @@
+//! The student's convolutions and ReLU6 in the forms the CPU backend trains fastest, values and
+//! gradients equal to burn's `conv2d` and `clamp` (the tests below compare them).
+//!
+//! With autodiff, on burn-flex:
+//! - a 1×1 convolution is a matrix product, and so are both its gradients; burn computes its
+//!   weight gradient as a convolution with the output's gradient as an H×W kernel, unfolding
+//!   every activation first;
+//! - a depthwise convolution runs [`depthwise`]'s kernels: burn's weight gradient loops over
+//!   the channels, one small convolution each;
+//! - ReLU6 runs [`clip`]: one pass each way instead of masked fills.
+//!
+//! Without autodiff (the frozen features, evaluation, other backends) burn's own kernels run: as
+//! fast or faster forward. Per layer: `cargo run --release -p autotuner-trainer --example
+//! layer_timings` (bench-results/trainer-layers.json).
+
+pub mod clip;
+pub mod depthwise;
+
+use burn::backend::Dispatch;
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+use clip::ClipBackend;
+use depthwise::DepthwiseBackend;
+
+/// `x.clamp(min, max)`, in one pass forward and one backward on the CPU backend ([`clip`]).
+pub fn clip(x: Tensor<4>, min: f32, max: f32) -> Tensor<4> {
+    if !(x.device().is_autodiff() && on_cpu_backend(&x)) {
+        return x.clamp(min, max);
+    }
+    Tensor::from_dispatch(<Dispatch as ClipBackend>::clip(x.into_dispatch(), min, max))
+}
+
+/// How [`conv`] computes a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// 1×1, stride 1, no padding, one group, with autodiff: a matrix product.
+    Pointwise,
+    /// One filter per channel, on the CPU backend: [`depthwise`].
+    Depthwise,
+    /// burn's `conv2d`.
+    Burn,
+}
+
+fn route(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Route {
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let channels = x.dims()[1];
+    let plain = options.dilation == [1, 1] && options.stride[0] == options.stride[1];
+    let tracked = x.device().is_autodiff() || weight.device().is_autodiff();
+    if plain
+        && tracked
+        && options.groups == 1
+        && [kh, kw] == [1, 1]
+        && options.stride == [1, 1]
+        && options.padding == [(0, 0), (0, 0)]
+    {
+        return Route::Pointwise;
+    }
+    if plain && tracked && on_cpu_backend(x) && c_in == 1 && options.groups == channels && c_out == channels {
+        return Route::Depthwise;
+    }
+    Route::Burn
+}
+
+/// `conv2d(x, weight, bias, options)`; with autodiff, a 1×1 convolution as a matrix product and,
+/// on the CPU backend, a depthwise one with [`depthwise`]'s kernels.
+pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let [(top, bottom), (left, right)] = options.padding;
+    let pads = [top, left, bottom, right];
+    let route = route(&x, &weight, &options);
+    let device = x.device();
+    // The kernels take a bias; a zero one stands in for none (a constant: no gradient kept).
+    let bias_or_zero = |bias: Option<Tensor<1>>| bias.unwrap_or_else(|| Tensor::zeros([c_out], &device));
+    match route {
+        Route::Pointwise => {
+            let [n, _, h, w] = x.dims();
+            // [1, C_out, C_in] x [N, C_in, H*W]: the weight broadcasts over the batch.
+            let y = weight
+                .reshape([1, c_out, c_in])
+                .matmul(x.reshape([n, c_in, h * w]));
+            let y = match bias {
+                Some(b) => y + b.reshape([1, c_out, 1]),
+                None => y,
+            };
+            y.reshape([n, c_out, h, w])
+        }
+        Route::Depthwise => Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias_or_zero(bias).into_dispatch(),
+            kh,
+            kw,
+            options.stride[0],
+            pads,
+        )),
+        Route::Burn => conv2d(x, weight, bias, options),
+    }
+}
+
+/// Whether `x` lives on burn-flex (with autodiff or without): the backend [`depthwise`] extends.
+fn on_cpu_backend(x: &Tensor<4>) -> bool {
+    matches!(
+        x.device().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn options(stride: usize, pad: usize, groups: usize) -> ConvOptions<2> {
+        ConvOptions {
+            stride: [stride, stride],
+            padding: [(pad, pad), (pad, pad)],
+            dilation: [1, 1],
+            groups,
+        }
+    }
+
+    fn assert_close(a: Tensor<4>, b: Tensor<4>, what: &str) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.into_data().try_to_vec::<f32>().unwrap(),
+            b.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-4, "{what}: relative difference {worst}");
+    }
+
+    /// The value and the three gradients of `conv` and of burn's `conv2d` on the same inputs.
+    fn compare(x_shape: [usize; 4], w_shape: [usize; 4], options: ConvOptions<2>) {
+        compare_with(x_shape, w_shape, options.clone(), true);
+        compare_with(x_shape, w_shape, options, false);
+    }
+
+    fn compare_with(x_shape: [usize; 4], w_shape: [usize; 4], options: ConvOptions<2>, with_bias: bool) {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<4>::random(x_shape, Distribution::Default, &device);
+        let w = Tensor::<4>::random(w_shape, Distribution::Default, &device);
+        let b = Tensor::<1>::random([w_shape[0]], Distribution::Default, &device);
+        // A weighting of the output that differs per element, so that a gradient in the wrong
+        // place shows.
+        let out = |axis: usize| {
+            let (begin, end) = options.padding[axis];
+            (x_shape[2 + axis] + begin + end - w_shape[2 + axis]) / options.stride[axis] + 1
+        };
+        let out_shape = [x_shape[0], w_shape[0], out(0), out(1)];
+        let weighting = Tensor::<4>::random(out_shape, Distribution::Default, &device);
+        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>) -> Tensor<4>| {
+            let (x, w, b) = (
+                x.clone().require_grad(),
+                w.clone().require_grad(),
+                b.clone().require_grad(),
+            );
+            let y = f(
+                x.clone(),
+                w.clone(),
+                with_bias.then(|| b.clone()),
+                options.clone(),
+            );
+            let grads = (y.clone() * weighting.clone()).sum().backward();
+            (
+                y.inner(),
+                x.grad(&grads).unwrap(),
+                w.grad(&grads).unwrap(),
+                b.grad(&grads).map(|g| g.reshape([1, 1, 1, -1])),
+            )
+        };
+        let ours = run(&|x, w, b, o| conv(x, w, b, o));
+        let reference = run(&|x, w, b, o| conv2d(x, w, b, o));
+        assert_close(ours.0, reference.0, "output");
+        assert_close(ours.1, reference.1, "input gradient");
+        assert_close(ours.2, reference.2, "weight gradient");
+        match (ours.3, reference.3) {
+            (Some(ours), Some(reference)) => assert_close(ours, reference, "bias gradient"),
+            (ours, reference) => assert_eq!(ours.is_some(), reference.is_some(), "a bias gradient"),
+        }
+    }
+
+    #[test]
+    fn a_pointwise_convolution_as_a_matrix_product_has_conv2d_values_and_gradients() {
+        compare([3, 5, 4, 6], [7, 5, 1, 1], options(1, 0, 1));
+    }
+
+    #[test]
+    fn a_depthwise_convolution_has_conv2d_values_and_gradients() {
+        compare([2, 4, 7, 9], [4, 1, 3, 3], options(1, 1, 4));
+        compare([3, 5, 8, 8], [5, 1, 3, 3], options(2, 1, 5));
+        // TF's SAME at stride 2 on an even size: the odd pixel of padding last.
+        let same = ConvOptions {
+            stride: [2, 2],
+            padding: [(0, 1), (0, 1)],
+            dilation: [1, 1],
+            groups: 6,
+        };
+        compare([2, 6, 10, 6], [6, 1, 3, 3], same);
+        // Images smaller than the kernel, and no padding.
+        compare([2, 3, 2, 1], [3, 1, 3, 3], options(1, 1, 3));
+        compare([1, 2, 5, 5], [2, 1, 3, 3], options(2, 0, 2));
+    }
+
+    #[test]
+    fn without_autodiff_burns_own_kernels_run() {
+        let device = Device::flex();
+        let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
+        let depthwise = Tensor::<4>::zeros([4, 1, 3, 3], &device);
+        let pointwise = Tensor::<4>::zeros([6, 4, 1, 1], &device);
+        assert_eq!(route(&x, &depthwise, &options(1, 1, 4)), Route::Burn);
+        assert_eq!(route(&x, &pointwise, &options(1, 0, 1)), Route::Burn);
+        let tracked = Tensor::<4>::zeros([1, 4, 5, 5], &device.autodiff()).require_grad();
+        assert_eq!(route(&tracked, &depthwise, &options(1, 1, 4)), Route::Depthwise);
+        assert_eq!(route(&tracked, &pointwise, &options(1, 0, 1)), Route::Pointwise);
+    }
+
+    #[test]
+    fn clip_has_the_values_and_gradient_of_clamp() {
+        let device = Device::flex().autodiff();
+        // Values on both sides of both bounds; the weighting puts each gradient in its place.
+        let x = Tensor::<4>::random([2, 3, 40, 50], Distribution::Uniform(-3.0, 9.0), &device);
+        let weighting = Tensor::<4>::random([2, 3, 40, 50], Distribution::Default, &device);
+        let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let x = x.clone().require_grad();
+            let y = f(x.clone());
+            let grads = (y.clone() * weighting.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).unwrap())
+        };
+        let ours = run(&|x| clip(x, 0.0, 6.0));
+        let reference = run(&|x| x.clamp(0.0, 6.0));
+        assert_close(ours.0, reference.0, "output");
+        assert_close(ours.1, reference.1, "gradient");
+        let plain = x.inner();
+        assert_close(
+            clip(plain.clone(), 0.0, 6.0),
+            plain.clamp(0.0, 6.0),
+            "output without autodiff",
+        );
+    }
+
+    #[test]
+    fn other_one_group_convolutions_are_conv2d() {
+        compare([2, 4, 7, 7], [6, 4, 3, 3], options(2, 1, 1));
+        compare([3, 5, 9, 8], [7, 5, 3, 3], options(1, 1, 1));
+        // The student's first convolution: 3x3, stride 2, TF's SAME on an even size.
+        let same = ConvOptions {
+            stride: [2, 2],
+            padding: [(0, 1), (0, 1)],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        compare([2, 3, 12, 10], [8, 3, 3, 3], same);
+        compare([2, 6, 1, 1], [5, 6, 3, 3], options(1, 1, 1));
+        compare([2, 4, 6, 6], [3, 4, 1, 1], options(2, 0, 1));
+    }
+
+    #[test]
+    fn other_convolutions_are_conv2d() {
+        compare([2, 4, 7, 7], [4, 2, 3, 3], options(1, 1, 2));
+    }
+}
