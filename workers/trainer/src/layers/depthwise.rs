@@ -61,6 +61,39 @@ impl Geometry {
         };
         lo..hi.max(lo)
     }
+
+    /// Calls `f` for each kernel tap and each output row that tap reads inside an `h` × `w`
+    /// image: every kernel below walks the same (tap, row) pairs, padding left out.
+    fn for_each_tap_row(&self, [h, w]: [usize; 2], mut f: impl FnMut(TapRow)) {
+        let [oh, ow] = self.output(h, w);
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        for i in 0..kh {
+            let rows = Self::valid(i, h, oh, sh, self.pads[0]);
+            for j in 0..kw {
+                let columns = Self::valid(j, w, ow, sw, self.pads[1]);
+                for output_row in rows.clone() {
+                    f(TapRow {
+                        tap: i * kw + j,
+                        input_row: output_row * sh + i - self.pads[0],
+                        output_row,
+                        first_input_column: columns.start * sw + j - self.pads[1],
+                        columns: columns.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One kernel tap over one output row: output `(output_row, c)` for `c` in `columns` reads input
+/// `(input_row, first_input_column + (c - columns.start) * stride)`.
+struct TapRow {
+    tap: usize,
+    input_row: usize,
+    output_row: usize,
+    columns: std::ops::Range<usize>,
+    first_input_column: usize,
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -98,8 +131,52 @@ fn new_tensor(shape: [usize; 4], fill: impl FnOnce(&mut [f32])) -> FlexTensor {
     t
 }
 
-/// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time (a
-/// contiguous multiply-add for stride 1, which the compiler vectorises).
+/// `out[k] += a * input[first + k * stride]` (for stride 1 a contiguous multiply-add, which the
+/// compiler vectorises).
+fn add_scaled(out: &mut [f32], a: f32, input: &[f32], first: usize, stride: usize) {
+    if stride == 1 {
+        let len = out.len();
+        for (y, x) in out.iter_mut().zip(&input[first..first + len]) {
+            *y += a * x;
+        }
+    } else {
+        for (k, y) in out.iter_mut().enumerate() {
+            *y += a * input[first + k * stride];
+        }
+    }
+}
+
+/// `out[first + k * stride] += a * values[k]`: the adjoint of [`add_scaled`].
+fn scatter_scaled(out: &mut [f32], first: usize, stride: usize, a: f32, values: &[f32]) {
+    if stride == 1 {
+        for (x, y) in out[first..first + values.len()].iter_mut().zip(values) {
+            *x += a * y;
+        }
+    } else {
+        for (k, y) in values.iter().enumerate() {
+            out[first + k * stride] += a * y;
+        }
+    }
+}
+
+/// `Σ values[k] * input[first + k * stride]`.
+fn dot(values: &[f32], input: &[f32], first: usize, stride: usize) -> f32 {
+    if stride == 1 {
+        values
+            .iter()
+            .zip(&input[first..first + values.len()])
+            .map(|(a, b)| a * b)
+            .sum()
+    } else {
+        values
+            .iter()
+            .enumerate()
+            .map(|(k, a)| a * input[first + k * stride])
+            .sum()
+    }
+}
+
+/// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time.
 pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let [n, c, h, w] = dims4(&x);
@@ -109,35 +186,22 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geomet
         weight.as_slice::<f32>().expect("contiguous"),
         bias.as_slice::<f32>().expect("contiguous"),
     );
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
+    let taps = g.kernel[0] * g.kernel[1];
     new_tensor([n, c, oh, ow], |out| {
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
-            let input = &xs[plane * h * w..(plane + 1) * h * w];
+            let input = &xs[plane * h * w..][..h * w];
             out.fill(bs[ch]);
-            for i in 0..kh {
-                let rows = Geometry::valid(i, h, oh, sh, g.pads[0]);
-                for j in 0..kw {
-                    let cols = Geometry::valid(j, w, ow, sw, g.pads[1]);
-                    let tap = ws[(ch * kh + i) * kw + j];
-                    for o in rows.clone() {
-                        let row = &input[(o * sh + i - g.pads[0]) * w..][..w];
-                        let out_row = &mut out[o * ow..(o + 1) * ow];
-                        let first = cols.start * sw + j - g.pads[1];
-                        if sw == 1 {
-                            let len = cols.len();
-                            for (y, x) in out_row[cols.clone()].iter_mut().zip(&row[first..first + len]) {
-                                *y += tap * x;
-                            }
-                        } else {
-                            for (k, y) in out_row[cols.clone()].iter_mut().enumerate() {
-                                *y += tap * row[first + k * sw];
-                            }
-                        }
-                    }
-                }
-            }
+            g.for_each_tap_row([h, w], |t| {
+                let out_row = &mut out[t.output_row * ow..][..ow];
+                add_scaled(
+                    &mut out_row[t.columns],
+                    ws[ch * taps + t.tap],
+                    &input[t.input_row * w..][..w],
+                    t.first_input_column,
+                    g.stride[1],
+                );
+            });
         });
     })
 }
@@ -151,37 +215,20 @@ pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4],
         grad.as_slice::<f32>().expect("contiguous"),
         weight.as_slice::<f32>().expect("contiguous"),
     );
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
+    let taps = g.kernel[0] * g.kernel[1];
     new_tensor(input, |out| {
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
-            let grad = &gs[plane * oh * ow..(plane + 1) * oh * ow];
-            for i in 0..kh {
-                let rows = Geometry::valid(i, h, oh, sh, g.pads[0]);
-                for j in 0..kw {
-                    let cols = Geometry::valid(j, w, ow, sw, g.pads[1]);
-                    let tap = ws[(ch * kh + i) * kw + j];
-                    for o in rows.clone() {
-                        let out_row = &mut out[(o * sh + i - g.pads[0]) * w..][..w];
-                        let grad_row = &grad[o * ow..(o + 1) * ow];
-                        let first = cols.start * sw + j - g.pads[1];
-                        if sw == 1 {
-                            let len = cols.len();
-                            for (x, y) in out_row[first..first + len]
-                                .iter_mut()
-                                .zip(&grad_row[cols.clone()])
-                            {
-                                *x += tap * y;
-                            }
-                        } else {
-                            for (k, y) in grad_row[cols.clone()].iter().enumerate() {
-                                out_row[first + k * sw] += tap * y;
-                            }
-                        }
-                    }
-                }
-            }
+            let grad = &gs[plane * oh * ow..][..oh * ow];
+            g.for_each_tap_row([h, w], |t| {
+                scatter_scaled(
+                    &mut out[t.input_row * w..][..w],
+                    t.first_input_column,
+                    g.stride[1],
+                    ws[ch * taps + t.tap],
+                    &grad[t.output_row * ow..][..ow][t.columns],
+                );
+            });
         });
     })
 }
@@ -197,7 +244,6 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
         grad.as_slice::<f32>().expect("contiguous"),
     );
     let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
     let per_channel: Vec<(Vec<f32>, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -206,36 +252,14 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
             let mut bias = 0f64;
             for image in 0..n {
                 let plane = image * c + ch;
-                let input = &xs[plane * h * w..(plane + 1) * h * w];
-                let grad = &gs[plane * oh * ow..(plane + 1) * oh * ow];
+                let input = &xs[plane * h * w..][..h * w];
+                let grad = &gs[plane * oh * ow..][..oh * ow];
                 bias += grad.iter().map(|&v| v as f64).sum::<f64>();
-                for i in 0..kh {
-                    let rows = Geometry::valid(i, h, oh, sh, g.pads[0]);
-                    for j in 0..kw {
-                        let cols = Geometry::valid(j, w, ow, sw, g.pads[1]);
-                        let mut sum = 0f32;
-                        for o in rows.clone() {
-                            let row = &input[(o * sh + i - g.pads[0]) * w..][..w];
-                            let grad_row = &grad[o * ow..(o + 1) * ow];
-                            let first = cols.start * sw + j - g.pads[1];
-                            if sw == 1 {
-                                let len = cols.len();
-                                sum += grad_row[cols.clone()]
-                                    .iter()
-                                    .zip(&row[first..first + len])
-                                    .map(|(a, b)| a * b)
-                                    .sum::<f32>();
-                            } else {
-                                sum += grad_row[cols.clone()]
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(k, a)| a * row[first + k * sw])
-                                    .sum::<f32>();
-                            }
-                        }
-                        taps[i * kw + j] += sum as f64;
-                    }
-                }
+                g.for_each_tap_row([h, w], |t| {
+                    let values = &grad[t.output_row * ow..][..ow][t.columns];
+                    let row = &input[t.input_row * w..][..w];
+                    taps[t.tap] += dot(values, row, t.first_input_column, g.stride[1]) as f64;
+                });
             }
             (taps.into_iter().map(|v| v as f32).collect(), bias as f32)
         })
@@ -245,12 +269,13 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
             out[ch * kh * kw..(ch + 1) * kh * kw].copy_from_slice(taps);
         }
     });
-    let mut bias = FlexTensor::zeros(Shape::new([c]), DType::F32);
-    let storage = bias.try_storage_mut::<f32>().expect("a new tensor is unique");
-    for (ch, (_, b)) in per_channel.iter().enumerate() {
-        storage[ch] = *b;
-    }
+    let bias = new_tensor_1d(per_channel.iter().map(|(_, b)| *b).collect());
     (weight, bias)
+}
+
+fn new_tensor_1d(values: Vec<f32>) -> FlexTensor {
+    let len = values.len();
+    FlexTensor::from_data(burn::tensor::TensorData::new(values, [len]))
 }
 
 impl DepthwiseBackend for Flex {
