@@ -98,17 +98,12 @@ struct TapRow {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DepthwiseBackend: Backend {
-    /// `x` [N, C, H, W], `weight` [C, 1, KH, KW], `bias` [C] -> [N, C, OH, OW]. The geometry
-    /// travels as plain integers: kernel (2), stride (2), pads (4).
-    #[allow(clippy::too_many_arguments)]
+    /// `x` [N, C, H, W], `weight` [C, 1, KH, KW], `bias` [C] -> [N, C, OH, OW].
     fn depthwise_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        kh: usize,
-        kw: usize,
-        stride: usize,
-        pads: [usize; 4],
+        geometry: Geometry,
     ) -> FloatTensor<Self>;
 }
 
@@ -279,16 +274,8 @@ fn new_tensor_1d(values: Vec<f32>) -> FlexTensor {
 }
 
 impl DepthwiseBackend for Flex {
-    fn depthwise_conv(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        kh: usize,
-        kw: usize,
-        stride: usize,
-        pads: [usize; 4],
-    ) -> FlexTensor {
-        forward(&x, &weight, &bias, Geometry::new(kh, kw, stride, pads))
+    fn depthwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, geometry: Geometry) -> FlexTensor {
+        forward(&x, &weight, &bias, geometry)
     }
 }
 
@@ -323,12 +310,8 @@ impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        kh: usize,
-        kw: usize,
-        stride: usize,
-        pads: [usize; 4],
+        g: Geometry,
     ) -> FloatTensor<Self> {
-        let g = Geometry::new(kh, kw, stride, pads);
         match DepthwiseConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()

@@ -22,7 +22,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 use clip::ClipBackend;
-use depthwise::DepthwiseBackend;
+use depthwise::{DepthwiseBackend, Geometry};
 
 /// `x.clamp(min, max)`, in one pass forward and one backward on the CPU backend ([`clip`]).
 pub fn clip(x: Tensor<4>, min: f32, max: f32) -> Tensor<4> {
@@ -90,10 +90,7 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: C
             x.into_dispatch(),
             weight.into_dispatch(),
             bias_or_zero(bias).into_dispatch(),
-            kh,
-            kw,
-            options.stride[0],
-            pads,
+            Geometry::new(kh, kw, options.stride[0], pads),
         )),
         Route::Burn => conv2d(x, weight, bias, options),
     }
