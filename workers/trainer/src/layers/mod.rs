@@ -118,6 +118,16 @@ mod tests {
         }
     }
 
+    /// TF's SAME padding of a 3x3 kernel at stride 2 on an even size: the odd pixel last.
+    fn tf_same_stride_2(groups: usize) -> ConvOptions<2> {
+        ConvOptions {
+            stride: [2, 2],
+            padding: [(0, 1), (0, 1)],
+            dilation: [1, 1],
+            groups,
+        }
+    }
+
     fn assert_close(a: Tensor<4>, b: Tensor<4>, what: &str) {
         let (a, b): (Vec<f32>, Vec<f32>) = (
             a.into_data().try_to_vec::<f32>().unwrap(),
@@ -191,14 +201,7 @@ mod tests {
     fn a_depthwise_convolution_has_conv2d_values_and_gradients() {
         compare([2, 4, 7, 9], [4, 1, 3, 3], options(1, 1, 4));
         compare([3, 5, 8, 8], [5, 1, 3, 3], options(2, 1, 5));
-        // TF's SAME at stride 2 on an even size: the odd pixel of padding last.
-        let same = ConvOptions {
-            stride: [2, 2],
-            padding: [(0, 1), (0, 1)],
-            dilation: [1, 1],
-            groups: 6,
-        };
-        compare([2, 6, 10, 6], [6, 1, 3, 3], same);
+        compare([2, 6, 10, 6], [6, 1, 3, 3], tf_same_stride_2(6));
         // Images smaller than the kernel, and no padding.
         compare([2, 3, 2, 1], [3, 1, 3, 3], options(1, 1, 3));
         compare([1, 2, 5, 5], [2, 1, 3, 3], options(2, 0, 2));
@@ -245,14 +248,8 @@ mod tests {
     fn other_one_group_convolutions_are_conv2d() {
         compare([2, 4, 7, 7], [6, 4, 3, 3], options(2, 1, 1));
         compare([3, 5, 9, 8], [7, 5, 3, 3], options(1, 1, 1));
-        // The student's first convolution: 3x3, stride 2, TF's SAME on an even size.
-        let same = ConvOptions {
-            stride: [2, 2],
-            padding: [(0, 1), (0, 1)],
-            dilation: [1, 1],
-            groups: 1,
-        };
-        compare([2, 3, 12, 10], [8, 3, 3, 3], same);
+        // The student's first convolution.
+        compare([2, 3, 12, 10], [8, 3, 3, 3], tf_same_stride_2(1));
         compare([2, 6, 1, 1], [5, 6, 3, 3], options(1, 1, 1));
         compare([2, 4, 6, 6], [3, 4, 1, 1], options(2, 0, 1));
     }
