@@ -11,11 +11,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, TensorMetadata, backend_extension};
-use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::depthwise::contiguous;
+use super::flex::{contiguous, in_place, new_tensor};
 
 /// Elements per parallel task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
@@ -26,39 +25,35 @@ pub trait ClipBackend: Backend {
     fn clip(x: FloatTensor<Self>, min: f32, max: f32) -> FloatTensor<Self>;
 }
 
-/// Applies `f` to each element of `a` (and `b`, element for element) into a new tensor of
-/// `a`'s shape.
-fn map(a: &FlexTensor, b: Option<&FlexTensor>, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
-    let a = contiguous(a);
-    let b = b.map(contiguous);
-    let mut out = FlexTensor::zeros(a.shape(), DType::F32);
-    let xs = a.as_slice::<f32>().expect("contiguous");
-    let ys = b.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous"));
-    out.try_storage_mut::<f32>()
-        .expect("a new tensor is unique")
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(i, out)| {
-            let xs = &xs[i * CHUNK..][..out.len()];
-            match ys {
-                Some(ys) => {
-                    let ys = &ys[i * CHUNK..][..out.len()];
-                    for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
-                        *o = f(x, y);
-                    }
-                }
-                None => {
-                    for (o, &x) in out.iter_mut().zip(xs) {
-                        *o = f(x, 0.0);
-                    }
-                }
+/// `f(a, b)` element for element (`a` is `b` when absent), written over `b` when nothing else
+/// holds it (a convolution's fresh output, a gradient), else into a new tensor.
+fn map(a: Option<&FlexTensor>, mut b: FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
+    let a = a.map(contiguous);
+    let xs = a.as_ref().map(|a| a.as_slice::<f32>().expect("contiguous"));
+    // `ys` is `b`'s values when they are not the output itself.
+    let apply = |out: &mut [f32], ys: Option<&[f32]>| {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
+            let range = i * CHUNK..i * CHUNK + out.len();
+            let xs = xs.map(|xs| &xs[range.clone()]);
+            let ys = ys.map(|ys| &ys[range]);
+            for (k, o) in out.iter_mut().enumerate() {
+                let y = ys.map_or(*o, |ys| ys[k]);
+                *o = f(xs.map_or(y, |xs| xs[k]), y);
             }
-        });
-    out
+        })
+    };
+    if let Some(out) = in_place(&mut b) {
+        apply(out, None);
+        return b;
+    }
+    let b = contiguous(&b);
+    new_tensor(&b.shape(), |out| apply(out, b.as_slice::<f32>()))
 }
 
-pub fn forward(x: &FlexTensor, min: f32, max: f32) -> FlexTensor {
-    map(x, None, |x, _| {
+/// The input clamped to `[min, max]`, in place when the caller held the only reference to it
+/// (a convolution's fresh output, in the student).
+pub fn forward(x: FlexTensor, min: f32, max: f32) -> FlexTensor {
+    map(None, x, |x, _| {
         if x < min {
             min
         } else if x > max {
@@ -69,15 +64,20 @@ pub fn forward(x: &FlexTensor, min: f32, max: f32) -> FlexTensor {
     })
 }
 
-/// The gradient passes where the input was inside `[min, max]` (burn's `clamp` masks only
-/// what lies strictly outside).
-pub fn backward(x: &FlexTensor, grad: &FlexTensor, min: f32, max: f32) -> FlexTensor {
-    map(x, Some(grad), |x, g| if x < min || x > max { 0.0 } else { g })
+/// The gradient passes where the output lies strictly inside `(min, max)`, as PyTorch's
+/// `hardtanh_backward`: kept as the backward's state, the output costs no memory of its own
+/// (the next convolution keeps it too), and the input it came from can be written over.
+pub fn backward(output: &FlexTensor, grad: FlexTensor, min: f32, max: f32) -> FlexTensor {
+    map(
+        Some(output),
+        grad,
+        |y, g| if y > min && y < max { g } else { 0.0 },
+    )
 }
 
 impl ClipBackend for Flex {
     fn clip(x: FlexTensor, min: f32, max: f32) -> FlexTensor {
-        forward(&x, min, max)
+        forward(x, min, max)
     }
 }
 
@@ -85,28 +85,72 @@ impl ClipBackend for Flex {
 struct ClipBackward;
 
 impl Backward<Flex, 1> for ClipBackward {
-    /// The input and the bounds.
+    /// The output and the bounds.
     type State = (FlexTensor, f32, f32);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
-            let (x, min, max) = ops.state;
-            grads.register::<Flex>(node.id, backward(&x, &grad, min, max));
+            let (output, min, max) = ops.state;
+            grads.register::<Flex>(node.id, backward(&output, grad, min, max));
         }
     }
 }
 
 impl<C: CheckpointStrategy> ClipBackend for Autodiff<Flex, C> {
     fn clip(x: FloatTensor<Self>, min: f32, max: f32) -> FloatTensor<Self> {
-        match ClipBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        let (x, node) = x.into_parts();
+        match ClipBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let x = x.primitive().clone();
-                let output = forward(&x, min, max);
-                prep.finish((x, min, max), output)
+                let output = forward(x, min, max);
+                prep.finish((output.clone(), min, max), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive(), min, max)),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x, min, max)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::flex::from_values;
+
+    fn values(t: &FlexTensor) -> Vec<f32> {
+        t.as_slice::<f32>().unwrap().to_vec()
+    }
+
+    #[test]
+    fn clip_writes_over_an_input_nothing_else_holds_and_copies_a_shared_one() {
+        let input = || from_values(vec![-1.0, 0.5, 7.0, 6.0], &[1, 1, 2, 2]);
+        let owned = input();
+        let address = owned.bytes().as_ptr();
+        let out = forward(owned, 0.0, 6.0);
+        assert_eq!(values(&out), [0.0, 0.5, 6.0, 6.0]);
+        assert_eq!(out.bytes().as_ptr(), address, "written in place");
+
+        let shared = input();
+        let out = forward(shared.clone(), 0.0, 6.0);
+        assert_eq!(values(&out), [0.0, 0.5, 6.0, 6.0]);
+        assert_eq!(
+            values(&shared),
+            [-1.0, 0.5, 7.0, 6.0],
+            "the shared input is untouched"
+        );
+    }
+
+    #[test]
+    fn the_gradient_passes_strictly_inside_the_bounds_of_the_output() {
+        let output = from_values(vec![0.0, 0.5, 6.0, 3.0], &[1, 1, 2, 2]);
+        let grad = from_values(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2]);
+        assert_eq!(
+            values(&backward(&output, grad.clone(), 0.0, 6.0)),
+            [0.0, 2.0, 0.0, 4.0]
+        );
+        assert_eq!(
+            values(&grad),
+            [1.0, 2.0, 3.0, 4.0],
+            "a shared gradient is untouched"
+        );
     }
 }

@@ -16,9 +16,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
-use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use super::flex::{contiguous, dims4, from_values, new_tensor};
 
 /// A depthwise convolution's geometry: kernel size, stride and padding (top, left, bottom,
 /// right).
@@ -107,25 +108,6 @@ pub trait DepthwiseBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-pub(super) fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let shape = burn::backend::TensorMetadata::shape(t);
-    [shape[0], shape[1], shape[2], shape[3]]
-}
-
-pub(super) fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn new_tensor(shape: [usize; 4], fill: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut t = FlexTensor::zeros(Shape::new(shape), DType::F32);
-    fill(t.try_storage_mut::<f32>().expect("a new tensor is unique"));
-    t
-}
-
 /// `out[k] += a * input[first + k * stride]` (for stride 1 a contiguous multiply-add, which the
 /// compiler vectorises).
 fn add_scaled(out: &mut [f32], a: f32, input: &[f32], first: usize, stride: usize) {
@@ -182,7 +164,7 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geomet
         bias.as_slice::<f32>().expect("contiguous"),
     );
     let taps = g.kernel[0] * g.kernel[1];
-    new_tensor([n, c, oh, ow], |out| {
+    new_tensor(&[n, c, oh, ow], |out| {
         out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
             let input = &xs[plane * h * w..][..h * w];
@@ -211,7 +193,7 @@ pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4],
         weight.as_slice::<f32>().expect("contiguous"),
     );
     let taps = g.kernel[0] * g.kernel[1];
-    new_tensor(input, |out| {
+    new_tensor(&input, |out| {
         out.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
             let ch = plane % c;
             let grad = &gs[plane * oh * ow..][..oh * ow];
@@ -259,18 +241,13 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
             (taps.into_iter().map(|v| v as f32).collect(), bias as f32)
         })
         .collect();
-    let weight = new_tensor([c, 1, kh, kw], |out| {
+    let weight = new_tensor(&[c, 1, kh, kw], |out| {
         for (ch, (taps, _)) in per_channel.iter().enumerate() {
             out[ch * kh * kw..(ch + 1) * kh * kw].copy_from_slice(taps);
         }
     });
-    let bias = new_tensor_1d(per_channel.iter().map(|(_, b)| *b).collect());
+    let bias = from_values(per_channel.iter().map(|(_, b)| *b).collect(), &[c]);
     (weight, bias)
-}
-
-fn new_tensor_1d(values: Vec<f32>) -> FlexTensor {
-    let len = values.len();
-    FlexTensor::from_data(burn::tensor::TensorData::new(values, [len]))
 }
 
 impl DepthwiseBackend for Flex {

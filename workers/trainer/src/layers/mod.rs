@@ -7,14 +7,16 @@
 //!   every activation first;
 //! - a depthwise convolution runs [`depthwise`]'s kernels: burn's weight gradient loops over
 //!   the channels, one small convolution each;
-//! - ReLU6 runs [`clip`]: one pass each way instead of masked fills.
+//! - ReLU6 runs [`clip`]: one pass each way instead of masked fills, written over the
+//!   convolution's output (and over the gradient on the way back).
 //!
-//! Without autodiff (the frozen features, evaluation, other backends) burn's own kernels run: as
-//! fast or faster forward. Per layer: `cargo run --release -p autotuner-trainer --example
+//! Without autodiff (the frozen features, evaluation) burn's own convolution kernels run: as
+//! fast or faster forward; ReLU6 runs [`clip`] there too. Other backends run burn's own. Per layer: `cargo run --release -p autotuner-trainer --example
 //! layer_timings` (bench-results/trainer-layers.json).
 
 pub mod clip;
 pub mod depthwise;
+mod flex;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;
@@ -24,9 +26,10 @@ use burn::tensor::ops::ConvOptions;
 use clip::ClipBackend;
 use depthwise::{DepthwiseBackend, Geometry};
 
-/// `x.clamp(min, max)`, in one pass forward and one backward on the CPU backend ([`clip`]).
+/// `x.clamp(min, max)`, on the CPU backend in one pass forward and one backward, in place when
+/// `x` was the only reference to its values ([`clip`]).
 pub fn clip(x: Tensor<4>, min: f32, max: f32) -> Tensor<4> {
-    if !(x.device().is_autodiff() && on_cpu_backend(&x)) {
+    if !on_cpu_backend(&x) {
         return x.clamp(min, max);
     }
     Tensor::from_dispatch(<Dispatch as ClipBackend>::clip(x.into_dispatch(), min, max))
@@ -232,15 +235,25 @@ mod tests {
             let grads = (y.clone() * weighting.clone()).sum().backward();
             (y.inner(), x.grad(&grads).unwrap())
         };
+        // A shared input (written to a new tensor) and a fresh one (written over).
         let ours = run(&|x| clip(x, 0.0, 6.0));
         let reference = run(&|x| x.clamp(0.0, 6.0));
         assert_close(ours.0, reference.0, "output");
         assert_close(ours.1, reference.1, "gradient");
+        let ours = run(&|x| clip(x * 2.0, 0.0, 6.0));
+        let reference = run(&|x| (x * 2.0).clamp(0.0, 6.0));
+        assert_close(ours.0, reference.0, "output of a fresh input");
+        assert_close(ours.1, reference.1, "gradient through a fresh input");
         let plain = x.inner();
         assert_close(
             clip(plain.clone(), 0.0, 6.0),
-            plain.clamp(0.0, 6.0),
+            plain.clone().clamp(0.0, 6.0),
             "output without autodiff",
+        );
+        assert_close(
+            clip(plain.clone() * 2.0, 0.0, 6.0),
+            (plain * 2.0).clamp(0.0, 6.0),
+            "output of a fresh input without autodiff",
         );
     }
 
