@@ -46,6 +46,51 @@ enum Value {
     Ints(Vec<i64>),
 }
 
+/// The values computed so far in a forward pass, each handed over (not cloned) to its last
+/// reader: an operation that can write over its input (ReLU6 over its convolution's output)
+/// then finds it unshared, and nothing outlives its readers.
+struct Values<'a> {
+    computed: HashMap<&'a str, Value>,
+    /// How many reads of each value are still to come (a wanted output counts as one).
+    reads_left: HashMap<&'a str, usize>,
+}
+
+impl<'a> Values<'a> {
+    fn new(nodes: impl IntoIterator<Item = &'a NodeProto>, outputs: &[&'a str]) -> Self {
+        let mut reads_left: HashMap<&str, usize> = HashMap::new();
+        for name in nodes
+            .into_iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(outputs.iter().copied())
+        {
+            *reads_left.entry(name).or_default() += 1;
+        }
+        Values {
+            computed: HashMap::new(),
+            reads_left,
+        }
+    }
+
+    fn insert(&mut self, name: &'a str, value: Value) {
+        self.computed.insert(name, value);
+    }
+
+    fn contains_float(&self, name: &str) -> bool {
+        matches!(self.computed.get(name), Some(Value::Float(..)))
+    }
+
+    /// The value `name` for one read: the last read takes it.
+    fn read(&mut self, name: &str) -> Option<Value> {
+        let left = self.reads_left.get_mut(name)?;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.computed.remove(name)
+        } else {
+            self.computed.get(name).cloned()
+        }
+    }
+}
+
 /// A loaded ONNX graph.
 pub struct OnnxGraph {
     model: ModelProto,
@@ -246,14 +291,14 @@ impl OnnxGraph {
     ) -> Result<Vec<(Tensor<4>, usize)>, GraphError> {
         let provided: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
         let nodes = self.needed_nodes(&provided, outputs)?;
-        let mut values: HashMap<&str, Value> = HashMap::new();
+        let mut values = Values::new(nodes.iter().map(|&i| &self.nodes[i]), outputs);
         for (name, tensor) in inputs {
             values.insert(name, Value::Float(tensor, 4));
         }
         for i in nodes {
             let node = &self.nodes[i];
             let out = self
-                .run(node, &values, params)
+                .run(node, &mut values, params)
                 .map_err(|message| GraphError::Node {
                     node: node.name.clone(),
                     op: node.op_type.clone(),
@@ -263,8 +308,8 @@ impl OnnxGraph {
         }
         outputs
             .iter()
-            .map(|name| match values.get(name) {
-                Some(Value::Float(t, rank)) => Ok((t.clone(), *rank)),
+            .map(|name| match values.read(name) {
+                Some(Value::Float(t, rank)) => Ok((t, rank)),
                 _ => Err(GraphError::Output(name.to_string())),
             })
             .collect()
@@ -272,12 +317,12 @@ impl OnnxGraph {
 
     fn float(
         &self,
-        values: &HashMap<&str, Value>,
+        values: &mut Values,
         params: &HashMap<String, Tensor<4>>,
         name: &str,
     ) -> Result<(Tensor<4>, usize), String> {
-        match values.get(name) {
-            Some(Value::Float(t, r)) => Ok((t.clone(), *r)),
+        match values.read(name) {
+            Some(Value::Float(t, r)) => Ok((t, r)),
             Some(Value::Ints(_)) => Err(format!("{name} is an integer vector, not a tensor")),
             None => {
                 let (constant, rank) = self.floats.get(name).ok_or_else(|| format!("no value {name}"))?;
@@ -286,9 +331,9 @@ impl OnnxGraph {
         }
     }
 
-    fn ints(&self, values: &HashMap<&str, Value>, name: &str) -> Result<Vec<i64>, String> {
-        match values.get(name) {
-            Some(Value::Ints(v)) => Ok(v.clone()),
+    fn ints(&self, values: &mut Values, name: &str) -> Result<Vec<i64>, String> {
+        match values.read(name) {
+            Some(Value::Ints(v)) => Ok(v),
             Some(Value::Float(..)) => Err(format!("{name} is a tensor, not a shape")),
             None => self
                 .ints
@@ -309,7 +354,7 @@ impl OnnxGraph {
     fn run(
         &self,
         node: &NodeProto,
-        values: &HashMap<&str, Value>,
+        values: &mut Values,
         params: &HashMap<String, Tensor<4>>,
     ) -> Result<Value, String> {
         let input = |i: usize| {
@@ -394,7 +439,8 @@ impl OnnxGraph {
             }
             "Concat" => {
                 let axis = attr_int(node, "axis", 0);
-                if self.float(values, params, input(0)?).is_ok() {
+                let first = input(0)?;
+                if values.contains_float(first) || self.floats.contains_key(first) {
                     let parts = node
                         .input
                         .iter()
@@ -526,4 +572,37 @@ pub fn serialize(model: &ModelProto) -> Result<Vec<u8>, GraphError> {
     model
         .write_to_bytes()
         .map_err(|e| GraphError::Output(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(inputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_value_is_handed_to_its_last_reader_and_kept_for_a_wanted_output() {
+        let nodes = [node(&["x", "w"]), node(&["x", "y"])];
+        let mut values = Values::new(&nodes, &["y"]);
+        values.insert("x", Value::Ints(vec![1]));
+        values.insert("y", Value::Ints(vec![2]));
+        assert!(matches!(values.read("x"), Some(Value::Ints(v)) if v == [1]));
+        assert!(
+            values.computed.contains_key("x"),
+            "one read of x is still to come"
+        );
+        assert!(matches!(values.read("x"), Some(Value::Ints(v)) if v == [1]));
+        assert!(!values.computed.contains_key("x"), "the last reader took x");
+        assert!(values.read("y").is_some());
+        assert!(values.computed.contains_key("y"), "y is also a wanted output");
+        assert!(
+            values.read("w").is_none(),
+            "w is no computed value (an initializer)"
+        );
+    }
 }
