@@ -2,9 +2,9 @@
 //! gradients equal to burn's `conv2d` and `clamp` (the tests below compare them).
 //!
 //! With autodiff, on burn-flex:
-//! - a 1×1 convolution is a matrix product, and so are both its gradients; burn computes its
-//!   weight gradient as a convolution with the output's gradient as an H×W kernel, unfolding
-//!   every activation first;
+//! - a 1×1 convolution is a matrix product per image, and so are both its gradients
+//!   ([`pointwise`]; on other backends burn's `matmul`): burn computes its weight gradient as a
+//!   convolution with the output's gradient as an H×W kernel, unfolding every activation first;
 //! - a depthwise convolution runs [`depthwise`]'s kernels: burn's weight gradient loops over
 //!   the channels, one small convolution each;
 //! - ReLU6 runs [`clip`]: one pass each way instead of masked fills, written over the
@@ -17,6 +17,7 @@
 pub mod clip;
 pub mod depthwise;
 mod flex;
+pub mod pointwise;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;
@@ -25,6 +26,7 @@ use burn::tensor::ops::ConvOptions;
 
 use clip::ClipBackend;
 use depthwise::{DepthwiseBackend, Geometry};
+use pointwise::PointwiseBackend;
 
 /// `x.clamp(min, max)`, on the CPU backend in one pass forward and one backward, in place when
 /// `x` was the only reference to its values ([`clip`]).
@@ -69,7 +71,7 @@ fn route(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Route {
 /// `conv2d(x, weight, bias, options)`; with autodiff, a 1×1 convolution as a matrix product and,
 /// on the CPU backend, a depthwise one with [`depthwise`]'s kernels.
 pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
-    let [c_out, c_in, kh, kw] = weight.dims();
+    let [c_out, _, kh, kw] = weight.dims();
     let [(top, bottom), (left, right)] = options.padding;
     let pads = [top, left, bottom, right];
     let route = route(&x, &weight, &options);
@@ -77,18 +79,14 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: C
     // The kernels take a bias; a zero one stands in for none (a constant: no gradient kept).
     let bias_or_zero = |bias: Option<Tensor<1>>| bias.unwrap_or_else(|| Tensor::zeros([c_out], &device));
     match route {
-        Route::Pointwise => {
-            let [n, _, h, w] = x.dims();
-            // [1, C_out, C_in] x [N, C_in, H*W]: the weight broadcasts over the batch.
-            let y = weight
-                .reshape([1, c_out, c_in])
-                .matmul(x.reshape([n, c_in, h * w]));
-            let y = match bias {
-                Some(b) => y + b.reshape([1, c_out, 1]),
-                None => y,
-            };
-            y.reshape([n, c_out, h, w])
+        Route::Pointwise if on_cpu_backend(&x) => {
+            Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias_or_zero(bias).into_dispatch(),
+            ))
         }
+        Route::Pointwise => pointwise_as_matmul(x, weight, bias),
         Route::Depthwise => Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv(
             x.into_dispatch(),
             weight.into_dispatch(),
@@ -97,6 +95,21 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: C
         )),
         Route::Burn => conv2d(x, weight, bias, options),
     }
+}
+
+/// A 1×1 convolution as burn's `matmul`, for the backends [`pointwise`] does not extend.
+fn pointwise_as_matmul(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
+    let [n, c_in, h, w] = x.dims();
+    let c_out = weight.dims()[0];
+    // [1, C_out, C_in] x [N, C_in, H*W]: the weight broadcasts over the batch.
+    let y = weight
+        .reshape([1, c_out, c_in])
+        .matmul(x.reshape([n, c_in, h * w]));
+    let y = match bias {
+        Some(b) => y + b.reshape([1, c_out, 1]),
+        None => y,
+    };
+    y.reshape([n, c_out, h, w])
 }
 
 /// Whether `x` lives on burn-flex (with autodiff or without): the backend [`depthwise`] extends.
@@ -147,11 +160,21 @@ mod tests {
 
     /// The value and the three gradients of `conv` and of burn's `conv2d` on the same inputs.
     fn compare(x_shape: [usize; 4], w_shape: [usize; 4], options: ConvOptions<2>) {
-        compare_with(x_shape, w_shape, options.clone(), true);
-        compare_with(x_shape, w_shape, options, false);
+        compare_with(x_shape, w_shape, options.clone(), true, &|x, w, b, o| {
+            conv(x, w, b, o)
+        });
+        compare_with(x_shape, w_shape, options, false, &|x, w, b, o| conv(x, w, b, o));
     }
 
-    fn compare_with(x_shape: [usize; 4], w_shape: [usize; 4], options: ConvOptions<2>, with_bias: bool) {
+    type ConvFn = dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>) -> Tensor<4>;
+
+    fn compare_with(
+        x_shape: [usize; 4],
+        w_shape: [usize; 4],
+        options: ConvOptions<2>,
+        with_bias: bool,
+        ours: &ConvFn,
+    ) {
         let device = Device::flex().autodiff();
         let x = Tensor::<4>::random(x_shape, Distribution::Default, &device);
         let w = Tensor::<4>::random(w_shape, Distribution::Default, &device);
@@ -164,7 +187,7 @@ mod tests {
         };
         let out_shape = [x_shape[0], w_shape[0], out(0), out(1)];
         let weighting = Tensor::<4>::random(out_shape, Distribution::Default, &device);
-        let run = |f: &dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>) -> Tensor<4>| {
+        let run = |f: &ConvFn| {
             let (x, w, b) = (
                 x.clone().require_grad(),
                 w.clone().require_grad(),
@@ -184,7 +207,7 @@ mod tests {
                 b.grad(&grads).map(|g| g.reshape([1, 1, 1, -1])),
             )
         };
-        let ours = run(&|x, w, b, o| conv(x, w, b, o));
+        let ours = run(ours);
         let reference = run(&|x, w, b, o| conv2d(x, w, b, o));
         assert_close(ours.0, reference.0, "output");
         assert_close(ours.1, reference.1, "input gradient");
@@ -196,8 +219,24 @@ mod tests {
     }
 
     #[test]
-    fn a_pointwise_convolution_as_a_matrix_product_has_conv2d_values_and_gradients() {
+    fn a_pointwise_convolution_has_conv2d_values_and_gradients() {
         compare([3, 5, 4, 6], [7, 5, 1, 1], options(1, 0, 1));
+        compare([1, 16, 3, 3], [24, 16, 1, 1], options(1, 0, 1));
+        compare([5, 9, 1, 1], [2, 9, 1, 1], options(1, 0, 1));
+    }
+
+    #[test]
+    fn a_pointwise_convolution_as_burns_matmul_has_conv2d_values_and_gradients() {
+        // The form other backends (the GPU) train 1×1 convolutions with.
+        for with_bias in [true, false] {
+            compare_with(
+                [3, 5, 4, 6],
+                [7, 5, 1, 1],
+                options(1, 0, 1),
+                with_bias,
+                &|x, w, b, _| pointwise_as_matmul(x, w, b),
+            );
+        }
     }
 
     #[test]
