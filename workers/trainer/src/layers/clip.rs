@@ -34,11 +34,16 @@ fn map(a: Option<&FlexTensor>, mut b: FlexTensor, f: impl Fn(f32, f32) -> f32 + 
     let apply = |out: &mut [f32], ys: Option<&[f32]>| {
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, out)| {
             let range = i * CHUNK..i * CHUNK + out.len();
-            let xs = xs.map(|xs| &xs[range.clone()]);
-            let ys = ys.map(|ys| &ys[range]);
-            for (k, o) in out.iter_mut().enumerate() {
-                let y = ys.map_or(*o, |ys| ys[k]);
-                *o = f(xs.map_or(y, |xs| xs[k]), y);
+            // One loop per case, so that each vectorises.
+            match (xs.map(|xs| &xs[range.clone()]), ys.map(|ys| &ys[range])) {
+                (None, None) => out.iter_mut().for_each(|o| *o = f(*o, *o)),
+                (None, Some(ys)) => out.iter_mut().zip(ys).for_each(|(o, &y)| *o = f(y, y)),
+                (Some(xs), None) => out.iter_mut().zip(xs).for_each(|(o, &x)| *o = f(x, *o)),
+                (Some(xs), Some(ys)) => out
+                    .iter_mut()
+                    .zip(xs)
+                    .zip(ys)
+                    .for_each(|((o, &x), &y)| *o = f(x, y)),
             }
         })
     };
