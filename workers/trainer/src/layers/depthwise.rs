@@ -20,6 +20,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
+use super::lanes::{dot, sum};
 
 /// A depthwise convolution's geometry: kernel size, stride and padding (top, left, bottom,
 /// right).
@@ -136,23 +137,6 @@ fn scatter_scaled(out: &mut [f32], first: usize, stride: usize, a: f32, values: 
     }
 }
 
-/// `Σ values[k] * input[first + k * stride]`.
-fn dot(values: &[f32], input: &[f32], first: usize, stride: usize) -> f32 {
-    if stride == 1 {
-        values
-            .iter()
-            .zip(&input[first..first + values.len()])
-            .map(|(a, b)| a * b)
-            .sum()
-    } else {
-        values
-            .iter()
-            .enumerate()
-            .map(|(k, a)| a * input[first + k * stride])
-            .sum()
-    }
-}
-
 /// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time.
 pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
@@ -231,7 +215,7 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
                 let plane = image * c + ch;
                 let input = &xs[plane * h * w..][..h * w];
                 let grad = &gs[plane * oh * ow..][..oh * ow];
-                bias += grad.iter().map(|&v| v as f64).sum::<f64>();
+                bias += sum(grad) as f64;
                 g.for_each_tap_row([h, w], |t| {
                     let values = &grad[t.output_row * ow..][..ow][t.columns];
                     let row = &input[t.input_row * w..][..w];

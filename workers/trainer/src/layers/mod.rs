@@ -17,6 +17,7 @@
 pub mod clip;
 pub mod depthwise;
 mod flex;
+mod lanes;
 pub mod pointwise;
 
 use burn::backend::Dispatch;
@@ -247,6 +248,9 @@ mod tests {
         // Images smaller than the kernel, and no padding.
         compare([2, 3, 2, 1], [3, 1, 3, 3], options(1, 1, 3));
         compare([1, 2, 5, 5], [2, 1, 3, 3], options(2, 0, 2));
+        // Rows longer than the kernels' sixteen partial sums, with a remainder.
+        compare([2, 3, 5, 37], [3, 1, 3, 3], options(1, 1, 3));
+        compare([2, 3, 6, 70], [3, 1, 3, 3], tf_same_stride_2(3));
     }
 
     #[test]

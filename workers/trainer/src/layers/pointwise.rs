@@ -20,6 +20,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
+use super::lanes;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait PointwiseBackend: Backend {
@@ -174,7 +175,7 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor) -> (FlexTens
                 true,
             );
             for (sum, row) in bias.iter_mut().zip(grad.chunks(plane.max(1))) {
-                *sum += row.iter().map(|&v| v as f64).sum::<f64>();
+                *sum += lanes::sum(row) as f64;
             }
             (weight, bias)
         })
@@ -257,9 +258,19 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 × 3
         let b = [1.0, 0.0, 2.0, 1.0, 0.0, 1.0]; // read transposed: 3 × 2 [[1, 1], [0, 0], [2, 1]]
         let mut out = [10.0; 4];
-        multiply(&mut out, Matrix::rows(&a, 2, 3), Matrix::rows(&b, 2, 3).transposed(), false);
+        multiply(
+            &mut out,
+            Matrix::rows(&a, 2, 3),
+            Matrix::rows(&b, 2, 3).transposed(),
+            false,
+        );
         assert_eq!(out, [7.0, 4.0, 16.0, 10.0]);
-        multiply(&mut out, Matrix::rows(&a, 2, 3), Matrix::rows(&b, 2, 3).transposed(), true);
+        multiply(
+            &mut out,
+            Matrix::rows(&a, 2, 3),
+            Matrix::rows(&b, 2, 3).transposed(),
+            true,
+        );
         assert_eq!(out, [14.0, 8.0, 32.0, 20.0]);
     }
 
