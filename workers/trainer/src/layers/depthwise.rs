@@ -66,7 +66,7 @@ impl Geometry {
 
     /// Calls `f` for each kernel tap and each output row that tap reads inside an `h` × `w`
     /// image: every kernel below walks the same (tap, row) pairs, padding left out.
-    fn for_each_tap_row(&self, [h, w]: [usize; 2], mut f: impl FnMut(TapRow)) {
+    pub(super) fn for_each_tap_row(&self, [h, w]: [usize; 2], mut f: impl FnMut(TapRow)) {
         let [oh, ow] = self.output(h, w);
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
@@ -90,12 +90,12 @@ impl Geometry {
 
 /// One kernel tap over one output row: output `(output_row, c)` for `c` in `columns` reads input
 /// `(input_row, first_input_column + (c - columns.start) * stride)`.
-struct TapRow {
-    tap: usize,
-    input_row: usize,
-    output_row: usize,
-    columns: std::ops::Range<usize>,
-    first_input_column: usize,
+pub(super) struct TapRow {
+    pub tap: usize,
+    pub input_row: usize,
+    pub output_row: usize,
+    pub columns: std::ops::Range<usize>,
+    pub first_input_column: usize,
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -111,7 +111,7 @@ pub trait DepthwiseBackend: Backend {
 
 /// `out[k] += a * input[first + k * stride]` (for stride 1 a contiguous multiply-add, which the
 /// compiler vectorises).
-fn add_scaled(out: &mut [f32], a: f32, input: &[f32], first: usize, stride: usize) {
+pub(super) fn add_scaled(out: &mut [f32], a: f32, input: &[f32], first: usize, stride: usize) {
     if stride == 1 {
         let len = out.len();
         for (y, x) in out.iter_mut().zip(&input[first..first + len]) {
@@ -125,7 +125,7 @@ fn add_scaled(out: &mut [f32], a: f32, input: &[f32], first: usize, stride: usiz
 }
 
 /// `out[first + k * stride] += a * values[k]`: the adjoint of [`add_scaled`].
-fn scatter_scaled(out: &mut [f32], first: usize, stride: usize, a: f32, values: &[f32]) {
+pub(super) fn scatter_scaled(out: &mut [f32], first: usize, stride: usize, a: f32, values: &[f32]) {
     if stride == 1 {
         for (x, y) in out[first..first + values.len()].iter_mut().zip(values) {
             *x += a * y;

@@ -15,6 +15,7 @@
 //! layer_timings` (bench-results/trainer-layers.json).
 
 pub mod clip;
+pub mod dense;
 pub mod depthwise;
 mod flex;
 mod lanes;
@@ -26,6 +27,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 use clip::ClipBackend;
+use dense::DenseBackend;
 use depthwise::{DepthwiseBackend, Geometry};
 use pointwise::PointwiseBackend;
 
@@ -45,6 +47,8 @@ enum Route {
     Pointwise,
     /// One filter per channel, on the CPU backend: [`depthwise`].
     Depthwise,
+    /// Any other one-group convolution, with autodiff on the CPU backend: [`dense`].
+    Dense,
     /// burn's `conv2d`.
     Burn,
 }
@@ -65,6 +69,9 @@ fn route(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Route {
     }
     if plain && tracked && on_cpu_backend(x) && c_in == 1 && options.groups == channels && c_out == channels {
         return Route::Depthwise;
+    }
+    if plain && tracked && on_cpu_backend(x) && options.groups == 1 && c_in == channels {
+        return Route::Dense;
     }
     Route::Burn
 }
@@ -89,6 +96,12 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: C
         }
         Route::Pointwise => pointwise_as_matmul(x, weight, bias),
         Route::Depthwise => Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias_or_zero(bias).into_dispatch(),
+            Geometry::new(kh, kw, options.stride[0], pads),
+        )),
+        Route::Dense => Tensor::from_dispatch(<Dispatch as DenseBackend>::dense_conv(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias_or_zero(bias).into_dispatch(),
@@ -254,16 +267,21 @@ mod tests {
     }
 
     #[test]
-    fn without_autodiff_burns_own_kernels_run() {
+    fn without_autodiff_burns_own_kernels_run_and_with_it_ours() {
         let device = Device::flex();
         let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
         let depthwise = Tensor::<4>::zeros([4, 1, 3, 3], &device);
         let pointwise = Tensor::<4>::zeros([6, 4, 1, 1], &device);
         assert_eq!(route(&x, &depthwise, &options(1, 1, 4)), Route::Burn);
         assert_eq!(route(&x, &pointwise, &options(1, 0, 1)), Route::Burn);
-        let tracked = Tensor::<4>::zeros([1, 4, 5, 5], &device.autodiff()).require_grad();
+        let tracked = Tensor::<4>::zeros([1, 4, 5, 5], &device.clone().autodiff()).require_grad();
         assert_eq!(route(&tracked, &depthwise, &options(1, 1, 4)), Route::Depthwise);
         assert_eq!(route(&tracked, &pointwise, &options(1, 0, 1)), Route::Pointwise);
+        let dense = Tensor::<4>::zeros([6, 4, 3, 3], &device);
+        assert_eq!(route(&x, &dense, &options(1, 1, 1)), Route::Burn);
+        assert_eq!(route(&tracked, &dense, &options(2, 1, 1)), Route::Dense);
+        let grouped = Tensor::<4>::zeros([4, 2, 3, 3], &device);
+        assert_eq!(route(&tracked, &grouped, &options(1, 1, 2)), Route::Burn);
     }
 
     #[test]
@@ -301,8 +319,10 @@ mod tests {
     }
 
     #[test]
-    fn other_one_group_convolutions_are_conv2d() {
+    fn a_one_group_convolution_has_conv2d_values_and_gradients() {
         compare([2, 4, 7, 7], [6, 4, 3, 3], options(2, 1, 1));
+        // A box predictor's shape, smaller: few outputs from many channels.
+        compare([3, 40, 10, 10], [12, 40, 3, 3], options(1, 1, 1));
         compare([3, 5, 9, 8], [7, 5, 3, 3], options(1, 1, 1));
         // The student's first convolution.
         compare([2, 3, 12, 10], [8, 3, 3, 3], tf_same_stride_2(1));

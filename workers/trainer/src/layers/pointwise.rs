@@ -34,7 +34,7 @@ pub trait PointwiseBackend: Backend {
 
 /// A matrix read from a slice: element (r, c) at `r * row_stride + c * column_stride`.
 #[derive(Clone, Copy)]
-struct Matrix<'a> {
+pub(super) struct Matrix<'a> {
     values: &'a [f32],
     rows: usize,
     columns: usize,
@@ -44,7 +44,7 @@ struct Matrix<'a> {
 
 impl<'a> Matrix<'a> {
     /// The first `rows` × `columns` values of `values`, row after row.
-    fn rows(values: &'a [f32], rows: usize, columns: usize) -> Self {
+    pub(super) fn rows(values: &'a [f32], rows: usize, columns: usize) -> Self {
         Matrix {
             values: &values[..rows * columns],
             rows,
@@ -54,7 +54,7 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    fn transposed(self) -> Self {
+    pub(super) fn transposed(self) -> Self {
         Matrix {
             rows: self.columns,
             columns: self.rows,
@@ -68,7 +68,7 @@ impl<'a> Matrix<'a> {
 /// `out = a · b` (or `out += a · b` with `accumulate`), `out` row-major, on this thread: the
 /// one call into `gemm`'s raw-pointer interface, behind bounds checks.
 #[allow(unsafe_code)]
-fn multiply(out: &mut [f32], a: Matrix, b: Matrix, accumulate: bool) {
+pub(super) fn multiply(out: &mut [f32], a: Matrix, b: Matrix, accumulate: bool) {
     assert_eq!(a.columns, b.rows, "inner dimensions");
     assert_eq!(out.len(), a.rows * b.columns, "output size");
     for m in [a, b] {
