@@ -11,14 +11,13 @@
 //! Tensors are contiguous NCHW f32; the geometry is the depthwise kernels' [`Geometry`].
 
 use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use super::tracked::{self, ConvKernels};
 
 use super::depthwise::{Geometry, add_scaled, scatter_scaled};
 use super::flex::{contiguous, dims4, from_values, new_tensor};
@@ -230,29 +229,23 @@ impl DenseBackend for Flex {
     }
 }
 
+/// The kernels [`tracked::conv`] records.
 #[derive(Debug)]
-struct DenseConvBackward;
+pub struct Dense;
 
-impl Backward<Flex, 3> for DenseConvBackward {
-    /// The input, the weight and the geometry.
-    type State = (FlexTensor, FlexTensor, Geometry);
+impl ConvKernels for Dense {
+    type Geometry = Geometry;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight, g) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_gradient(&grad, &weight, dims4(&x), g));
-        }
-        if node_weight.is_some() || node_bias.is_some() {
-            let (weight_grad, bias_grad) = weight_and_bias_gradients(&x, &grad, g);
-            if let Some(node) = node_weight {
-                grads.register::<Flex>(node.id, weight_grad);
-            }
-            if let Some(node) = node_bias {
-                grads.register::<Flex>(node.id, bias_grad);
-            }
-        }
+    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
+        forward(x, weight, bias, g)
+    }
+
+    fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], g: Geometry) -> FlexTensor {
+        input_gradient(grad, weight, input, g)
+    }
+
+    fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry) -> (FlexTensor, FlexTensor) {
+        weight_and_bias_gradients(x, grad, g)
     }
 }
 
@@ -263,23 +256,6 @@ impl<C: CheckpointStrategy> DenseBackend for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         g: Geometry,
     ) -> FloatTensor<Self> {
-        match DenseConvBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, weight, bias) = (
-                    x.primitive().clone(),
-                    weight.primitive().clone(),
-                    bias.into_primitive(),
-                );
-                let output = forward(&x, &weight, &bias, g);
-                prep.finish((x, weight, g), output)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.primitive(), weight.primitive(), bias.primitive(), g))
-            }
-        }
+        tracked::conv::<Dense, C>(x, weight, bias, g)
     }
 }

@@ -20,6 +20,7 @@ pub mod depthwise;
 mod flex;
 mod lanes;
 pub mod pointwise;
+mod tracked;
 
 use burn::backend::Dispatch;
 use burn::prelude::*;

@@ -10,14 +10,13 @@
 //! Tensors are contiguous NCHW f32.
 
 use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use super::tracked::{self, ConvKernels};
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
 use super::lanes;
@@ -196,29 +195,23 @@ impl PointwiseBackend for Flex {
     }
 }
 
+/// The kernels [`tracked::conv`] records.
 #[derive(Debug)]
-struct PointwiseConvBackward;
+pub struct Pointwise;
 
-impl Backward<Flex, 3> for PointwiseConvBackward {
-    /// The input and the weight.
-    type State = (FlexTensor, FlexTensor);
+impl ConvKernels for Pointwise {
+    type Geometry = ();
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_gradient(&grad, &weight, dims4(&x)[1]));
-        }
-        if node_weight.is_some() || node_bias.is_some() {
-            let (weight_grad, bias_grad) = weight_and_bias_gradients(&x, &grad);
-            if let Some(node) = node_weight {
-                grads.register::<Flex>(node.id, weight_grad);
-            }
-            if let Some(node) = node_bias {
-                grads.register::<Flex>(node.id, bias_grad);
-            }
-        }
+    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, _: ()) -> FlexTensor {
+        forward(x, weight, bias)
+    }
+
+    fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], _: ()) -> FlexTensor {
+        input_gradient(grad, weight, input[1])
+    }
+
+    fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, _: ()) -> (FlexTensor, FlexTensor) {
+        weight_and_bias_gradients(x, grad)
     }
 }
 
@@ -228,24 +221,7 @@ impl<C: CheckpointStrategy> PointwiseBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        match PointwiseConvBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, weight, bias) = (
-                    x.primitive().clone(),
-                    weight.primitive().clone(),
-                    bias.into_primitive(),
-                );
-                let output = forward(&x, &weight, &bias);
-                prep.finish((x, weight), output)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.primitive(), weight.primitive(), bias.primitive()))
-            }
-        }
+        tracked::conv::<Pointwise, C>(x, weight, bias, ())
     }
 }
 
