@@ -97,6 +97,7 @@ fn main() {
                 t[1].clone(),
                 Some(t[2].clone().reshape([-1])),
                 options.clone(),
+                None,
             )
         });
         row(

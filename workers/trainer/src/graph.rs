@@ -11,6 +11,8 @@ use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 use thiserror::Error;
 
+use crate::layers::Bounds;
+
 #[derive(Debug, Error)]
 pub enum GraphError {
     #[error("cannot read {path}: {message}")]
@@ -91,10 +93,20 @@ impl<'a> Values<'a> {
     }
 }
 
+/// A Conv node whose output only a Clip node reads: the convolution clamps its output itself
+/// ([`crate::layers::conv`]), and the Clip node passes it on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ClampedConv {
+    clip: usize,
+    bounds: Bounds,
+}
+
 /// A loaded ONNX graph.
 pub struct OnnxGraph {
     model: ModelProto,
     nodes: Vec<NodeProto>,
+    /// By the Conv node's index.
+    clamped_convs: HashMap<usize, ClampedConv>,
     floats: HashMap<String, (Tensor<4>, usize)>,
     ints: HashMap<String, Vec<i64>>,
     input: String,
@@ -133,6 +145,48 @@ fn attr_int(n: &NodeProto, name: &str, default: i64) -> i64 {
         .map_or(default, |a| a.i)
 }
 
+/// The Conv nodes of `nodes` whose output is read by one Clip node with constant bounds and by
+/// nothing else (no other node, not a graph output).
+fn clamped_convs(
+    nodes: &[NodeProto],
+    floats: &HashMap<String, (Tensor<4>, usize)>,
+    outputs: &[String],
+) -> HashMap<usize, ClampedConv> {
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for input in &node.input {
+            readers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let constant = |name: Option<&String>| {
+        let (t, _) = floats.get(name?)?;
+        t.clone().into_scalar_or_first().ok()
+    };
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type == "Conv")
+        .filter_map(|(i, conv)| {
+            let output = conv.output.first()?;
+            if outputs.contains(output) {
+                return None;
+            }
+            let [clip] = readers.get(output.as_str())?.as_slice() else {
+                return None;
+            };
+            let node = &nodes[*clip];
+            if node.op_type != "Clip" || node.input.first() != Some(output) {
+                return None;
+            }
+            let bounds = Bounds {
+                min: constant(node.input.get(1))?,
+                max: constant(node.input.get(2))?,
+            };
+            Some((i, ClampedConv { clip: *clip, bounds }))
+        })
+        .collect()
+}
+
 impl OnnxGraph {
     /// Loads the graph and its weights from `path`, placing the weights on `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self, GraphError> {
@@ -159,13 +213,15 @@ impl OnnxGraph {
             .map(|i| i.name.clone())
             .find(|n| !floats.contains_key(n) && !ints.contains_key(n))
             .ok_or_else(|| read("no input".into()))?;
+        let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
         Ok(Self {
+            clamped_convs: clamped_convs(&graph.node, &floats, &outputs),
             nodes: graph.node.clone(),
             model: model.clone(),
             floats,
             ints,
             input,
-            outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+            outputs,
         })
     }
 
@@ -295,16 +351,31 @@ impl OnnxGraph {
         for (name, tensor) in inputs {
             values.insert(name, Value::Float(tensor, 4));
         }
+        // A convolution clamps its output itself unless its unclamped output is wanted.
+        let clamped: HashMap<usize, ClampedConv> = nodes
+            .iter()
+            .filter_map(|&i| Some((i, *self.clamped_convs.get(&i)?)))
+            .filter(|(i, c)| !outputs.contains(&self.nodes[*i].output[0].as_str()) && nodes.contains(&c.clip))
+            .collect();
+        let passed_on: std::collections::HashSet<usize> = clamped.values().map(|c| c.clip).collect();
         for i in nodes {
+            if passed_on.contains(&i) {
+                continue;
+            }
             let node = &self.nodes[i];
+            let clamp = clamped.get(&i);
             let out = self
-                .run(node, &mut values, params)
+                .run(node, &mut values, params, clamp.map(|c| c.bounds))
                 .map_err(|message| GraphError::Node {
                     node: node.name.clone(),
                     op: node.op_type.clone(),
                     message,
                 })?;
-            values.insert(&node.output[0], out);
+            let name = match clamp {
+                Some(c) => &self.nodes[c.clip].output[0],
+                None => &node.output[0],
+            };
+            values.insert(name, out);
         }
         outputs
             .iter()
@@ -351,11 +422,13 @@ impl OnnxGraph {
         t.clone().into_scalar_or_first()
     }
 
+    /// Runs `node`; a Conv node clamps its output to `clamp` when given.
     fn run(
         &self,
         node: &NodeProto,
         values: &mut Values,
         params: &HashMap<String, Tensor<4>>,
+        clamp: Option<Bounds>,
     ) -> Result<Value, String> {
         let input = |i: usize| {
             node.input
@@ -397,7 +470,7 @@ impl OnnxGraph {
                     dilation: [d[0] as usize, d[1] as usize],
                     groups: attr_int(node, "group", 1) as usize,
                 };
-                Value::Float(crate::layers::conv(x, w, bias, options), 4)
+                Value::Float(crate::layers::conv(x, w, bias, options, clamp), 4)
             }
             "Clip" => {
                 let (t, rank) = self.float(values, params, input(0)?)?;
@@ -583,6 +656,57 @@ mod tests {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    fn op(op_type: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op_type.into(),
+            output: vec![output.into()],
+            ..node(inputs)
+        }
+    }
+
+    #[test]
+    fn a_convolution_clamps_its_output_itself_when_only_a_clip_with_constant_bounds_reads_it() {
+        let device = Device::flex();
+        let scalar = |v: f32| {
+            (
+                Tensor::<4>::from_data(TensorData::new(vec![v], [1, 1, 1, 1]), &device),
+                0,
+            )
+        };
+        let floats: HashMap<String, _> = [("zero", 0.0), ("six", 6.0)]
+            .into_iter()
+            .map(|(name, v)| (name.to_string(), scalar(v)))
+            .collect();
+        let nodes = [
+            op("Conv", &["x", "w"], "a"),
+            op("Clip", &["a", "zero", "six"], "a6"),
+            // Also read by an Add: the unclamped output is needed.
+            op("Conv", &["a6", "w"], "b"),
+            op("Clip", &["b", "zero", "six"], "b6"),
+            op("Add", &["b", "b6"], "sum"),
+            // Bounds that are computed values, not constants.
+            op("Conv", &["sum", "w"], "c"),
+            op("Clip", &["c", "zero", "sum"], "c6"),
+            // A graph output.
+            op("Conv", &["c6", "w"], "d"),
+            op("Clip", &["d", "zero", "six"], "d6"),
+            // Read by something else than a Clip.
+            op("Conv", &["d6", "w"], "e"),
+            op("Relu", &["e"], "e0"),
+        ];
+        let clamped = clamped_convs(&nodes, &floats, &["d".to_string(), "e0".to_string()]);
+        assert_eq!(
+            clamped,
+            HashMap::from([(
+                0,
+                ClampedConv {
+                    clip: 1,
+                    bounds: Bounds { min: 0.0, max: 6.0 }
+                }
+            )])
+        );
     }
 
     #[test]

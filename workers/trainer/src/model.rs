@@ -239,7 +239,7 @@ impl Student {
                     dilation: [1, 1],
                     groups: 1,
                 };
-                crate::layers::conv(x, w, Some(bias), options)
+                crate::layers::conv(x, w, Some(bias), options, None)
             };
             let (b, c) = if layer.boxes.pads == layer.classes.pads {
                 // Both predictors read the same input the same way: one convolution with their

@@ -19,6 +19,38 @@ use super::flex::{contiguous, in_place, new_tensor};
 /// Elements per parallel task: large enough that scheduling is noise.
 const CHUNK: usize = 1 << 15;
 
+/// The bounds a value is clamped to (MobileNetV2's ReLU6: 0 and 6), as burn's `clamp`: NaN
+/// stays NaN.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub min: f32,
+    pub max: f32,
+}
+
+impl Bounds {
+    pub fn clamp(self, x: f32) -> f32 {
+        if x < self.min {
+            self.min
+        } else if x > self.max {
+            self.max
+        } else {
+            x
+        }
+    }
+
+    /// Each value clamped, in place: a convolution that ends in ReLU6 applies it to each part
+    /// of its output while that part is still in cache.
+    pub fn apply(self, values: &mut [f32]) {
+        values.iter_mut().for_each(|v| *v = self.clamp(*v));
+    }
+
+    /// Whether a gradient passes an output `y`: strictly inside the bounds, as PyTorch's
+    /// `hardtanh_backward`.
+    pub fn passes(self, y: f32) -> bool {
+        y > self.min && y < self.max
+    }
+}
+
 #[backend_extension(Flex, Autodiff)]
 pub trait ClipBackend: Backend {
     /// `x` clamped to `[min, max]`, as burn's `clamp`: NaN stays NaN.
@@ -57,32 +89,20 @@ fn map(a: Option<&FlexTensor>, mut b: FlexTensor, f: impl Fn(f32, f32) -> f32 + 
 
 /// The input clamped to `[min, max]`, in place when the caller held the only reference to it
 /// (a convolution's fresh output, in the student).
-pub fn forward(x: FlexTensor, min: f32, max: f32) -> FlexTensor {
-    map(None, x, |x, _| {
-        if x < min {
-            min
-        } else if x > max {
-            max
-        } else {
-            x
-        }
-    })
+pub fn forward(x: FlexTensor, bounds: Bounds) -> FlexTensor {
+    map(None, x, |x, _| bounds.clamp(x))
 }
 
 /// The gradient passes where the output lies strictly inside `(min, max)`, as PyTorch's
 /// `hardtanh_backward`: kept as the backward's state, the output costs no memory of its own
 /// (the next convolution keeps it too), and the input it came from can be written over.
-pub fn backward(output: &FlexTensor, grad: FlexTensor, min: f32, max: f32) -> FlexTensor {
-    map(
-        Some(output),
-        grad,
-        |y, g| if y > min && y < max { g } else { 0.0 },
-    )
+pub fn backward(output: &FlexTensor, grad: FlexTensor, bounds: Bounds) -> FlexTensor {
+    map(Some(output), grad, |y, g| if bounds.passes(y) { g } else { 0.0 })
 }
 
 impl ClipBackend for Flex {
     fn clip(x: FlexTensor, min: f32, max: f32) -> FlexTensor {
-        forward(x, min, max)
+        forward(x, Bounds { min, max })
     }
 }
 
@@ -91,14 +111,14 @@ struct ClipBackward;
 
 impl Backward<Flex, 1> for ClipBackward {
     /// The output and the bounds.
-    type State = (FlexTensor, f32, f32);
+    type State = (FlexTensor, Bounds);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
-            let (output, min, max) = ops.state;
-            grads.register::<Flex>(node.id, backward(&output, grad, min, max));
+            let (output, bounds) = ops.state;
+            grads.register::<Flex>(node.id, backward(&output, grad, bounds));
         }
     }
 }
@@ -106,12 +126,13 @@ impl Backward<Flex, 1> for ClipBackward {
 impl<C: CheckpointStrategy> ClipBackend for Autodiff<Flex, C> {
     fn clip(x: FloatTensor<Self>, min: f32, max: f32) -> FloatTensor<Self> {
         let (x, node) = x.into_parts();
+        let bounds = Bounds { min, max };
         match ClipBackward.prepare::<C>([node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let output = forward(x, min, max);
-                prep.finish((output.clone(), min, max), output)
+                let output = forward(x, bounds);
+                prep.finish((output.clone(), bounds), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(x, min, max)),
+            OpsKind::UnTracked(prep) => prep.finish(forward(x, bounds)),
         }
     }
 }
@@ -125,17 +146,19 @@ mod tests {
         t.as_slice::<f32>().unwrap().to_vec()
     }
 
+    const RELU6: Bounds = Bounds { min: 0.0, max: 6.0 };
+
     #[test]
     fn clip_writes_over_an_input_nothing_else_holds_and_copies_a_shared_one() {
         let input = || from_values(vec![-1.0, 0.5, 7.0, 6.0], &[1, 1, 2, 2]);
         let owned = input();
         let address = owned.bytes().as_ptr();
-        let out = forward(owned, 0.0, 6.0);
+        let out = forward(owned, RELU6);
         assert_eq!(values(&out), [0.0, 0.5, 6.0, 6.0]);
         assert_eq!(out.bytes().as_ptr(), address, "written in place");
 
         let shared = input();
-        let out = forward(shared.clone(), 0.0, 6.0);
+        let out = forward(shared.clone(), RELU6);
         assert_eq!(values(&out), [0.0, 0.5, 6.0, 6.0]);
         assert_eq!(
             values(&shared),
@@ -149,7 +172,7 @@ mod tests {
         let output = from_values(vec![0.0, 0.5, 6.0, 3.0], &[1, 1, 2, 2]);
         let grad = from_values(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2]);
         assert_eq!(
-            values(&backward(&output, grad.clone(), 0.0, 6.0)),
+            values(&backward(&output, grad.clone(), RELU6)),
             [0.0, 2.0, 0.0, 4.0]
         );
         assert_eq!(

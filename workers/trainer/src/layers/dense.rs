@@ -17,6 +17,7 @@ use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::clip::Bounds;
 use super::tracked::{self, ConvKernels};
 
 use super::depthwise::{Geometry, add_scaled, scatter_scaled};
@@ -26,12 +27,14 @@ use super::pointwise::{Matrix, multiply};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DenseBackend: Backend {
-    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, KH, KW], `bias` [C_out] -> [N, C_out, OH, OW].
+    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, KH, KW], `bias` [C_out] -> [N, C_out, OH, OW],
+    /// clamped to `clamp` when given.
     fn dense_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         geometry: Geometry,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self>;
 }
 
@@ -118,8 +121,15 @@ fn shape_of(x: &FlexTensor, g: Geometry) -> (usize, Shape) {
     )
 }
 
-/// The forward pass: the images in parallel, each output plane starting from its bias.
-pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
+/// The forward pass: the images in parallel, each output plane starting from its bias, each
+/// image's output clamped once computed.
+pub fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    g: Geometry,
+    clamp: Option<Bounds>,
+) -> FlexTensor {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let (n, s) = shape_of(&x, g);
     let c_out = dims4(&weight)[0];
@@ -142,6 +152,9 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geomet
                     }
                     let columns = Matrix::rows(cols, s.rows(), positions);
                     multiply(out, Matrix::rows(ws, c_out, s.rows()), columns, true);
+                    if let Some(bounds) = clamp {
+                        bounds.apply(out);
+                    }
                 },
             );
     })
@@ -224,8 +237,14 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
 }
 
 impl DenseBackend for Flex {
-    fn dense_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, geometry: Geometry) -> FlexTensor {
-        forward(&x, &weight, &bias, geometry)
+    fn dense_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        geometry: Geometry,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(&x, &weight, &bias, geometry, clamp)
     }
 }
 
@@ -236,8 +255,14 @@ pub struct Dense;
 impl ConvKernels for Dense {
     type Geometry = Geometry;
 
-    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
-        forward(x, weight, bias, g)
+    fn forward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: &FlexTensor,
+        g: Geometry,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(x, weight, bias, g, clamp)
     }
 
     fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], g: Geometry) -> FlexTensor {
@@ -255,7 +280,8 @@ impl<C: CheckpointStrategy> DenseBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         g: Geometry,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self> {
-        tracked::conv::<Dense, C>(x, weight, bias, g)
+        tracked::conv::<Dense, C>(x, weight, bias, g, clamp)
     }
 }

@@ -16,6 +16,7 @@ use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::clip::Bounds;
 use super::tracked::{self, ConvKernels};
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
@@ -99,12 +100,14 @@ pub(super) struct TapRow {
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DepthwiseBackend: Backend {
-    /// `x` [N, C, H, W], `weight` [C, 1, KH, KW], `bias` [C] -> [N, C, OH, OW].
+    /// `x` [N, C, H, W], `weight` [C, 1, KH, KW], `bias` [C] -> [N, C, OH, OW], clamped to
+    /// `clamp` when given.
     fn depthwise_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         geometry: Geometry,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self>;
 }
 
@@ -136,8 +139,15 @@ pub(super) fn scatter_scaled(out: &mut [f32], first: usize, stride: usize, a: f3
     }
 }
 
-/// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time.
-pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
+/// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time, then
+/// clamped.
+pub fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    g: Geometry,
+    clamp: Option<Bounds>,
+) -> FlexTensor {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let [n, c, h, w] = dims4(&x);
     let [oh, ow] = g.output(h, w);
@@ -162,6 +172,9 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geomet
                     g.stride[1],
                 );
             });
+            if let Some(bounds) = clamp {
+                bounds.apply(out);
+            }
         });
     })
 }
@@ -234,8 +247,14 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
 }
 
 impl DepthwiseBackend for Flex {
-    fn depthwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, geometry: Geometry) -> FlexTensor {
-        forward(&x, &weight, &bias, geometry)
+    fn depthwise_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        geometry: Geometry,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(&x, &weight, &bias, geometry, clamp)
     }
 }
 
@@ -246,8 +265,14 @@ pub struct Depthwise;
 impl ConvKernels for Depthwise {
     type Geometry = Geometry;
 
-    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
-        forward(x, weight, bias, g)
+    fn forward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: &FlexTensor,
+        g: Geometry,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(x, weight, bias, g, clamp)
     }
 
     fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], g: Geometry) -> FlexTensor {
@@ -265,7 +290,8 @@ impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         g: Geometry,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self> {
-        tracked::conv::<Depthwise, C>(x, weight, bias, g)
+        tracked::conv::<Depthwise, C>(x, weight, bias, g, clamp)
     }
 }

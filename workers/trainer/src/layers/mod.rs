@@ -8,7 +8,9 @@
 //! - a depthwise convolution runs [`depthwise`]'s kernels: burn's weight gradient loops over
 //!   the channels, one small convolution each;
 //! - ReLU6 runs [`clip`]: one pass each way instead of masked fills, written over the
-//!   convolution's output (and over the gradient on the way back).
+//!   convolution's output (and over the gradient on the way back); after one of the
+//!   convolutions above, the convolution's kernels clamp each part of the output as they write
+//!   it (`conv`'s `clamp`), and its backward pass masks the gradient first.
 //!
 //! Without autodiff (the frozen features, evaluation) burn's own convolution kernels run: as
 //! fast or faster forward; ReLU6 runs [`clip`] there too. Other backends run burn's own. Per layer: `cargo run --release -p autotuner-trainer --example
@@ -27,6 +29,7 @@ use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+pub use clip::Bounds;
 use clip::ClipBackend;
 use dense::DenseBackend;
 use depthwise::{DepthwiseBackend, Geometry};
@@ -77,9 +80,16 @@ fn route(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Route {
     Route::Burn
 }
 
-/// `conv2d(x, weight, bias, options)`; with autodiff, a 1×1 convolution as a matrix product and,
-/// on the CPU backend, a depthwise one with [`depthwise`]'s kernels.
-pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Tensor<4> {
+/// `conv2d(x, weight, bias, options)`, then clamped to `clamp` when given; with autodiff, a 1×1
+/// convolution as a matrix product and, on the CPU backend, a depthwise one with [`depthwise`]'s
+/// kernels and other one-group ones with [`dense`]'s, each clamping its output as it writes it.
+pub fn conv(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    clamp: Option<Bounds>,
+) -> Tensor<4> {
     let [c_out, _, kh, kw] = weight.dims();
     let [(top, bottom), (left, right)] = options.padding;
     let pads = [top, left, bottom, right];
@@ -87,28 +97,35 @@ pub fn conv(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, options: C
     let device = x.device();
     // The kernels take a bias; a zero one stands in for none (a constant: no gradient kept).
     let bias_or_zero = |bias: Option<Tensor<1>>| bias.unwrap_or_else(|| Tensor::zeros([c_out], &device));
+    let clamped = |y: Tensor<4>| match clamp {
+        Some(b) => clip(y, b.min, b.max),
+        None => y,
+    };
     match route {
         Route::Pointwise if on_cpu_backend(&x) => {
             Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
                 x.into_dispatch(),
                 weight.into_dispatch(),
                 bias_or_zero(bias).into_dispatch(),
+                clamp,
             ))
         }
-        Route::Pointwise => pointwise_as_matmul(x, weight, bias),
+        Route::Pointwise => clamped(pointwise_as_matmul(x, weight, bias)),
         Route::Depthwise => Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias_or_zero(bias).into_dispatch(),
             Geometry::new(kh, kw, options.stride[0], pads),
+            clamp,
         )),
         Route::Dense => Tensor::from_dispatch(<Dispatch as DenseBackend>::dense_conv(
             x.into_dispatch(),
             weight.into_dispatch(),
             bias_or_zero(bias).into_dispatch(),
             Geometry::new(kh, kw, options.stride[0], pads),
+            clamp,
         )),
-        Route::Burn => conv2d(x, weight, bias, options),
+        Route::Burn => clamped(conv2d(x, weight, bias, options)),
     }
 }
 
@@ -173,27 +190,51 @@ mod tests {
         assert!(worst < 1e-4, "{what}: relative difference {worst}");
     }
 
-    /// The value and the three gradients of `conv` and of burn's `conv2d` on the same inputs.
+    /// The value and the three gradients of `conv` and of burn's `conv2d` on the same inputs,
+    /// with a bias and without, and clamped.
     fn compare(x_shape: [usize; 4], w_shape: [usize; 4], options: ConvOptions<2>) {
-        compare_with(x_shape, w_shape, options.clone(), true, &|x, w, b, o| {
-            conv(x, w, b, o)
-        });
-        compare_with(x_shape, w_shape, options, false, &|x, w, b, o| conv(x, w, b, o));
+        for (with_bias, clamped) in [(true, false), (false, false), (true, true)] {
+            compare_with(x_shape, w_shape, options.clone(), with_bias, clamped, &conv);
+        }
     }
 
-    type ConvFn = dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>) -> Tensor<4>;
+    type ConvFn =
+        dyn Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>, ConvOptions<2>, Option<Bounds>) -> Tensor<4>;
 
+    /// With `clamped`, both outputs are clamped to bounds that cut off some values at each end.
     fn compare_with(
         x_shape: [usize; 4],
         w_shape: [usize; 4],
         options: ConvOptions<2>,
         with_bias: bool,
+        clamped: bool,
         ours: &ConvFn,
     ) {
         let device = Device::flex().autodiff();
         let x = Tensor::<4>::random(x_shape, Distribution::Default, &device);
         let w = Tensor::<4>::random(w_shape, Distribution::Default, &device);
         let b = Tensor::<1>::random([w_shape[0]], Distribution::Default, &device);
+        let clamp = clamped.then(|| {
+            let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+            let mut values = y.into_data().try_to_vec::<f32>().unwrap();
+            values.sort_by(f32::total_cmp);
+            // A bound in the widest gap between neighbouring values near a quartile: no value
+            // lies close enough to it that a rounding difference would put it on the other side.
+            let cut = |at: usize| {
+                let at = at.min(values.len().saturating_sub(2));
+                let end = (at + (values.len() / 8).clamp(1, 8)).min(values.len() - 1);
+                let i = (at..end.max(at + 1))
+                    .max_by(|&i, &j| (values[i + 1] - values[i]).total_cmp(&(values[j + 1] - values[j])))
+                    .unwrap();
+                (values[i] + values[i + 1]) / 2.0
+            };
+            let bounds = Bounds {
+                min: cut(values.len() / 4),
+                max: cut(values.len() * 3 / 4),
+            };
+            assert!(bounds.min < bounds.max, "bounds inside the output's range");
+            bounds
+        });
         // A weighting of the output that differs per element, so that a gradient in the wrong
         // place shows.
         let out = |axis: usize| {
@@ -213,6 +254,7 @@ mod tests {
                 w.clone(),
                 with_bias.then(|| b.clone()),
                 options.clone(),
+                clamp,
             );
             let grads = (y.clone() * weighting.clone()).sum().backward();
             (
@@ -223,7 +265,13 @@ mod tests {
             )
         };
         let ours = run(ours);
-        let reference = run(&|x, w, b, o| conv2d(x, w, b, o));
+        let reference = run(&|x, w, b, o, clamp| {
+            let y = conv2d(x, w, b, o);
+            match clamp {
+                Some(bounds) => y.clamp(bounds.min, bounds.max),
+                None => y,
+            }
+        });
         assert_close(ours.0, reference.0, "output");
         assert_close(ours.1, reference.1, "input gradient");
         assert_close(ours.2, reference.2, "weight gradient");
@@ -249,7 +297,8 @@ mod tests {
                 [7, 5, 1, 1],
                 options(1, 0, 1),
                 with_bias,
-                &|x, w, b, _| pointwise_as_matmul(x, w, b),
+                false,
+                &|x, w, b, _, _| pointwise_as_matmul(x, w, b),
             );
         }
     }

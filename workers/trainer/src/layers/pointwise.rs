@@ -16,6 +16,7 @@ use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::clip::Bounds;
 use super::tracked::{self, ConvKernels};
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
@@ -23,11 +24,13 @@ use super::lanes;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait PointwiseBackend: Backend {
-    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, 1, 1], `bias` [C_out] -> [N, C_out, H, W].
+    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, 1, 1], `bias` [C_out] -> [N, C_out, H, W],
+    /// clamped to `clamp` when given.
     fn pointwise_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self>;
 }
 
@@ -107,8 +110,9 @@ pub(super) fn multiply(out: &mut [f32], a: Matrix, b: Matrix, accumulate: bool) 
     }
 }
 
-/// The forward pass: the images in parallel, each output plane starting from its bias.
-pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+/// The forward pass: the images in parallel, each output plane starting from its bias, each
+/// image's output clamped once computed.
+pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, clamp: Option<Bounds>) -> FlexTensor {
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let [n, c_in, h, w] = dims4(&x);
     let c_out = dims4(&weight)[0];
@@ -127,6 +131,9 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTe
                 }
                 let input = Matrix::rows(&xs[image * c_in * plane..], c_in, plane);
                 multiply(out, Matrix::rows(ws, c_out, c_in), input, true);
+                if let Some(bounds) = clamp {
+                    bounds.apply(out);
+                }
             });
     })
 }
@@ -190,8 +197,13 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor) -> (FlexTens
 }
 
 impl PointwiseBackend for Flex {
-    fn pointwise_conv(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        forward(&x, &weight, &bias)
+    fn pointwise_conv(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(&x, &weight, &bias, clamp)
     }
 }
 
@@ -202,8 +214,14 @@ pub struct Pointwise;
 impl ConvKernels for Pointwise {
     type Geometry = ();
 
-    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, _: ()) -> FlexTensor {
-        forward(x, weight, bias)
+    fn forward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: &FlexTensor,
+        _: (),
+        clamp: Option<Bounds>,
+    ) -> FlexTensor {
+        forward(x, weight, bias, clamp)
     }
 
     fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], _: ()) -> FlexTensor {
@@ -220,8 +238,9 @@ impl<C: CheckpointStrategy> PointwiseBackend for Autodiff<Flex, C> {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        clamp: Option<Bounds>,
     ) -> FloatTensor<Self> {
-        tracked::conv::<Pointwise, C>(x, weight, bias, ())
+        tracked::conv::<Pointwise, C>(x, weight, bias, (), clamp)
     }
 }
 

@@ -1,6 +1,11 @@
 //! The autodiff side of the convolution kernels, written once: a convolution's backward pass
 //! registers the input gradient and the weight and bias gradients its [`ConvKernels`] compute,
 //! and [`conv`] records the operation with the input and the weight as its state.
+//!
+//! A convolution may end in a clamp (the ReLU6 that follows most of the student's
+//! convolutions), applied by the kernels to each part of the output as they write it: a separate
+//! pass over an activation of a few hundred megabytes reads and writes it all from memory again.
+//! The backward pass then keeps the output and masks the gradient by it first.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -14,6 +19,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn_flex::FlexTensor;
 
+use super::clip::{self, Bounds};
 use super::flex::dims4;
 
 /// A convolution's CPU kernels on contiguous NCHW f32 tensors.
@@ -21,7 +27,14 @@ pub trait ConvKernels: Debug + Send + Sync + 'static {
     /// What the kernels need besides the tensors (kernel size, stride, padding).
     type Geometry: Copy + Debug + Send + Sync + 'static;
 
-    fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, g: Self::Geometry) -> FlexTensor;
+    /// The convolution, each output value clamped to `clamp` when given.
+    fn forward(
+        x: &FlexTensor,
+        weight: &FlexTensor,
+        bias: &FlexTensor,
+        g: Self::Geometry,
+        clamp: Option<Bounds>,
+    ) -> FlexTensor;
 
     /// The gradient of an input of dimensions `input`.
     fn input_gradient(
@@ -41,14 +54,32 @@ pub trait ConvKernels: Debug + Send + Sync + 'static {
 #[derive(Debug)]
 struct ConvBackward<K>(PhantomData<K>);
 
+/// What a convolution's backward pass keeps.
+#[derive(Debug, Clone)]
+struct ConvState<G> {
+    input: FlexTensor,
+    weight: FlexTensor,
+    geometry: G,
+    /// The (clamped) output and the bounds, when the convolution clamps.
+    clamped: Option<(FlexTensor, Bounds)>,
+}
+
 impl<K: ConvKernels> Backward<Flex, 3> for ConvBackward<K> {
-    /// The input, the weight and the geometry.
-    type State = (FlexTensor, FlexTensor, K::Geometry);
+    type State = ConvState<K::Geometry>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, weight, g) = ops.state;
+        let ConvState {
+            input: x,
+            weight,
+            geometry: g,
+            clamped,
+        } = ops.state;
+        let grad = match clamped {
+            Some((output, bounds)) => clip::backward(&output, grad, bounds),
+            None => grad,
+        };
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, K::input_gradient(&grad, &weight, dims4(&x), g));
         }
@@ -64,12 +95,14 @@ impl<K: ConvKernels> Backward<Flex, 3> for ConvBackward<K> {
     }
 }
 
-/// `K`'s convolution with autodiff: recorded with its backward pass when a gradient is wanted.
+/// `K`'s convolution (clamped to `clamp` when given) with autodiff: recorded with its backward
+/// pass when a gradient is wanted.
 pub fn conv<K: ConvKernels, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
     bias: FloatTensor<Autodiff<Flex, C>>,
     g: K::Geometry,
+    clamp: Option<Bounds>,
 ) -> FloatTensor<Autodiff<Flex, C>> {
     match ConvBackward::<K>(PhantomData)
         .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -82,11 +115,21 @@ pub fn conv<K: ConvKernels, C: CheckpointStrategy>(
                 weight.primitive().clone(),
                 bias.into_primitive(),
             );
-            let output = K::forward(&x, &weight, &bias, g);
-            prep.finish((x, weight, g), output)
+            let output = K::forward(&x, &weight, &bias, g, clamp);
+            let state = ConvState {
+                input: x,
+                weight,
+                geometry: g,
+                clamped: clamp.map(|bounds| (output.clone(), bounds)),
+            };
+            prep.finish(state, output)
         }
-        OpsKind::UnTracked(prep) => {
-            prep.finish(K::forward(x.primitive(), weight.primitive(), bias.primitive(), g))
-        }
+        OpsKind::UnTracked(prep) => prep.finish(K::forward(
+            x.primitive(),
+            weight.primitive(),
+            bias.primitive(),
+            g,
+            clamp,
+        )),
     }
 }
