@@ -93,12 +93,19 @@ impl<'a> Values<'a> {
     }
 }
 
-/// A Conv node whose output only a Clip node reads: the convolution clamps its output itself
-/// ([`crate::layers::conv`]), and the Clip node passes it on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct ClampedConv {
-    clip: usize,
-    bounds: Bounds,
+/// What follows a Conv node and the convolution computes too: a per-channel scale (a Mul by a
+/// constant, an unfolded batch norm), a per-channel shift (an Add) and a clamp (a Clip with
+/// constant bounds, ReLU6), in that order, each read only by the next. The scale and shift fold
+/// into the weight and bias, the clamp into the kernels ([`crate::layers::conv`]): one pass over
+/// the output instead of four.
+#[derive(Debug, Clone, PartialEq)]
+struct ConvChain {
+    /// The initializers of the Mul and the Add.
+    scale: Option<String>,
+    shift: Option<String>,
+    clamp: Option<Bounds>,
+    /// The Mul, Add and Clip nodes, in order: the last one's output is the chain's.
+    absorbed: Vec<usize>,
 }
 
 /// A loaded ONNX graph.
@@ -106,7 +113,7 @@ pub struct OnnxGraph {
     model: ModelProto,
     nodes: Vec<NodeProto>,
     /// By the Conv node's index.
-    clamped_convs: HashMap<usize, ClampedConv>,
+    conv_chains: HashMap<usize, ConvChain>,
     floats: HashMap<String, (Tensor<4>, usize)>,
     ints: HashMap<String, Vec<i64>>,
     input: String,
@@ -145,44 +152,76 @@ fn attr_int(n: &NodeProto, name: &str, default: i64) -> i64 {
         .map_or(default, |a| a.i)
 }
 
-/// The Conv nodes of `nodes` whose output is read by one Clip node with constant bounds and by
-/// nothing else (no other node, not a graph output).
-fn clamped_convs(
+/// The Conv nodes of `nodes` that a scale, a shift or a clamp follows, with what follows them
+/// ([`ConvChain`]): each node of a chain reads the one before, and nothing else reads that one
+/// (no other node, not a graph output). A chain ends at the first node that does not qualify.
+fn conv_chains(
     nodes: &[NodeProto],
     floats: &HashMap<String, (Tensor<4>, usize)>,
     outputs: &[String],
-) -> HashMap<usize, ClampedConv> {
+) -> HashMap<usize, ConvChain> {
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, node) in nodes.iter().enumerate() {
         for input in &node.input {
             readers.entry(input.as_str()).or_default().push(i);
         }
     }
+    // The one node that reads `value`, when only a node reads it.
+    let only_reader = |value: &String| match readers.get(value.as_str())?.as_slice() {
+        [reader] if !outputs.contains(value) => Some(*reader),
+        _ => None,
+    };
     let constant = |name: Option<&String>| {
         let (t, _) = floats.get(name?)?;
         t.clone().into_scalar_or_first().ok()
+    };
+    let bounds = |clip: &NodeProto, value: &String| {
+        (clip.input.first() == Some(value)).then_some(())?;
+        Some(Bounds {
+            min: constant(clip.input.get(1))?,
+            max: constant(clip.input.get(2))?,
+        })
+    };
+    // The other input of a two-input node reading `value`, when it is a per-channel constant.
+    let per_channel = |node: &NodeProto, value: &String, channels: usize| {
+        let [a, b] = node.input.as_slice() else {
+            return None;
+        };
+        let other = if a == value { b } else { a };
+        let (t, rank) = floats.get(other)?;
+        (other != value && *rank == 4 && t.dims() == [1, channels, 1, 1]).then(|| other.clone())
     };
     nodes
         .iter()
         .enumerate()
         .filter(|(_, n)| n.op_type == "Conv")
         .filter_map(|(i, conv)| {
-            let output = conv.output.first()?;
-            if outputs.contains(output) {
-                return None;
-            }
-            let [clip] = readers.get(output.as_str())?.as_slice() else {
-                return None;
+            let channels = floats.get(conv.input.get(1)?)?.0.dims()[0];
+            let mut chain = ConvChain {
+                scale: None,
+                shift: None,
+                clamp: None,
+                absorbed: Vec::new(),
             };
-            let node = &nodes[*clip];
-            if node.op_type != "Clip" || node.input.first() != Some(output) {
-                return None;
+            let mut value = conv.output.first()?;
+            for op in ["Mul", "Add", "Clip"] {
+                let Some(next) = only_reader(value) else { break };
+                let node = &nodes[next];
+                if node.op_type != op {
+                    continue;
+                }
+                let qualifies = match op {
+                    "Mul" => per_channel(node, value, channels).map(|c| chain.scale = Some(c)),
+                    "Add" => per_channel(node, value, channels).map(|c| chain.shift = Some(c)),
+                    _ => bounds(node, value).map(|b| chain.clamp = Some(b)),
+                };
+                if qualifies.is_none() {
+                    break;
+                }
+                chain.absorbed.push(next);
+                value = node.output.first()?;
             }
-            let bounds = Bounds {
-                min: constant(node.input.get(1))?,
-                max: constant(node.input.get(2))?,
-            };
-            Some((i, ClampedConv { clip: *clip, bounds }))
+            (!chain.absorbed.is_empty()).then_some((i, chain))
         })
         .collect()
 }
@@ -215,7 +254,7 @@ impl OnnxGraph {
             .ok_or_else(|| read("no input".into()))?;
         let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
         Ok(Self {
-            clamped_convs: clamped_convs(&graph.node, &floats, &outputs),
+            conv_chains: conv_chains(&graph.node, &floats, &outputs),
             nodes: graph.node.clone(),
             model: model.clone(),
             floats,
@@ -351,31 +390,37 @@ impl OnnxGraph {
         for (name, tensor) in inputs {
             values.insert(name, Value::Float(tensor, 4));
         }
-        // A convolution clamps its output itself unless its unclamped output is wanted.
-        let clamped: HashMap<usize, ClampedConv> = nodes
+        // A convolution computes what follows it too ([`ConvChain`]) unless a value inside the
+        // chain is wanted.
+        let chains: HashMap<usize, &ConvChain> = nodes
             .iter()
-            .filter_map(|&i| Some((i, *self.clamped_convs.get(&i)?)))
-            .filter(|(i, c)| !outputs.contains(&self.nodes[*i].output[0].as_str()) && nodes.contains(&c.clip))
+            .filter_map(|&i| Some((i, self.conv_chains.get(&i)?)))
+            .filter(|(i, chain)| {
+                let inside =
+                    std::iter::once(*i).chain(chain.absorbed[..chain.absorbed.len() - 1].iter().copied());
+                inside
+                    .map(|k| self.nodes[k].output[0].as_str())
+                    .all(|value| !outputs.contains(&value))
+                    && chain.absorbed.iter().all(|k| nodes.contains(k))
+            })
             .collect();
-        let passed_on: std::collections::HashSet<usize> = clamped.values().map(|c| c.clip).collect();
+        let absorbed: std::collections::HashSet<usize> =
+            chains.values().flat_map(|c| c.absorbed.iter().copied()).collect();
         for i in nodes {
-            if passed_on.contains(&i) {
+            if absorbed.contains(&i) {
                 continue;
             }
             let node = &self.nodes[i];
-            let clamp = clamped.get(&i);
+            let chain = chains.get(&i).copied();
             let out = self
-                .run(node, &mut values, params, clamp.map(|c| c.bounds))
+                .run(node, &mut values, params, chain)
                 .map_err(|message| GraphError::Node {
                     node: node.name.clone(),
                     op: node.op_type.clone(),
                     message,
                 })?;
-            let name = match clamp {
-                Some(c) => &self.nodes[c.clip].output[0],
-                None => &node.output[0],
-            };
-            values.insert(name, out);
+            let last = chain.and_then(|c| c.absorbed.last()).map_or(i, |&k| k);
+            values.insert(&self.nodes[last].output[0], out);
         }
         outputs
             .iter()
@@ -414,6 +459,37 @@ impl OnnxGraph {
         }
     }
 
+    /// The weight and bias of a convolution whose output `chain` scales and shifts, with the
+    /// scale and shift folded in: `(w·x + b)·s + t` is `(w·s)·x + (b·s + t)`.
+    fn fold(
+        &self,
+        values: &mut Values,
+        params: &HashMap<String, Tensor<4>>,
+        chain: &ConvChain,
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<(Tensor<4>, Option<Tensor<1>>), String> {
+        let (weight, bias) = match &chain.scale {
+            Some(name) => {
+                let scale = self.float(values, params, name)?.0;
+                let channels = scale.dims()[1];
+                (
+                    weight * scale.clone().reshape([channels, 1, 1, 1]),
+                    bias.map(|b| b * scale.reshape([channels])),
+                )
+            }
+            None => (weight, bias),
+        };
+        let bias = match &chain.shift {
+            Some(name) => {
+                let shift = self.float(values, params, name)?.0.reshape([-1]);
+                Some(bias.map_or(shift.clone(), |b| b + shift))
+            }
+            None => bias,
+        };
+        Ok((weight, bias))
+    }
+
     fn scalar(&self, name: &str) -> Result<f32, String> {
         let (t, _) = self
             .floats
@@ -422,13 +498,13 @@ impl OnnxGraph {
         t.clone().into_scalar_or_first()
     }
 
-    /// Runs `node`; a Conv node clamps its output to `clamp` when given.
+    /// Runs `node`; a Conv node computes `chain` too when given.
     fn run(
         &self,
         node: &NodeProto,
         values: &mut Values,
         params: &HashMap<String, Tensor<4>>,
-        clamp: Option<Bounds>,
+        chain: Option<&ConvChain>,
     ) -> Result<Value, String> {
         let input = |i: usize| {
             node.input
@@ -470,7 +546,14 @@ impl OnnxGraph {
                     dilation: [d[0] as usize, d[1] as usize],
                     groups: attr_int(node, "group", 1) as usize,
                 };
-                Value::Float(crate::layers::conv(x, w, bias, options, clamp), 4)
+                let (w, bias) = match chain {
+                    Some(chain) => self.fold(values, params, chain, w, bias)?,
+                    None => (w, bias),
+                };
+                Value::Float(
+                    crate::layers::conv(x, w, bias, options, chain.and_then(|c| c.clamp)),
+                    4,
+                )
             }
             "Clip" => {
                 let (t, rank) = self.float(values, params, input(0)?)?;
@@ -667,45 +750,71 @@ mod tests {
     }
 
     #[test]
-    fn a_convolution_clamps_its_output_itself_when_only_a_clip_with_constant_bounds_reads_it() {
+    fn a_convolution_computes_the_constant_scale_shift_and_clamp_that_only_it_feeds() {
         let device = Device::flex();
-        let scalar = |v: f32| {
-            (
-                Tensor::<4>::from_data(TensorData::new(vec![v], [1, 1, 1, 1]), &device),
-                0,
-            )
+        let constant = |v: f32, dims: [usize; 4], rank| {
+            let data = TensorData::new(vec![v; dims.iter().product()], dims);
+            (Tensor::<4>::from_data(data, &device), rank)
         };
-        let floats: HashMap<String, _> = [("zero", 0.0), ("six", 6.0)]
-            .into_iter()
-            .map(|(name, v)| (name.to_string(), scalar(v)))
-            .collect();
+        let floats: HashMap<String, _> = [
+            ("zero", constant(0.0, [1, 1, 1, 1], 0)),
+            ("six", constant(6.0, [1, 1, 1, 1], 0)),
+            ("w", constant(1.0, [2, 1, 3, 3], 4)),
+            ("scale", constant(2.0, [1, 2, 1, 1], 4)),
+            ("shift", constant(0.5, [1, 2, 1, 1], 4)),
+            ("wide", constant(0.5, [1, 3, 1, 1], 4)),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_string(), c))
+        .collect();
         let nodes = [
+            // 0-3: a depthwise convolution with its batch norm unfolded, then ReLU6.
             op("Conv", &["x", "w"], "a"),
-            op("Clip", &["a", "zero", "six"], "a6"),
-            // Also read by an Add: the unclamped output is needed.
+            op("Mul", &["a", "scale"], "a1"),
+            op("Add", &["a1", "shift"], "a2"),
+            op("Clip", &["a2", "zero", "six"], "a6"),
+            // 4-6: the unclamped output is read by an Add too.
             op("Conv", &["a6", "w"], "b"),
             op("Clip", &["b", "zero", "six"], "b6"),
             op("Add", &["b", "b6"], "sum"),
-            // Bounds that are computed values, not constants.
+            // 7-8: a residual Add (of a value, not a constant).
             op("Conv", &["sum", "w"], "c"),
-            op("Clip", &["c", "zero", "sum"], "c6"),
-            // A graph output.
-            op("Conv", &["c6", "w"], "d"),
+            op("Add", &["c", "sum"], "c1"),
+            // 9-10: the convolution's output is a graph output.
+            op("Conv", &["c1", "w"], "d"),
             op("Clip", &["d", "zero", "six"], "d6"),
-            // Read by something else than a Clip.
+            // 11-13: the constant first; then bounds that are computed values: the chain ends.
             op("Conv", &["d6", "w"], "e"),
-            op("Relu", &["e"], "e0"),
+            op("Add", &["shift", "e"], "e1"),
+            op("Clip", &["e1", "zero", "sum"], "e6"),
+            // 14-15: a constant of another channel count.
+            op("Conv", &["e6", "w"], "f"),
+            op("Mul", &["f", "wide"], "f1"),
         ];
-        let clamped = clamped_convs(&nodes, &floats, &["d".to_string(), "e0".to_string()]);
+        let chains = conv_chains(&nodes, &floats, &["d".to_string(), "f1".to_string()]);
+        let relu6 = Bounds { min: 0.0, max: 6.0 };
         assert_eq!(
-            clamped,
-            HashMap::from([(
-                0,
-                ClampedConv {
-                    clip: 1,
-                    bounds: Bounds { min: 0.0, max: 6.0 }
-                }
-            )])
+            chains,
+            HashMap::from([
+                (
+                    0,
+                    ConvChain {
+                        scale: Some("scale".into()),
+                        shift: Some("shift".into()),
+                        clamp: Some(relu6),
+                        absorbed: vec![1, 2, 3],
+                    }
+                ),
+                (
+                    11,
+                    ConvChain {
+                        scale: None,
+                        shift: Some("shift".into()),
+                        clamp: None,
+                        absorbed: vec![12],
+                    }
+                ),
+            ])
         );
     }
 
