@@ -20,10 +20,10 @@ use rayon::prelude::*;
 use super::clip::Bounds;
 use super::tracked::{self, ConvKernels};
 
-use super::depthwise::{Geometry, add_scaled, scatter_scaled};
 use super::flex::{contiguous, dims4, from_values, new_tensor};
+use super::geometry::{Geometry, add_scaled, scatter_scaled};
 use super::lanes;
-use super::pointwise::{Matrix, multiply};
+use super::matrix::{Matrix, multiply};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait DenseBackend: Backend {

@@ -21,7 +21,9 @@ pub mod clip;
 pub mod dense;
 pub mod depthwise;
 mod flex;
+pub mod geometry;
 mod lanes;
+mod matrix;
 pub mod pointwise;
 mod tracked;
 
@@ -33,7 +35,8 @@ use burn::tensor::ops::ConvOptions;
 pub use clip::Bounds;
 use clip::ClipBackend;
 use dense::DenseBackend;
-use depthwise::{DepthwiseBackend, Geometry};
+use depthwise::DepthwiseBackend;
+use geometry::Geometry;
 use pointwise::PointwiseBackend;
 
 /// `x.clamp(min, max)`, on the CPU backend in one pass forward and one backward, in place when
