@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::clip::Bounds;
 use super::flex::{contiguous, dims4, from_values, new_tensor};
-use super::geometry::{Geometry, add_scaled, scatter_scaled};
+use super::geometry::{Geometry, add_scaled, keeping, scatter_scaled};
 use super::lanes::{dot, sum};
 use super::tracked::{self, ConvKernels};
 
@@ -35,8 +35,8 @@ pub trait DepthwiseBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The forward pass: each (image, channel) plane in parallel, tap by tap, a row at a time, then
-/// clamped.
+/// The forward pass: each (image, channel) plane in parallel, tap by tap (over the whole plane
+/// when the output is as large as the input, else a row at a time), then clamped.
 pub fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -53,25 +53,37 @@ pub fn forward(
         bias.as_slice::<f32>().expect("contiguous"),
     );
     let taps = g.kernel[0] * g.kernel[1];
+    let plane_taps = g.plane_taps([h, w]);
     new_tensor(&[n, c, oh, ow], |out| {
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let input = &xs[plane * h * w..][..h * w];
-            out.fill(bs[ch]);
-            g.for_each_tap_row([h, w], |t| {
-                let out_row = &mut out[t.output_row * ow..][..ow];
-                add_scaled(
-                    &mut out_row[t.columns],
-                    ws[ch * taps + t.tap],
-                    &input[t.input_row * w..][..w],
-                    t.first_input_column,
-                    g.stride[1],
-                );
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each_init(Vec::new, |saved, (plane, out)| {
+                let ch = plane % c;
+                let input = &xs[plane * h * w..][..h * w];
+                out.fill(bs[ch]);
+                if let Some(plane_taps) = &plane_taps {
+                    for t in plane_taps {
+                        keeping(out, t.wrapped.iter().copied(), saved, |out| {
+                            let a = ws[ch * taps + t.tap];
+                            add_scaled(&mut out[t.run.clone()], a, input, t.source(t.run.start), 1);
+                        });
+                    }
+                } else {
+                    g.for_each_tap_row([h, w], |t| {
+                        let out_row = &mut out[t.output_row * ow..][..ow];
+                        add_scaled(
+                            &mut out_row[t.columns],
+                            ws[ch * taps + t.tap],
+                            &input[t.input_row * w..][..w],
+                            t.first_input_column,
+                            g.stride[1],
+                        );
+                    });
+                }
+                if let Some(bounds) = clamp {
+                    bounds.apply(out);
+                }
             });
-            if let Some(bounds) = clamp {
-                bounds.apply(out);
-            }
-        });
     })
 }
 
@@ -85,20 +97,33 @@ pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4],
         weight.as_slice::<f32>().expect("contiguous"),
     );
     let taps = g.kernel[0] * g.kernel[1];
+    let plane_taps = g.plane_taps([h, w]);
     new_tensor(&input, |out| {
-        out.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
-            let ch = plane % c;
-            let grad = &gs[plane * oh * ow..][..oh * ow];
-            g.for_each_tap_row([h, w], |t| {
-                scatter_scaled(
-                    &mut out[t.input_row * w..][..w],
-                    t.first_input_column,
-                    g.stride[1],
-                    ws[ch * taps + t.tap],
-                    &grad[t.output_row * ow..][..ow][t.columns],
-                );
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each_init(Vec::new, |saved, (plane, out)| {
+                let ch = plane % c;
+                let grad = &gs[plane * oh * ow..][..oh * ow];
+                let Some(plane_taps) = &plane_taps else {
+                    g.for_each_tap_row([h, w], |t| {
+                        scatter_scaled(
+                            &mut out[t.input_row * w..][..w],
+                            t.first_input_column,
+                            g.stride[1],
+                            ws[ch * taps + t.tap],
+                            &grad[t.output_row * ow..][..ow][t.columns],
+                        );
+                    });
+                    return;
+                };
+                for t in plane_taps {
+                    let sources = t.wrapped.iter().map(|&p| t.source(p));
+                    keeping(out, sources, saved, |out| {
+                        let a = ws[ch * taps + t.tap];
+                        scatter_scaled(out, t.source(t.run.start), 1, a, &grad[t.run.clone()]);
+                    });
+                }
             });
-        });
     })
 }
 
@@ -113,6 +138,7 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
         grad.as_slice::<f32>().expect("contiguous"),
     );
     let [kh, kw] = g.kernel;
+    let plane_taps = g.plane_taps([h, w]);
     let per_channel: Vec<(Vec<f32>, f32)> = (0..c)
         .into_par_iter()
         .map(|ch| {
@@ -124,11 +150,23 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
                 let input = &xs[plane * h * w..][..h * w];
                 let grad = &gs[plane * oh * ow..][..oh * ow];
                 bias += sum(grad) as f64;
-                g.for_each_tap_row([h, w], |t| {
-                    let values = &grad[t.output_row * ow..][..ow][t.columns];
-                    let row = &input[t.input_row * w..][..w];
-                    taps[t.tap] += dot(values, row, t.first_input_column, g.stride[1]) as f64;
-                });
+                let Some(plane_taps) = &plane_taps else {
+                    g.for_each_tap_row([h, w], |t| {
+                        let values = &grad[t.output_row * ow..][..ow][t.columns];
+                        let row = &input[t.input_row * w..][..w];
+                        taps[t.tap] += dot(values, row, t.first_input_column, g.stride[1]) as f64;
+                    });
+                    continue;
+                };
+                for t in plane_taps {
+                    let run = dot(&grad[t.run.clone()], input, t.source(t.run.start), 1) as f64;
+                    let wrapped: f64 = t
+                        .wrapped
+                        .iter()
+                        .map(|&p| (grad[p] * input[t.source(p)]) as f64)
+                        .sum();
+                    taps[t.tap] += run - wrapped;
+                }
             }
             (taps.into_iter().map(|v| v as f32).collect(), bias as f32)
         })
