@@ -36,7 +36,7 @@ pub trait DepthwiseBackend: Backend {
 }
 
 /// The forward pass: each (image, channel) plane in parallel, tap by tap (over the whole plane
-/// when the output is as large as the input, else a row at a time), then clamped.
+/// when the output covers the input, else a row at a time), then clamped.
 pub fn forward(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -55,17 +55,18 @@ pub fn forward(
     let taps = g.kernel[0] * g.kernel[1];
     let plane_taps = g.plane_taps([h, w]);
     new_tensor(&[n, c, oh, ow], |out| {
-        out.par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each_init(Vec::new, |saved, (plane, out)| {
+        out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+            Default::default,
+            |(saved, phases), (plane, out)| {
                 let ch = plane % c;
                 let input = &xs[plane * h * w..][..h * w];
                 out.fill(bs[ch]);
                 if let Some(plane_taps) = &plane_taps {
-                    for t in plane_taps {
+                    let source = plane_taps.split(input, phases);
+                    for t in &plane_taps.taps {
                         keeping(out, t.wrapped.iter().copied(), saved, |out| {
                             let a = ws[ch * taps + t.tap];
-                            add_scaled(&mut out[t.run.clone()], a, input, t.source(t.run.start), 1);
+                            add_scaled(&mut out[t.run.clone()], a, source, t.source(t.run.start), 1);
                         });
                     }
                 } else {
@@ -83,7 +84,8 @@ pub fn forward(
                 if let Some(bounds) = clamp {
                     bounds.apply(out);
                 }
-            });
+            },
+        );
     })
 }
 
@@ -99,9 +101,9 @@ pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4],
     let taps = g.kernel[0] * g.kernel[1];
     let plane_taps = g.plane_taps([h, w]);
     new_tensor(&input, |out| {
-        out.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each_init(Vec::new, |saved, (plane, out)| {
+        out.par_chunks_mut(h * w).enumerate().for_each_init(
+            Default::default,
+            |(saved, phases), (plane, out)| {
                 let ch = plane % c;
                 let grad = &gs[plane * oh * ow..][..oh * ow];
                 let Some(plane_taps) = &plane_taps else {
@@ -116,14 +118,17 @@ pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4],
                     });
                     return;
                 };
-                for t in plane_taps {
+                let target = plane_taps.gradient_plane(out, phases);
+                for t in &plane_taps.taps {
                     let sources = t.wrapped.iter().map(|&p| t.source(p));
-                    keeping(out, sources, saved, |out| {
+                    keeping(target, sources, saved, |target| {
                         let a = ws[ch * taps + t.tap];
-                        scatter_scaled(out, t.source(t.run.start), 1, a, &grad[t.run.clone()]);
+                        scatter_scaled(target, t.source(t.run.start), 1, a, &grad[t.run.clone()]);
                     });
                 }
-            });
+                plane_taps.merge(phases, out);
+            },
+        );
     })
 }
 
@@ -141,7 +146,7 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
     let plane_taps = g.plane_taps([h, w]);
     let per_channel: Vec<(Vec<f32>, f32)> = (0..c)
         .into_par_iter()
-        .map(|ch| {
+        .map_init(Vec::new, |phases, ch| {
             // f64 sums: a channel's gradient adds up N * OH * OW products.
             let mut taps = vec![0f64; kh * kw];
             let mut bias = 0f64;
@@ -158,12 +163,13 @@ pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry)
                     });
                     continue;
                 };
-                for t in plane_taps {
-                    let run = dot(&grad[t.run.clone()], input, t.source(t.run.start), 1) as f64;
+                let source = plane_taps.split(input, phases);
+                for t in &plane_taps.taps {
+                    let run = dot(&grad[t.run.clone()], source, t.source(t.run.start), 1) as f64;
                     let wrapped: f64 = t
                         .wrapped
                         .iter()
-                        .map(|&p| (grad[p] * input[t.source(p)]) as f64)
+                        .map(|&p| (grad[p] * source[t.source(p)]) as f64)
                         .sum();
                     taps[t.tap] += run - wrapped;
                 }

@@ -66,11 +66,11 @@ impl Geometry {
     }
 }
 
-/// One kernel tap over a whole plane, when the output is as large as the input (stride 1,
-/// "same" padding): output position `p` (row-major) reads input position `p + shift`, for `p` in
-/// `run` but for the positions in `wrapped`, whose column `p + shift` falls off the row's edge
-/// onto the next or the previous row (a read of the padding). One long run per tap instead of a
-/// short one per row: the loops vectorise whole.
+/// One kernel tap over a whole plane of the output's size: output position `p` (row-major)
+/// reads position `p + shift` of the plane the taps read ([`PlaneTaps::split`]), for `p` in
+/// `run` but for the positions in `wrapped`, whose column falls off the row's edge onto the next
+/// or the previous row (a read of the padding). One long run per tap instead of a short one per
+/// row: the loops vectorise whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PlaneTap {
     pub tap: usize,
@@ -80,53 +80,138 @@ pub(super) struct PlaneTap {
 }
 
 impl PlaneTap {
-    /// The input position output position `p` reads.
+    /// The position output position `p` reads.
     pub fn source(&self, p: usize) -> usize {
         p.wrapping_add_signed(self.shift)
     }
 }
 
+/// A convolution's taps as [`PlaneTap`]s. With stride `s` the input is first split into `s × s`
+/// phases of the output's size, phase `(a, b)` holding the input's rows `s·r + a` and columns
+/// `s·x + b`: a tap then reads one phase at a constant offset, as with stride 1. With stride 1
+/// and an output as large as the input, the input itself is the one phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PlaneTaps {
+    pub taps: Vec<PlaneTap>,
+    stride: usize,
+    input: [usize; 2],
+    output: [usize; 2],
+    /// Whether the taps read the input where it lies (no phases to split).
+    in_place: bool,
+}
+
 impl Geometry {
-    /// Each tap as a run over the whole plane ([`PlaneTap`]), when the output of an `h` × `w`
-    /// input is `h` × `w`; else `None`.
-    pub(super) fn plane_taps(&self, [h, w]: [usize; 2]) -> Option<Vec<PlaneTap>> {
-        if self.stride != [1, 1] || self.output(h, w) != [h, w] {
+    /// The taps over whole planes ([`PlaneTaps`]) for an `h` × `w` input, when every input
+    /// position falls in a phase of the output's size (the output covers the input: "same"
+    /// padding); else `None`.
+    pub(super) fn plane_taps(&self, [h, w]: [usize; 2]) -> Option<PlaneTaps> {
+        let s = self.stride[0];
+        let [oh, ow] = self.output(h, w);
+        if self.stride[1] != s || s * oh < h || s * ow < w {
             return None;
         }
+        let in_place = s == 1 && [oh, ow] == [h, w];
         let [kh, kw] = self.kernel;
         let mut taps = Vec::with_capacity(kh * kw);
+        // Along one axis, kernel offset `k` reads phase `k - pad mod s`, `(k - pad) div s` on.
+        let split = |k: usize, pad: usize| {
+            let u = k as isize - pad as isize;
+            (u.rem_euclid(s as isize) as usize, u.div_euclid(s as isize))
+        };
+        // Outputs `o` whose phase position `o + d` lies in `0..n`.
+        let inside =
+            |d: isize, n: usize| (-d).max(0) as usize..(n as isize - d).clamp(0, n as isize) as usize;
         for i in 0..kh {
-            let rows = Self::valid(i, h, h, 1, self.pads[0]);
+            let (a, dy) = split(i, self.pads[0]);
+            let rows = inside(dy, oh);
             for j in 0..kw {
-                let columns = Self::valid(j, w, w, 1, self.pads[1]);
-                if rows.is_empty() || columns.is_empty() {
+                let (b, dx) = split(j, self.pads[1]);
+                let columns = inside(dx, ow);
+                let plane = if in_place { 0 } else { (a * s + b) * oh * ow };
+                let offset = dy * ow as isize + dx;
+                // Output positions that read inside their phase, the rows' edges aside.
+                let start = ((rows.start * ow) as isize).max(-offset) as usize;
+                let end = ((rows.end * ow) as isize).min((oh * ow) as isize - offset);
+                if rows.is_empty() || columns.is_empty() || end <= start as isize {
                     continue;
                 }
-                let (dy, dx) = (
-                    i as isize - self.pads[0] as isize,
-                    j as isize - self.pads[1] as isize,
-                );
-                let shift = dy * w as isize + dx;
-                // Output positions whose input lies inside the plane, the rows' edges aside.
-                let start = ((rows.start * w) as isize).max(-shift) as usize;
-                let end = ((rows.end * w) as isize).min((h * w) as isize - shift) as usize;
-                if start >= end {
-                    continue;
-                }
+                let run = start..end as usize;
                 let wrapped = rows
                     .clone()
-                    .flat_map(|y| (0..columns.start).chain(columns.end..w).map(move |x| y * w + x))
-                    .filter(|p| (start..end).contains(p))
+                    .flat_map(|y| (0..columns.start).chain(columns.end..ow).map(move |x| y * ow + x))
+                    .filter(|p| run.contains(p))
                     .collect();
                 taps.push(PlaneTap {
                     tap: i * kw + j,
-                    shift,
-                    run: start..end,
+                    shift: plane as isize + offset,
+                    run,
                     wrapped,
                 });
             }
         }
-        Some(taps)
+        Some(PlaneTaps {
+            taps,
+            stride: s,
+            input: [h, w],
+            output: [oh, ow],
+            in_place,
+        })
+    }
+}
+
+impl PlaneTaps {
+    /// The plane the taps read: `input` itself, or its phases written to `phases`.
+    pub fn split<'a>(&self, input: &'a [f32], phases: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.in_place {
+            return input;
+        }
+        let (s, [h, w], [oh, ow]) = (self.stride, self.input, self.output);
+        phases.clear();
+        phases.resize(s * s * oh * ow, 0.0);
+        for a in 0..s {
+            for r in (0..oh).take_while(|r| s * r + a < h) {
+                let row = &input[(s * r + a) * w..][..w];
+                for b in 0..s {
+                    let phase_row = &mut phases[((a * s + b) * oh + r) * ow..][..ow];
+                    for (value, &x) in phase_row.iter_mut().zip(row[b.min(w)..].iter().step_by(s)) {
+                        *value = x;
+                    }
+                }
+            }
+        }
+        phases
+    }
+
+    /// The plane to accumulate an input's gradient in: `out` itself (zeroed), or `phases`
+    /// zeroed, to [`merge`](Self::merge) into `out` after.
+    pub fn gradient_plane<'a>(&self, out: &'a mut [f32], phases: &'a mut Vec<f32>) -> &'a mut [f32] {
+        if self.in_place {
+            return out;
+        }
+        let [oh, ow] = self.output;
+        phases.clear();
+        phases.resize(self.stride * self.stride * oh * ow, 0.0);
+        phases
+    }
+
+    /// The adjoint of [`split`](Self::split): each phase value written back to its input
+    /// position (nothing to do when the taps read the input in place).
+    pub fn merge(&self, phases: &[f32], out: &mut [f32]) {
+        if self.in_place {
+            return;
+        }
+        let (s, [h, w], [oh, ow]) = (self.stride, self.input, self.output);
+        for a in 0..s {
+            for r in (0..oh).take_while(|r| s * r + a < h) {
+                let row = &mut out[(s * r + a) * w..][..w];
+                for b in 0..s {
+                    let phase_row = &phases[((a * s + b) * oh + r) * ow..][..ow];
+                    for (x, &value) in row[b.min(w)..].iter_mut().step_by(s).zip(phase_row) {
+                        *x = value;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -211,21 +296,38 @@ mod tests {
             (Geometry::new(5, 5, 1, [2, 2, 2, 2]), [6, 4]),
             (Geometry::new(3, 3, 1, [0, 0, 2, 2]), [5, 6]),
             (Geometry::new(1, 1, 1, [0, 0, 0, 0]), [3, 4]),
+            // An output larger than the input: one phase, zero-padded.
+            (Geometry::new(3, 3, 1, [2, 2, 2, 2]), [4, 5]),
+            // TF's SAME at stride 2: the odd pixel last on even sizes, both sides on odd ones.
+            (Geometry::new(3, 3, 2, [0, 0, 1, 1]), [8, 10]),
+            (Geometry::new(3, 3, 2, [1, 1, 1, 1]), [7, 9]),
+            (Geometry::new(3, 3, 2, [0, 0, 1, 1]), [2, 2]),
+            (Geometry::new(3, 3, 3, [1, 1, 1, 1]), [7, 8]),
         ];
         for (g, size) in cases {
-            let taps = g.plane_taps(size).expect("output as large as the input");
+            let planes = g.plane_taps(size).expect("the output covers the input");
             let mut reads = BTreeSet::new();
-            for t in &taps {
+            // The phases hold each input position once; the rest of them is padding (zero).
+            let input: Vec<f32> = (1..=size[0] * size[1]).map(|v| v as f32).collect();
+            let source = planes.split(&input, &mut Vec::new()).to_vec();
+            for t in &planes.taps {
                 for p in t.run.clone().filter(|p| !t.wrapped.contains(p)) {
-                    assert!(
-                        reads.insert((t.tap, p, t.source(p))),
-                        "{g:?} {size:?}: read twice"
-                    );
+                    let value = source[t.source(p)];
+                    if value != 0.0 {
+                        let read = (t.tap, p, value as usize - 1);
+                        assert!(reads.insert(read), "{g:?} {size:?}: read twice");
+                    }
                 }
             }
             assert_eq!(reads, reads_by_rows(&g, size), "{g:?} {size:?}");
+            if !planes.in_place {
+                let mut merged = vec![0.0; input.len()];
+                planes.merge(&source, &mut merged);
+                assert_eq!(merged, input, "{g:?} {size:?}: merge undoes split");
+            }
         }
-        assert_eq!(Geometry::new(3, 3, 2, [0, 0, 1, 1]).plane_taps([8, 8]), None);
+        // Inputs the output does not cover.
+        assert_eq!(Geometry::new(3, 3, 2, [0, 0, 1, 1]).plane_taps([7, 7]), None);
         assert_eq!(Geometry::new(3, 3, 1, [0, 0, 0, 0]).plane_taps([8, 8]), None);
     }
 }
