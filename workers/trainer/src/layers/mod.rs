@@ -392,6 +392,39 @@ mod tests {
     }
 
     #[test]
+    fn a_clamped_convolution_without_an_input_gradient_has_conv2d_weight_gradients() {
+        // The backward pass masks the output gradient by the kept output whichever gradients
+        // it computes.
+        let device = Device::flex().autodiff();
+        let bounds = Bounds { min: 1.0, max: 2.5 };
+        for (x_shape, w_shape, options) in [
+            ([2, 4, 6, 6], [4, 1, 3, 3], options(1, 1, 4)),
+            ([2, 4, 6, 6], [5, 4, 1, 1], options(1, 0, 1)),
+            ([2, 3, 6, 6], [5, 3, 3, 3], options(2, 1, 1)),
+        ] {
+            let x = Tensor::<4>::random(x_shape, Distribution::Default, &device);
+            let w = Tensor::<4>::random(w_shape, Distribution::Default, &device);
+            let b = Tensor::<1>::random([w_shape[0]], Distribution::Default, &device);
+            let y = conv2d(x.clone(), w.clone(), Some(b.clone()), options.clone());
+            let weighting = Tensor::<4>::random(y.dims(), Distribution::Default, &device);
+            let run = |clamped: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<1>) -> Tensor<4>| {
+                let (w, b) = (w.clone().require_grad(), b.clone().require_grad());
+                let y = clamped(x.clone(), w.clone(), b.clone());
+                let grads = (y * weighting.clone()).sum().backward();
+                (
+                    w.grad(&grads).unwrap(),
+                    b.grad(&grads).unwrap().reshape([1, 1, 1, -1]),
+                )
+            };
+            let ours = run(&|x, w, b| conv(x, w, Some(b), options.clone(), Some(bounds)));
+            let reference =
+                run(&|x, w, b| conv2d(x, w, Some(b), options.clone()).clamp(bounds.min, bounds.max));
+            assert_close(ours.0, reference.0, "weight gradient");
+            assert_close(ours.1, reference.1, "bias gradient");
+        }
+    }
+
+    #[test]
     fn other_convolutions_are_conv2d() {
         compare([2, 4, 7, 7], [4, 2, 3, 3], options(1, 1, 2));
     }
