@@ -121,121 +121,6 @@ fn shape_of(x: &FlexTensor, g: Geometry) -> (usize, Shape) {
     )
 }
 
-/// The forward pass: the images in parallel, each output plane starting from its bias, each
-/// image's output clamped once computed.
-pub fn forward(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    bias: &FlexTensor,
-    g: Geometry,
-    clamp: Option<Bounds>,
-) -> FlexTensor {
-    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
-    let (n, s) = shape_of(&x, g);
-    let c_out = dims4(&weight)[0];
-    let [oh, ow] = g.output(s.size[0], s.size[1]);
-    let (xs, ws, bs) = (
-        x.as_slice::<f32>().expect("contiguous"),
-        weight.as_slice::<f32>().expect("contiguous"),
-        bias.as_slice::<f32>().expect("contiguous"),
-    );
-    let positions = s.positions();
-    new_tensor(&[n, c_out, oh, ow], |out| {
-        out.par_chunks_mut((c_out * positions).max(1))
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; s.rows() * positions],
-                |cols, (image, out)| {
-                    s.unfold(&xs[image * s.image_len()..][..s.image_len()], cols);
-                    for (row, &b) in out.chunks_mut(positions.max(1)).zip(bs) {
-                        row.fill(b);
-                    }
-                    let columns = Matrix::rows(cols, s.rows(), positions);
-                    multiply(out, Matrix::rows(ws, c_out, s.rows()), columns, true);
-                    if let Some(bounds) = clamp {
-                        bounds.apply(out);
-                    }
-                },
-            );
-    })
-}
-
-/// The input's gradient: per image, `weightᵀ · grad` folded back onto the input.
-pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], g: Geometry) -> FlexTensor {
-    let (grad, weight) = (contiguous(grad), contiguous(weight));
-    let [_, c_in, h, w] = input;
-    let s = Shape {
-        channels: c_in,
-        size: [h, w],
-        geometry: g,
-    };
-    let c_out = dims4(&grad)[1];
-    let (gs, ws) = (
-        grad.as_slice::<f32>().expect("contiguous"),
-        weight.as_slice::<f32>().expect("contiguous"),
-    );
-    let positions = s.positions();
-    new_tensor(&input, |out| {
-        out.par_chunks_mut(s.image_len().max(1))
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; s.rows() * positions],
-                |cols, (image, out)| {
-                    let grad = Matrix::rows(&gs[image * c_out * positions..], c_out, positions);
-                    multiply(cols, Matrix::rows(ws, c_out, s.rows()).transposed(), grad, false);
-                    s.fold(cols, out);
-                },
-            );
-    })
-}
-
-/// The weight's and the bias's gradients: `Σ grad · colsᵀ` and the sum of `grad` over the
-/// images (each thread sums its images into one buffer, then the buffers are added).
-pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry) -> (FlexTensor, FlexTensor) {
-    let (x, grad) = (contiguous(x), contiguous(grad));
-    let (n, s) = shape_of(&x, g);
-    let c_out = dims4(&grad)[1];
-    let (xs, gs) = (
-        x.as_slice::<f32>().expect("contiguous"),
-        grad.as_slice::<f32>().expect("contiguous"),
-    );
-    let positions = s.positions();
-    let zero = || {
-        (
-            vec![0f32; c_out * s.rows()],
-            vec![0f64; c_out],
-            vec![0f32; s.rows() * positions],
-        )
-    };
-    let (weight, bias, _) = (0..n)
-        .into_par_iter()
-        .fold(zero, |(mut weight, mut bias, mut cols), image| {
-            s.unfold(&xs[image * s.image_len()..][..s.image_len()], &mut cols);
-            let grad = &gs[image * c_out * positions..][..c_out * positions];
-            let columns = Matrix::rows(&cols, s.rows(), positions);
-            multiply(
-                &mut weight,
-                Matrix::rows(grad, c_out, positions),
-                columns.transposed(),
-                true,
-            );
-            for (sum, row) in bias.iter_mut().zip(grad.chunks(positions.max(1))) {
-                *sum += lanes::sum(row) as f64;
-            }
-            (weight, bias, cols)
-        })
-        .reduce(zero, |(mut w1, mut b1, cols), (w2, b2, _)| {
-            w1.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
-            b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
-            (w1, b1, cols)
-        });
-    let [kh, kw] = g.kernel;
-    (
-        from_values(weight, &[c_out, s.channels, kh, kw]),
-        from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
-    )
-}
-
 impl DenseBackend for Flex {
     fn dense_conv(
         x: FlexTensor,
@@ -244,17 +129,19 @@ impl DenseBackend for Flex {
         geometry: Geometry,
         clamp: Option<Bounds>,
     ) -> FlexTensor {
-        forward(&x, &weight, &bias, geometry, clamp)
+        Dense::forward(&x, &weight, &bias, geometry, clamp)
     }
 }
 
-/// The kernels [`tracked::conv`] records.
+/// The kernels, which the CPU backend runs and [`tracked::conv`] records with autodiff.
 #[derive(Debug)]
 pub struct Dense;
 
 impl ConvKernels for Dense {
     type Geometry = Geometry;
 
+    /// The forward pass: the images in parallel, each output plane starting from its bias, each
+    /// image's output clamped once computed.
     fn forward(
         x: &FlexTensor,
         weight: &FlexTensor,
@@ -262,15 +149,110 @@ impl ConvKernels for Dense {
         g: Geometry,
         clamp: Option<Bounds>,
     ) -> FlexTensor {
-        forward(x, weight, bias, g, clamp)
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let (n, s) = shape_of(&x, g);
+        let c_out = dims4(&weight)[0];
+        let [oh, ow] = g.output(s.size[0], s.size[1]);
+        let (xs, ws, bs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+            bias.as_slice::<f32>().expect("contiguous"),
+        );
+        let positions = s.positions();
+        new_tensor(&[n, c_out, oh, ow], |out| {
+            out.par_chunks_mut((c_out * positions).max(1))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; s.rows() * positions],
+                    |cols, (image, out)| {
+                        s.unfold(&xs[image * s.image_len()..][..s.image_len()], cols);
+                        for (row, &b) in out.chunks_mut(positions.max(1)).zip(bs) {
+                            row.fill(b);
+                        }
+                        let columns = Matrix::rows(cols, s.rows(), positions);
+                        multiply(out, Matrix::rows(ws, c_out, s.rows()), columns, true);
+                        if let Some(bounds) = clamp {
+                            bounds.apply(out);
+                        }
+                    },
+                );
+        })
     }
 
+    /// The input's gradient: per image, `weightᵀ · grad` folded back onto the input.
     fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], g: Geometry) -> FlexTensor {
-        input_gradient(grad, weight, input, g)
+        let (grad, weight) = (contiguous(grad), contiguous(weight));
+        let [_, c_in, h, w] = input;
+        let s = Shape {
+            channels: c_in,
+            size: [h, w],
+            geometry: g,
+        };
+        let c_out = dims4(&grad)[1];
+        let (gs, ws) = (
+            grad.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+        );
+        let positions = s.positions();
+        new_tensor(&input, |out| {
+            out.par_chunks_mut(s.image_len().max(1))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; s.rows() * positions],
+                    |cols, (image, out)| {
+                        let grad = Matrix::rows(&gs[image * c_out * positions..], c_out, positions);
+                        multiply(cols, Matrix::rows(ws, c_out, s.rows()).transposed(), grad, false);
+                        s.fold(cols, out);
+                    },
+                );
+        })
     }
 
+    /// The weight's and the bias's gradients: `Σ grad · colsᵀ` and the sum of `grad` over the
+    /// images (each thread sums its images into one buffer, then the buffers are added).
     fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, g: Geometry) -> (FlexTensor, FlexTensor) {
-        weight_and_bias_gradients(x, grad, g)
+        let (x, grad) = (contiguous(x), contiguous(grad));
+        let (n, s) = shape_of(&x, g);
+        let c_out = dims4(&grad)[1];
+        let (xs, gs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            grad.as_slice::<f32>().expect("contiguous"),
+        );
+        let positions = s.positions();
+        let zero = || {
+            (
+                vec![0f32; c_out * s.rows()],
+                vec![0f64; c_out],
+                vec![0f32; s.rows() * positions],
+            )
+        };
+        let (weight, bias, _) = (0..n)
+            .into_par_iter()
+            .fold(zero, |(mut weight, mut bias, mut cols), image| {
+                s.unfold(&xs[image * s.image_len()..][..s.image_len()], &mut cols);
+                let grad = &gs[image * c_out * positions..][..c_out * positions];
+                let columns = Matrix::rows(&cols, s.rows(), positions);
+                multiply(
+                    &mut weight,
+                    Matrix::rows(grad, c_out, positions),
+                    columns.transposed(),
+                    true,
+                );
+                for (sum, row) in bias.iter_mut().zip(grad.chunks(positions.max(1))) {
+                    *sum += lanes::sum(row) as f64;
+                }
+                (weight, bias, cols)
+            })
+            .reduce(zero, |(mut w1, mut b1, cols), (w2, b2, _)| {
+                w1.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+                (w1, b1, cols)
+            });
+        let [kh, kw] = g.kernel;
+        (
+            from_values(weight, &[c_out, s.channels, kh, kw]),
+            from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
+        )
     }
 }
 

@@ -35,92 +35,6 @@ pub trait PointwiseBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// The forward pass: the images in parallel, each output plane starting from its bias, each
-/// image's output clamped once computed.
-pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor, clamp: Option<Bounds>) -> FlexTensor {
-    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
-    let [n, c_in, h, w] = dims4(&x);
-    let c_out = dims4(&weight)[0];
-    let (xs, ws, bs) = (
-        x.as_slice::<f32>().expect("contiguous"),
-        weight.as_slice::<f32>().expect("contiguous"),
-        bias.as_slice::<f32>().expect("contiguous"),
-    );
-    let plane = h * w;
-    new_tensor(&[n, c_out, h, w], |out| {
-        out.par_chunks_mut((c_out * plane).max(1))
-            .enumerate()
-            .for_each(|(image, out)| {
-                for (row, &b) in out.chunks_mut(plane).zip(bs) {
-                    row.fill(b);
-                }
-                let input = Matrix::rows(&xs[image * c_in * plane..], c_in, plane);
-                multiply(out, Matrix::rows(ws, c_out, c_in), input, true);
-                if let Some(bounds) = clamp {
-                    bounds.apply(out);
-                }
-            });
-    })
-}
-
-/// The input's gradient: `weightᵀ · grad` per image.
-pub fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, c_in: usize) -> FlexTensor {
-    let (grad, weight) = (contiguous(grad), contiguous(weight));
-    let [n, c_out, h, w] = dims4(&grad);
-    let (gs, ws) = (
-        grad.as_slice::<f32>().expect("contiguous"),
-        weight.as_slice::<f32>().expect("contiguous"),
-    );
-    let plane = h * w;
-    new_tensor(&[n, c_in, h, w], |out| {
-        out.par_chunks_mut((c_in * plane).max(1))
-            .enumerate()
-            .for_each(|(image, out)| {
-                let grad = Matrix::rows(&gs[image * c_out * plane..], c_out, plane);
-                multiply(out, Matrix::rows(ws, c_out, c_in).transposed(), grad, false);
-            });
-    })
-}
-
-/// The weight's and the bias's gradients: `Σ grad · xᵀ` and the sum of `grad` over the images
-/// (each thread sums its images into one buffer, then the buffers are added).
-pub fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor) -> (FlexTensor, FlexTensor) {
-    let (x, grad) = (contiguous(x), contiguous(grad));
-    let [n, c_in, h, w] = dims4(&x);
-    let c_out = dims4(&grad)[1];
-    let (xs, gs) = (
-        x.as_slice::<f32>().expect("contiguous"),
-        grad.as_slice::<f32>().expect("contiguous"),
-    );
-    let plane = h * w;
-    let zero = || (vec![0f32; c_out * c_in], vec![0f64; c_out]);
-    let (weight, bias) = (0..n)
-        .into_par_iter()
-        .fold(zero, |(mut weight, mut bias), image| {
-            let grad = &gs[image * c_out * plane..][..c_out * plane];
-            let input = Matrix::rows(&xs[image * c_in * plane..], c_in, plane);
-            multiply(
-                &mut weight,
-                Matrix::rows(grad, c_out, plane),
-                input.transposed(),
-                true,
-            );
-            for (sum, row) in bias.iter_mut().zip(grad.chunks(plane.max(1))) {
-                *sum += lanes::sum(row) as f64;
-            }
-            (weight, bias)
-        })
-        .reduce(zero, |(mut w1, mut b1), (w2, b2)| {
-            w1.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
-            b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
-            (w1, b1)
-        });
-    (
-        from_values(weight, &[c_out, c_in, 1, 1]),
-        from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
-    )
-}
-
 impl PointwiseBackend for Flex {
     fn pointwise_conv(
         x: FlexTensor,
@@ -128,17 +42,19 @@ impl PointwiseBackend for Flex {
         bias: FlexTensor,
         clamp: Option<Bounds>,
     ) -> FlexTensor {
-        forward(&x, &weight, &bias, clamp)
+        Pointwise::forward(&x, &weight, &bias, (), clamp)
     }
 }
 
-/// The kernels [`tracked::conv`] records.
+/// The kernels, which the CPU backend runs and [`tracked::conv`] records with autodiff.
 #[derive(Debug)]
 pub struct Pointwise;
 
 impl ConvKernels for Pointwise {
     type Geometry = ();
 
+    /// The forward pass: the images in parallel, each output plane starting from its bias, each
+    /// image's output clamped once computed.
     fn forward(
         x: &FlexTensor,
         weight: &FlexTensor,
@@ -146,15 +62,88 @@ impl ConvKernels for Pointwise {
         _: (),
         clamp: Option<Bounds>,
     ) -> FlexTensor {
-        forward(x, weight, bias, clamp)
+        let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
+        let [n, c_in, h, w] = dims4(&x);
+        let c_out = dims4(&weight)[0];
+        let (xs, ws, bs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+            bias.as_slice::<f32>().expect("contiguous"),
+        );
+        let plane = h * w;
+        new_tensor(&[n, c_out, h, w], |out| {
+            out.par_chunks_mut((c_out * plane).max(1))
+                .enumerate()
+                .for_each(|(image, out)| {
+                    for (row, &b) in out.chunks_mut(plane).zip(bs) {
+                        row.fill(b);
+                    }
+                    let input = Matrix::rows(&xs[image * c_in * plane..], c_in, plane);
+                    multiply(out, Matrix::rows(ws, c_out, c_in), input, true);
+                    if let Some(bounds) = clamp {
+                        bounds.apply(out);
+                    }
+                });
+        })
     }
 
+    /// The input's gradient: `weightᵀ · grad` per image.
     fn input_gradient(grad: &FlexTensor, weight: &FlexTensor, input: [usize; 4], _: ()) -> FlexTensor {
-        input_gradient(grad, weight, input[1])
+        let c_in = input[1];
+        let (grad, weight) = (contiguous(grad), contiguous(weight));
+        let [n, c_out, h, w] = dims4(&grad);
+        let (gs, ws) = (
+            grad.as_slice::<f32>().expect("contiguous"),
+            weight.as_slice::<f32>().expect("contiguous"),
+        );
+        let plane = h * w;
+        new_tensor(&[n, c_in, h, w], |out| {
+            out.par_chunks_mut((c_in * plane).max(1))
+                .enumerate()
+                .for_each(|(image, out)| {
+                    let grad = Matrix::rows(&gs[image * c_out * plane..], c_out, plane);
+                    multiply(out, Matrix::rows(ws, c_out, c_in).transposed(), grad, false);
+                });
+        })
     }
 
+    /// The weight's and the bias's gradients: `Σ grad · xᵀ` and the sum of `grad` over the images
+    /// (each thread sums its images into one buffer, then the buffers are added).
     fn weight_and_bias_gradients(x: &FlexTensor, grad: &FlexTensor, _: ()) -> (FlexTensor, FlexTensor) {
-        weight_and_bias_gradients(x, grad)
+        let (x, grad) = (contiguous(x), contiguous(grad));
+        let [n, c_in, h, w] = dims4(&x);
+        let c_out = dims4(&grad)[1];
+        let (xs, gs) = (
+            x.as_slice::<f32>().expect("contiguous"),
+            grad.as_slice::<f32>().expect("contiguous"),
+        );
+        let plane = h * w;
+        let zero = || (vec![0f32; c_out * c_in], vec![0f64; c_out]);
+        let (weight, bias) = (0..n)
+            .into_par_iter()
+            .fold(zero, |(mut weight, mut bias), image| {
+                let grad = &gs[image * c_out * plane..][..c_out * plane];
+                let input = Matrix::rows(&xs[image * c_in * plane..], c_in, plane);
+                multiply(
+                    &mut weight,
+                    Matrix::rows(grad, c_out, plane),
+                    input.transposed(),
+                    true,
+                );
+                for (sum, row) in bias.iter_mut().zip(grad.chunks(plane.max(1))) {
+                    *sum += lanes::sum(row) as f64;
+                }
+                (weight, bias)
+            })
+            .reduce(zero, |(mut w1, mut b1), (w2, b2)| {
+                w1.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+                (w1, b1)
+            });
+        (
+            from_values(weight, &[c_out, c_in, 1, 1]),
+            from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
+        )
     }
 }
 
