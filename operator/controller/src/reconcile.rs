@@ -201,9 +201,11 @@ async fn retire(ctx: &Context, tuning: &CameraTuning, namespace: &str, jobs: &[S
     Ok(())
 }
 
-/// Server-side applies the operator's part of the status when the plan changes it, then records
-/// the plan's events (at once: a reconciliation cut short after the status write would otherwise
-/// lose the events of a transition the next one no longer sees).
+/// Records the plan's events, then server-side applies the operator's part of the status when the
+/// plan changes it. Events first: an operator stopped between the two (a rollout, a crash) repeats
+/// the events on its next reconciliation, which sees the same transition again, instead of losing
+/// them, since a reconciliation after the status write no longer sees the transition. A repeated
+/// event becomes a series with a count (a second event after a restart); a lost one is gone.
 async fn update_status(
     ctx: &Context,
     tuning: &CameraTuning,
@@ -211,17 +213,6 @@ async fn update_status(
     plan: &plan::Plan,
 ) -> Result<(), Error> {
     let old = operator_view(tuning.status.as_ref());
-    if old != plan.status {
-        let api: Api<CameraTuning> = Api::namespaced(ctx.client.clone(), namespace);
-        let body =
-            json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": plan.status });
-        api.patch_status(
-            &tuning.name_any(),
-            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    }
     // Every phase change is an event; the plan's notes explain most of them, so a bare phase
     // event is only published when no note does (fewer writes at scale).
     if old.phase != plan.status.phase {
@@ -245,6 +236,17 @@ async fn update_status(
             EventType::Normal
         };
         publish(ctx, tuning, type_, note.reason, &note.message).await;
+    }
+    if old != plan.status {
+        let api: Api<CameraTuning> = Api::namespaced(ctx.client.clone(), namespace);
+        let body =
+            json!({ "apiVersion": "autotuner.io/v1alpha1", "kind": "CameraTuning", "status": plan.status });
+        api.patch_status(
+            &tuning.name_any(),
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
     }
     Ok(())
 }
