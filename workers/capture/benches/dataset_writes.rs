@@ -1,8 +1,10 @@
 //! What storing a labelled batch costs as a split grows: 10,000 samples stored in batches of 8
 //! (three boxes and two ignore regions each, as the capture worker stores them), each batch's
 //! `flush` timed. Beside it, at the same sizes, the cost of writing the split's file whole, which
-//! is what every batch cost before the journal (`autotuner_store::journal`). Images are a few
-//! bytes here: their writes do not depend on the split's size. Writes
+//! is what every batch cost before the journal (`autotuner_store::journal`). And what each batch
+//! puts in object storage: the file when it was written whole, else the batch's journal segment;
+//! beside it what was put before segments (the journal object whole, after every batch). Images
+//! are a few bytes here: their writes do not depend on the split's size. Writes
 //! bench-results/dataset-writes.json.
 //!
 //!     cargo bench -p autotuner-capture --bench dataset_writes
@@ -10,7 +12,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use autotuner_capture::dataset::{Dataset, DatasetConfig, LabelBox, Sample, Split};
+use autotuner_capture::dataset::{Dataset, DatasetConfig, LabelBox, Sample, Split, StoreWrite};
 use autotuner_vision::Rect;
 
 const SAMPLES: usize = 10_000;
@@ -79,15 +81,24 @@ fn main() {
     // Seconds each flush took, by the split's size after it.
     let mut flushes: Vec<(usize, f64)> = Vec::new();
     let mut journal_bytes: Vec<(usize, u64)> = Vec::new();
+    // Bytes each batch puts in object storage, now (segments) and before (the journal whole).
+    let mut put_bytes: Vec<(usize, u64, u64)> = Vec::new();
     let journal = dir.path().join("train/annotations.jsonl");
+    let file = dir.path().join("train/annotations.json");
     for i in 0..SAMPLES {
         add(&mut dataset, i);
         if (i + 1) % BATCH == 0 {
             let before = file_bytes(&journal);
             let started = Instant::now();
-            dataset.flush().unwrap();
+            let flushed = dataset.flush().unwrap();
             flushes.push((i + 1, started.elapsed().as_secs_f64()));
             journal_bytes.push((i + 1, file_bytes(&journal).saturating_sub(before)));
+            let (segments, whole_journal) = match flushed.for_store.as_slice() {
+                [StoreWrite::Whole { .. }] => (file_bytes(&file), file_bytes(&file)),
+                [StoreWrite::Segment(s)] => (s.lines.len() as u64, file_bytes(&journal)),
+                other => panic!("one split changed: {other:?}"),
+            };
+            put_bytes.push((i + 1, segments, whole_journal));
         }
     }
     assert_eq!(dataset.len(Split::Train), SAMPLES);
@@ -126,7 +137,33 @@ fn main() {
             .collect()
     };
     let mean = second_half.iter().sum::<f64>() / second_half.len() as f64;
-    let file = dir.path().join("train/annotations.json");
+    let put = |at: usize, pick: fn(&(usize, u64, u64)) -> u64| -> Vec<u64> {
+        put_bytes
+            .iter()
+            .filter(|(n, ..)| *n <= at && *n + 10 * BATCH > at)
+            .map(pick)
+            .collect()
+    };
+    let mean_put = |pick: fn(&(usize, u64, u64)) -> u64| -> u64 {
+        let half: Vec<u64> = put_bytes
+            .iter()
+            .filter(|(n, ..)| *n > SAMPLES / 2)
+            .map(pick)
+            .collect();
+        half.iter().sum::<u64>() / half.len() as u64
+    };
+    let median = |mut v: Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let object_storage = serde_json::json!({
+        "what": "bytes a batch puts in object storage (the annotation file when written whole, else the batch's journal segment); before: the journal object put whole after every batch",
+        "medianAt100Images": median(put(100, |p| p.1)),
+        "medianAt10000Images": median(put(SAMPLES, |p| p.1)),
+        "meanOfTheSecondHalf": mean_put(|p| p.1),
+        "beforeMedianAt10000Images": median(put(SAMPLES, |p| p.2)),
+        "beforeMeanOfTheSecondHalf": mean_put(|p| p.2),
+    });
     dataset.write_whole().unwrap();
     let out = serde_json::json!({
         "command": "cargo bench -p autotuner-capture --bench dataset_writes",
@@ -141,6 +178,7 @@ fn main() {
         "wholeFileAt10000Images": spread(&mut whole_at(SAMPLES)),
         "fileBytesAt10000Images": file_bytes(&file),
         "peakRssMiBWith10000Images": peak_rss,
+        "objectStorageBytesPerBatch": object_storage,
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results/dataset-writes.json");
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();

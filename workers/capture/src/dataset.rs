@@ -281,8 +281,11 @@ impl SplitFile {
     }
 
     /// Writes this flush's changes: appended to the journal, or the file whole (see the module
-    /// notes). Returns the files written, relative to the dataset's root.
-    fn write(&mut self, root: &Path, whole: bool) -> Result<Vec<String>, DatasetError> {
+    /// notes). Records the files written, relative to the dataset's root, and what object
+    /// storage needs for the same changes, in `flushed`.
+    fn write(&mut self, root: &Path, whole: bool, flushed: &mut Flushed) -> Result<(), DatasetError> {
+        let relative = |path: &Path| Some(path.strip_prefix(root).ok()?.to_string_lossy().into_owned());
+        let key = relative(&self.path).expect("a split's file is below the dataset's root");
         let journal_path = journal::path_of(&self.path);
         let whole = whole
             || self.whole_next
@@ -294,6 +297,7 @@ impl SplitFile {
             let bytes = serde_json::to_vec(&self.coco).expect("COCO serialises");
             autotuner_store::write_atomically(&self.path, &bytes)?;
             written.push(self.path.clone());
+            flushed.for_store.push(StoreWrite::Whole { key, seq: self.seq });
             // Emptied after the file is written: a reader holding the old journal finds its
             // entries in the new file.
             if self.journal_lines > 0 || self.whole_next {
@@ -301,26 +305,25 @@ impl SplitFile {
                 written.push(journal_path);
             }
             self.journal_lines = 0;
-        } else {
+        } else if let Some(segment) = journal::Segment::of(&key, &self.pending) {
             use std::io::Write;
-            let lines: Vec<u8> = self.pending.iter().flat_map(Entry::line).collect();
+            let lines = &segment.lines;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&journal_path)
                 .map_err(io(&journal_path))?;
-            file.write_all(&lines).map_err(io(&journal_path))?;
+            file.write_all(lines).map_err(io(&journal_path))?;
             file.sync_data().map_err(io(&journal_path))?;
             self.journal_lines += self.pending.len();
             written.push(journal_path);
+            flushed.for_store.push(StoreWrite::Segment(segment));
         }
         self.pending.clear();
         self.whole_next = false;
         self.dirty = false;
-        Ok(written
-            .iter()
-            .filter_map(|p| Some(p.strip_prefix(root).ok()?.to_string_lossy().into_owned()))
-            .collect())
+        flushed.written.extend(written.iter().filter_map(|p| relative(p)));
+        Ok(())
     }
 }
 
@@ -339,10 +342,21 @@ pub struct Dataset {
 /// holding a copy puts and deletes the same).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Flushed {
-    /// Annotation files and journals, each file before its journal.
+    /// Annotation files and journals on the volume, each file before its journal.
     pub written: Vec<String>,
+    /// The same changes as object storage holds them (it cannot append), in order.
+    pub for_store: Vec<StoreWrite>,
     /// Images of the samples replaced since the last flush.
     pub removed: Vec<String>,
+}
+
+/// A change to an annotation file as object storage holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreWrite {
+    /// The file at `key` was written whole; it holds the journal's entries up to `seq`.
+    Whole { key: String, seq: u64 },
+    /// The journal entries a flush appended: an object of their own.
+    Segment(journal::Segment),
 }
 
 /// What [`Dataset::add`] did.
@@ -513,7 +527,7 @@ impl Dataset {
         for split in [Split::Train, Split::Eval, Split::Drift] {
             let file = self.file_mut(split);
             if file.dirty {
-                flushed.written.extend(file.write(&root, whole)?);
+                file.write(&root, whole, &mut flushed)?;
             }
             // A crash before this leaves an image nothing names: harmless, and the next
             // replacement of a sample does not look for it.
@@ -774,7 +788,7 @@ mod tests {
 
     /// Adds `count` samples with ids from `first` (all in the train split: time 0), flushing
     /// every 8 like the capture worker's batches; returns each flush's files.
-    fn add_batches(d: &mut Dataset, first: usize, count: usize) -> Vec<Vec<String>> {
+    fn add_batches(d: &mut Dataset, first: usize, count: usize) -> Vec<Flushed> {
         let labels = [LabelBox {
             class: "person".into(),
             bbox: [10.0, 20.0, 30.0, 80.0],
@@ -798,7 +812,7 @@ mod tests {
                 Added::Stored(Split::Train)
             ));
             if (i + 1) % 8 == 0 {
-                flushes.push(d.flush().unwrap().written);
+                flushes.push(d.flush().unwrap());
             }
         }
         flushes
@@ -822,7 +836,8 @@ mod tests {
             ..DatasetConfig::default()
         };
         let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
-        let flushes = add_batches(&mut d, 0, 2000);
+        let flushed = add_batches(&mut d, 0, 2000);
+        let flushes: Vec<Vec<String>> = flushed.iter().map(|f| f.written.clone()).collect();
         let whole = |f: &&Vec<String>| f.contains(&"train/annotations.json".to_string());
         // Small (under 256 images after the flush), the file is written whole each time, with no
         // journal for readers to know of ...
@@ -856,6 +871,33 @@ mod tests {
             "{} lines",
             journal.lines().count()
         );
+        // For object storage, which cannot append: the file whole when it was written whole
+        // (holding every entry so far), else the flush's own entries as a segment, the same
+        // eight lines however large the split: the segments since the last rewrite are the
+        // journal.
+        let mut seq = 0;
+        let mut since_rewrite = Vec::new();
+        for (i, f) in flushed.iter().enumerate() {
+            seq += 8;
+            match f.for_store.as_slice() {
+                [StoreWrite::Whole { key, seq: held }] if whole(&&flushes[i]) => {
+                    assert_eq!(
+                        (key.as_str(), *held),
+                        ("train/annotations.json", seq),
+                        "flush {i}"
+                    );
+                    since_rewrite.clear();
+                }
+                [StoreWrite::Segment(segment)] if !whole(&&flushes[i]) => {
+                    assert_eq!(segment.file, "train/annotations.json");
+                    assert_eq!((segment.first, segment.last), (seq - 7, seq), "flush {i}");
+                    assert_eq!(segment.lines.split(|&b| b == b'\n').count(), 9, "eight lines");
+                    since_rewrite.extend_from_slice(&segment.lines);
+                }
+                other => panic!("flush {i}: {other:?}"),
+            }
+        }
+        assert_eq!(since_rewrite, journal.as_bytes());
         // A reader (the drift check, the trainer's mirror) and a reopening writer see every sample.
         let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
             .unwrap()
@@ -909,7 +951,7 @@ mod tests {
         let mut d = Dataset::open(dir.path(), config.clone(), classes.clone()).unwrap();
         let flushes = add_batches(&mut d, 0, 400);
         assert!(
-            flushes.last().unwrap() == &["train/annotations.jsonl"],
+            flushes.last().unwrap().written == ["train/annotations.jsonl"],
             "{flushes:?}"
         );
         let journal_path = dir.path().join("train/annotations.jsonl");
@@ -934,11 +976,8 @@ mod tests {
         // The next flush writes the file whole (an append would follow the torn line).
         let flushes = add_batches(&mut reopened, 399, 1);
         assert_eq!(
-            flushes,
-            [vec![
-                "train/annotations.json".to_string(),
-                "train/annotations.jsonl".to_string()
-            ]]
+            flushes[0].written,
+            ["train/annotations.json", "train/annotations.jsonl"]
         );
         let read = autotuner_store::journal::read(&dir.path().join("train/annotations.json"))
             .unwrap()

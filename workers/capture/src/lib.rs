@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod picture;
 pub mod pipeline;
+pub mod remote;
 pub mod round;
 pub mod select;
 pub mod serve;

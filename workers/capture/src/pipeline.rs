@@ -2,8 +2,7 @@
 //! annotation loop (spool -> teacher -> dataset), joined only by the durable spool. The selection
 //! thread never waits for the teacher; the annotation loop never loses what it has not stored.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use crate::dataset::{Added, Dataset, DatasetConfig, Flushed, LabelBox, Sample, S
 use crate::edge::{Edge, frame_time_ms};
 use crate::metrics::Metrics;
 use crate::picture;
+use crate::remote::Unsent;
 use crate::round::RoundCounter;
 use crate::select::{self, Purpose, Sampling, Selector, Skipped};
 use crate::source::{Frame, Next, Source, SourceConfig};
@@ -161,7 +161,7 @@ pub async fn run(
     if let Some(remote) = &config.remote {
         // The working copy starts as what the store holds: anything local beyond that was never
         // acknowledged, and its spool entries will store it again.
-        restore_from_store(remote, &config.dataset_dir).await?;
+        crate::remote::restore(remote, &config.dataset_dir).await?;
     }
     let dataset =
         Dataset::open(&config.dataset_dir, config.dataset.clone(), classes).context("open the dataset")?;
@@ -291,65 +291,6 @@ impl Drop for DoneOnDrop {
         self.0.store(true, Ordering::SeqCst);
         self.1.notify_one();
     }
-}
-
-const SPLITS: [Split; 3] = [Split::Train, Split::Eval, Split::Drift];
-
-fn annotation_key(split: Split) -> String {
-    format!("{}/annotations.json", split.dir())
-}
-
-async fn restore_from_store(remote: &Location, dir: &Path) -> anyhow::Result<()> {
-    for split in SPLITS {
-        let key = annotation_key(split);
-        std::fs::create_dir_all(dir.join(split.dir())).context("create the dataset's working copy")?;
-        // The journal before the file (autotuner_store::journal: the order readers keep).
-        for key in [autotuner_store::journal::key_of(&key), key.clone()] {
-            let local = dir.join(&key);
-            let _ = std::fs::remove_file(&local);
-            if remote
-                .get_file(&key, &local)
-                .await
-                .context("read the dataset from object storage")?
-            {
-                tracing::info!(key, "continuing the dataset in object storage");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Puts the images of `stored` and then the annotation files and journals written since the last
-/// upload (the order that never lets an annotation name a missing image; each file before its
-/// journal, as `files` sorts); local images are then removed.
-async fn upload(
-    remote: &Location,
-    dir: &Path,
-    stored: &[(Split, String)],
-    files: &BTreeSet<String>,
-    replaced: &[String],
-) -> anyhow::Result<()> {
-    for (split, id) in stored {
-        let key = format!("{}/images/{id}.jpg", split.dir());
-        let path = dir.join(&key);
-        if path.exists() {
-            remote.put_file(&key, &path).await?;
-        }
-    }
-    for key in files {
-        remote.put_file(key, &dir.join(key)).await?;
-    }
-    for (split, id) in stored {
-        let _ = std::fs::remove_file(dir.join(format!("{}/images/{id}.jpg", split.dir())));
-    }
-    // Images of replaced samples, which no annotation file names any more: at worst (a failed
-    // delete) one stays behind as garbage, never a dangling reference.
-    for key in replaced {
-        if let Err(e) = remote.delete(key).await {
-            tracing::warn!(key, error = %e, "could not delete a replaced image from object storage");
-        }
-    }
-    Ok(())
 }
 
 /// The same crops give the same key (a retry is recognised), other crops another one, even from
@@ -688,20 +629,17 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
     let mut batch_size = config.batch_frames.max(1);
     let mut backoff = Duration::from_millis(500);
     // Stored locally but not yet in object storage (an upload failed): retried first.
-    let mut unsent: Vec<(Split, String)> = Vec::new();
+    let mut unsent = Unsent::default();
     let mut unsent_ids: Vec<String> = Vec::new();
-    let mut unsent_files: BTreeSet<String> = BTreeSet::new();
-    let mut replaced: Vec<String> = Vec::new();
     loop {
         if let (Some(remote), false) = (&config.remote, unsent.is_empty()) {
-            match upload(remote, &config.dataset_dir, &unsent, &unsent_files, &replaced).await {
-                Ok(()) => {
+            match crate::remote::upload(remote, &config.dataset_dir, &unsent).await {
+                Ok(uploaded) => {
+                    tracing::debug!(?uploaded, "uploaded to object storage");
                     // Only now does the store hold them: counted, they may start a Job.
                     count_stored(&dataset.lock().unwrap_or_else(|e| e.into_inner()), shared);
                     forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;
-                    unsent.clear();
-                    unsent_files.clear();
-                    replaced.clear();
+                    unsent = Unsent::default();
                 }
                 Err(e) => {
                     metrics.annotate_errors.with_label_values(&["store"]).inc();
@@ -767,9 +705,7 @@ async fn annotate(shared: &Shared, teacher: &Teacher) -> anyhow::Result<()> {
                 if config.remote.is_some() {
                     // With object storage the entries go once the store has the samples (the
                     // upload at the top of the loop).
-                    unsent.extend(stored);
-                    unsent_files.extend(flushed.written);
-                    replaced.extend(flushed.removed);
+                    unsent.add(stored, flushed);
                 }
                 if unsent.is_empty() {
                     forget_stored(shared, std::mem::take(&mut unsent_ids)).await?;

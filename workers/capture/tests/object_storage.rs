@@ -200,3 +200,159 @@ fn images_are_counted_only_once_object_storage_holds_them() {
     let coco: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(coco["images"].as_array().unwrap().len() as u64, selected);
 }
+
+/// The environment of [`journal_segments_body`]: the S3 server's URL. Private to that test and
+/// its child process, not configuration (hence not in `autotuner_api::contract`).
+const TEST_S3_ENDPOINT: &str = "OBJECT_STORAGE_TEST_S3_ENDPOINT";
+
+#[test]
+fn each_batch_puts_its_own_journal_segment_and_a_file_put_whole_deletes_those_it_holds() {
+    // The object store client takes its credentials from the environment only (as a pod's
+    // Secret gives them): the body runs in this test binary again, with them set.
+    let s3 = S3Server::start("datasets");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "journal_segments_body", "--ignored", "--nocapture"])
+        .env(TEST_S3_ENDPOINT, &s3.endpoint)
+        .env(autotuner_api::contract::ENV_AWS_ACCESS_KEY_ID, "test")
+        .env(autotuner_api::contract::ENV_AWS_SECRET_ACCESS_KEY, "test-secret")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the body failed: {status}");
+    // Never the journal whole: an earlier version's object is all that key ever held.
+    let (code, _) = s3.get("/datasets/site/hall/train/annotations.jsonl");
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+#[ignore = "run with S3 credentials by each_batch_puts_its_own_journal_segment_and_a_file_put_whole_deletes_those_it_holds"]
+async fn journal_segments_body() {
+    use autotuner_capture::dataset::{Dataset, DatasetConfig, LabelBox, Sample, Split};
+    use autotuner_capture::remote::{self, Unsent, Uploaded};
+    use autotuner_store::{Location, S3Options};
+
+    let endpoint = std::env::var(TEST_S3_ENDPOINT).expect("run by the outer test");
+    let remote = Location::parse(
+        "s3://datasets/site/hall",
+        &S3Options {
+            endpoint: Some(endpoint),
+            region: None,
+        },
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = DatasetConfig {
+        train_size: 100_000,
+        ..DatasetConfig::default()
+    };
+    let classes = vec![(1, "person".to_string())];
+    let labels = [LabelBox {
+        class: "person".into(),
+        bbox: [10.0, 20.0, 30.0, 80.0],
+        score: 0.9,
+    }];
+    // Stores samples `range` in batches of eight, each uploaded as the capture worker does.
+    let store = |dataset: &mut Dataset, range: std::ops::Range<usize>| {
+        let mut batches = Vec::new();
+        for first in range.step_by(8) {
+            let mut stored = Vec::new();
+            for i in first..first + 8 {
+                let id = format!("f{i:08}");
+                let sample = Sample {
+                    id: &id,
+                    time_ms: 0,
+                    decoded_at_ms: i as u64,
+                    width: 64,
+                    height: 48,
+                    jpeg: b"jpeg",
+                    labels: &labels,
+                    unlabelled: &[],
+                };
+                dataset.add(&sample, false).unwrap();
+                stored.push((Split::Train, id));
+            }
+            let mut unsent = Unsent::default();
+            unsent.add(stored, dataset.flush().unwrap());
+            batches.push(unsent);
+        }
+        batches
+    };
+    let upload = async |dir: &Path, batches: Vec<Unsent>| {
+        let mut uploads = Vec::new();
+        for unsent in batches {
+            uploads.push(remote::upload(&remote, dir, &unsent).await.unwrap());
+        }
+        uploads
+    };
+
+    let pod_1 = work.path().join("pod-1");
+    let mut dataset = Dataset::open(&pod_1, config.clone(), classes.clone()).unwrap();
+    let batches = store(&mut dataset, 0..600);
+    let uploads: Vec<Uploaded> = upload(&pod_1, batches).await;
+    assert!(uploads.iter().all(|u| u.images == 8));
+    // Under 256 images the file goes whole each time; then a batch is one segment of its own
+    // eight entries, the same size at 300 images as at 600, until the file is rewritten (504
+    // images), which deletes the segments it holds.
+    let (small, large) = uploads.split_at(31);
+    assert!(small.iter().all(|u| (u.files, u.segments) == (1, 0)), "{small:?}");
+    let rewrites: Vec<usize> = (31..uploads.len()).filter(|&i| uploads[i].files == 1).collect();
+    assert_eq!(rewrites, [62], "{large:?}");
+    assert_eq!(
+        uploads[62].compacted,
+        62 - 31,
+        "the segments since the last rewrite"
+    );
+    let segment_bytes: Vec<usize> = large
+        .iter()
+        .filter(|u| u.files == 0)
+        .map(|u| u.segment_bytes)
+        .collect();
+    assert!(large.iter().filter(|u| u.files == 0).all(|u| u.segments == 1));
+    let (least, most) = (
+        segment_bytes.iter().min().unwrap(),
+        segment_bytes.iter().max().unwrap(),
+    );
+    assert!(
+        most - least <= 16,
+        "a batch's cost does not grow: {least}..{most} bytes"
+    );
+
+    // A reader (the trainer's mirror) sees every sample, images included.
+    let mirror = work.path().join("mirror");
+    let mirrored = remote
+        .mirror_dataset(&["train/annotations.json"], &mirror)
+        .await
+        .unwrap();
+    assert_eq!((mirrored.images_fetched, mirrored.images_missing), (600, 0));
+    let ids = |path: &Path| -> Vec<u64> {
+        let coco: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        coco["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        ids(&mirror.join("train/annotations.json")),
+        (1..=600).collect::<Vec<_>>()
+    );
+
+    // A pod on a fresh disk continues the dataset: nothing lost, ids go on.
+    let pod_2 = work.path().join("pod-2");
+    remote::restore(&remote, &pod_2).await.unwrap();
+    let mut dataset = Dataset::open(&pod_2, config, classes).unwrap();
+    assert_eq!(
+        (dataset.len(Split::Train), dataset.stored(Split::Train)),
+        (600, 600)
+    );
+    let batches = store(&mut dataset, 600..608);
+    upload(&pod_2, batches).await;
+    remote
+        .mirror_dataset(&["train/annotations.json"], &mirror)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&mirror.join("train/annotations.json")),
+        (1..=608).collect::<Vec<_>>()
+    );
+}

@@ -9,6 +9,15 @@
 //! journal's entries the file does not hold yet: each entry has a sequence number and the file
 //! records the last one it holds (`info.journal`), so whichever file it read, old or rewritten
 //! since, the result is the split as it was when the journal was read, or later.
+//!
+//! Object storage cannot append, and putting the journal whole after each batch cost the
+//! journal's size (up to half the split) per batch. There each flush's entries are an object of
+//! their own, a [`Segment`] named by the first and last sequence number it holds
+//! (`annotations.json.journal/<first>-<last>.jsonl`, zero-padded so that names sort in sequence
+//! order): a batch costs its own size, however large the split. Writing the file whole puts the
+//! file first and then deletes the segments it holds. A reader lists and reads the segments, then
+//! reads the file: a segment deleted between the two is held by the file it reads after, and
+//! replay skips the entries a newer file holds already.
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +83,57 @@ pub fn path_of(annotations: &Path) -> PathBuf {
 /// The object key of the journal of the annotation file at `key`.
 pub fn key_of(key: &str) -> String {
     format!("{key}l")
+}
+
+/// The folder of the segments of the annotation file at `key` in object storage.
+pub fn segments_of(key: &str) -> String {
+    format!("{key}.journal")
+}
+
+/// A flush's journal entries, as object storage keeps them: one object per flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// The annotation file's key (`train/annotations.json`).
+    pub file: String,
+    /// The sequence numbers of its first and last entry.
+    pub first: u64,
+    pub last: u64,
+    /// The entries' lines, as in the journal file.
+    pub lines: Vec<u8>,
+}
+
+impl Segment {
+    /// The segment of `entries` (in sequence order) of the annotation file at `file`; `None` for
+    /// no entries.
+    pub fn of(file: &str, entries: &[Entry]) -> Option<Segment> {
+        Some(Segment {
+            file: file.to_string(),
+            first: entries.first()?.seq,
+            last: entries.last()?.seq,
+            lines: entries.iter().flat_map(Entry::line).collect(),
+        })
+    }
+
+    /// Its object key.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{:020}-{:020}.jsonl",
+            segments_of(&self.file),
+            self.first,
+            self.last
+        )
+    }
+}
+
+/// The first and last sequence number of the segment named `name` (the last part of its key);
+/// `None` for a name that is not a segment's.
+pub fn segment_range(name: &str) -> Option<(u64, u64)> {
+    let (first, last) = name.strip_suffix(".jsonl")?.split_once('-')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(first) && digits(last)) {
+        return None;
+    }
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 /// The last sequence number an annotation file holds (0: none).
@@ -294,6 +354,30 @@ mod tests {
             replay(&mut json!({ "images": 1 }), b""),
             Err(JournalError::NotCoco)
         );
+    }
+
+    #[test]
+    fn a_segment_is_named_by_its_entries_and_names_sort_in_sequence_order() {
+        let segment = Segment::of("train/annotations.json", &[add(9, 1), drop(10, 1), add(11, 2)]).unwrap();
+        assert_eq!((segment.first, segment.last), (9, 11));
+        assert_eq!(segment.lines, journal(&[add(9, 1), drop(10, 1), add(11, 2)]));
+        assert_eq!(
+            segment.key(),
+            "train/annotations.json.journal/00000000000000000009-00000000000000000011.jsonl"
+        );
+        let later = Segment::of("train/annotations.json", &[add(100, 3)]).unwrap();
+        assert!(segment.key() < later.key(), "9-11 sorts before 100-100");
+        assert_eq!(Segment::of("train/annotations.json", &[]), None);
+        let name = |s: &Segment| s.key().rsplit_once('/').unwrap().1.to_string();
+        assert_eq!(segment_range(&name(&segment)), Some((9, 11)));
+        for other in [
+            "annotations.jsonl",
+            "9-11.jsonl",
+            "0000000000000000000x-00000000000000000011.jsonl",
+            "",
+        ] {
+            assert_eq!(segment_range(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -317,6 +317,82 @@ impl Location {
         }
     }
 
+    /// The journal of the annotation file at `key` (see [`journal`]): in a directory the file
+    /// its writer appends to; in object storage its segments in sequence order, after the
+    /// journal object an earlier version put whole, if any. `None` when there is none.
+    pub async fn get_journal(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let whole = self.get_bytes(&journal::key_of(key)).await?;
+        if self.local.is_some() {
+            return Ok(whole);
+        }
+        let mut segments = Vec::new();
+        let folder = journal::segments_of(key);
+        let mut listing = self.store.list(Some(&self.key(&folder)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.error(&folder, e))?;
+            if let Some(name) = meta
+                .location
+                .filename()
+                .filter(|n| journal::segment_range(n).is_some())
+            {
+                segments.push(format!("{folder}/{name}"));
+            }
+        }
+        if whole.is_none() && segments.is_empty() {
+            return Ok(None);
+        }
+        segments.sort();
+        let mut lines = whole.unwrap_or_default();
+        for segment in segments {
+            // `None`: a writer that put the file whole deleted it since the listing; the file,
+            // read after the journal, holds its entries.
+            if let Some(bytes) = self.get_bytes(&segment).await? {
+                lines.extend_from_slice(&bytes);
+            }
+        }
+        Ok(Some(lines))
+    }
+
+    /// Stores a flush's journal entries as a segment of their own (object storage cannot append).
+    pub async fn put_segment(&self, segment: &journal::Segment) -> Result<(), StoreError> {
+        let key = segment.key();
+        self.store
+            .put(&self.key(&key), PutPayload::from(segment.lines.clone()))
+            .await
+            .map_err(|e| self.error(&key, e))?;
+        Ok(())
+    }
+
+    /// Deletes the journal entries that the annotation file at `key`, just put whole, holds
+    /// (those up to sequence number `held`): the segments that end there or before, and a
+    /// journal object an earlier version put whole. Returns how many objects it deleted.
+    pub async fn compact_journal(&self, key: &str, held: u64) -> Result<usize, StoreError> {
+        if self.local.is_some() {
+            // A directory's journal is the file its writer appends to and empties itself.
+            return Ok(0);
+        }
+        let folder = journal::segments_of(key);
+        let mut held_segments = Vec::new();
+        let mut listing = self.store.list(Some(&self.key(&folder)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.error(&folder, e))?;
+            if let Some(name) = meta.location.filename()
+                && journal::segment_range(name).is_some_and(|(_, last)| last <= held)
+            {
+                held_segments.push(format!("{folder}/{name}"));
+            }
+        }
+        let legacy = journal::key_of(key);
+        let had_legacy = self.get_bytes(&legacy).await?.is_some();
+        if had_legacy {
+            self.delete(&legacy).await?;
+        }
+        for segment in &held_segments {
+            self.delete(segment).await?;
+        }
+        Ok(held_segments.len() + usize::from(had_legacy))
+    }
+
     /// In a directory, `key` hard-linked at `dest` on the same filesystem: nothing is copied,
     /// and since every writer replaces files by renaming, the link keeps the content it had.
     /// `None` when that cannot be done here (not a directory, another filesystem).
@@ -390,7 +466,7 @@ impl Location {
             let dest = dir.join(key);
             // The journal before the file: see `journal` for why that order is consistent.
             let journal_key = journal::key_of(key);
-            let journal = self.get_bytes(&journal_key).await?;
+            let journal = self.get_journal(key).await?;
             if !self.get_file(key, &dest).await? {
                 mirrored.annotations_missing.push(key.to_string());
                 continue;
@@ -594,6 +670,118 @@ mod tests {
             coco
         );
         assert!(!dir.path().join("etc").exists());
+    }
+
+    /// Object storage held in memory: listing, puts and deletes as a bucket's (the capture's
+    /// tests run the same against a real S3 server).
+    fn in_memory() -> Location {
+        Location {
+            uri: "s3://datasets/site/hall".into(),
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: Key::from("site/hall"),
+            local: None,
+        }
+    }
+
+    fn added(range: std::ops::RangeInclusive<u64>) -> Vec<journal::Entry> {
+        range
+            .map(|seq| journal::Entry {
+                seq,
+                change: journal::Change::Add {
+                    image: serde_json::json!({ "id": seq, "file_name": format!("images/{seq}.jpg") }),
+                    annotations: vec![],
+                },
+            })
+            .collect()
+    }
+
+    fn lines(entries: &[journal::Entry]) -> Vec<u8> {
+        entries.iter().flat_map(journal::Entry::line).collect()
+    }
+
+    #[tokio::test]
+    async fn a_journal_in_object_storage_is_its_segments_in_order_and_a_file_put_whole_deletes_those_it_holds()
+     {
+        let store = in_memory();
+        let key = "train/annotations.json";
+        assert_eq!(store.get_journal(key).await.unwrap(), None);
+        let put = |key: String, bytes: Vec<u8>| {
+            let store = &store;
+            async move {
+                store
+                    .store
+                    .put(&store.key(&key), PutPayload::from(bytes))
+                    .await
+                    .unwrap()
+            }
+        };
+        // A journal an earlier version put whole (1-2), segments put in any order, and an object
+        // in their folder that is not one.
+        put(journal::key_of(key), lines(&added(1..=2))).await;
+        for range in [5..=5, 3..=4, 6..=8] {
+            store
+                .put_segment(&journal::Segment::of(key, &added(range)).unwrap())
+                .await
+                .unwrap();
+        }
+        put(format!("{}/notes.txt", journal::segments_of(key)), b"x".to_vec()).await;
+        assert_eq!(
+            store.get_journal(key).await.unwrap().unwrap(),
+            lines(&added(1..=8))
+        );
+
+        // The file put whole, holding 1-5: the old journal and the segments up to 5 go.
+        let file = serde_json::json!({
+            "info": { "journal": 5 },
+            "images": added(1..=5).iter().map(|e| match &e.change {
+                journal::Change::Add { image, .. } => image.clone(),
+                journal::Change::Drop { .. } => unreachable!(),
+            }).collect::<Vec<_>>(),
+            "annotations": [],
+        });
+        put(key.into(), serde_json::to_vec(&file).unwrap()).await;
+        assert_eq!(store.compact_journal(key, 5).await.unwrap(), 3);
+        assert_eq!(
+            store.get_journal(key).await.unwrap().unwrap(),
+            lines(&added(6..=8))
+        );
+        assert_eq!(
+            store.compact_journal(key, 5).await.unwrap(),
+            0,
+            "nothing more it holds"
+        );
+
+        // The trainer's mirror: the file with the segments it does not hold.
+        let mirror = tempfile::tempdir().unwrap();
+        let mirrored = store.mirror_dataset(&[key], mirror.path()).await.unwrap();
+        assert_eq!((mirrored.annotation_files, mirrored.images_missing), (1, 8));
+        let whole: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(mirror.path().join(key)).unwrap()).unwrap();
+        let ids: Vec<u64> = whole["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (1..=8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_directory_keeps_its_appended_journal_and_has_nothing_to_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "train/annotations.json";
+        std::fs::create_dir_all(dir.path().join("train")).unwrap();
+        std::fs::write(dir.path().join(journal::key_of(key)), lines(&added(1..=3))).unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        assert_eq!(
+            location.get_journal(key).await.unwrap().unwrap(),
+            lines(&added(1..=3))
+        );
+        assert_eq!(location.compact_journal(key, 3).await.unwrap(), 0);
+        assert!(
+            dir.path().join(journal::key_of(key)).exists(),
+            "its writer empties it"
+        );
     }
 
     #[test]
