@@ -28,6 +28,7 @@ use tokio::sync::OnceCell;
 
 pub use controlplane::{ControlPlane, Options};
 pub use node::{DNS_IP, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, dns_query, pod_resolv_confs};
+pub use pki::ServingCertificate;
 
 /// The repository's root directory.
 pub fn repo_root() -> &'static Path {

@@ -106,3 +106,36 @@ impl Pki {
         Ok(())
     }
 }
+
+/// A throwaway issuer and a serving certificate it signed: what a `kubernetes.io/tls` Secret
+/// holds (`tls.crt`, `tls.key`, `ca.crt`), as PEM.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    pub ca_cert: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl ServingCertificate {
+    /// A certificate for `names` (DNS names or IP addresses), signed by a CA of its own.
+    pub fn generate(names: &[String]) -> Result<Self> {
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "edge-autotuner test serving CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_cert: ca_cert.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}

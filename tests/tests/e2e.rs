@@ -25,8 +25,8 @@ use autotuner_tests::prometheus::{
 };
 use autotuner_tests::workers::{FileServer, encode_vtest, wait_for_listener_on};
 use autotuner_tests::{
-    ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, Options, dns_query, expect_success, helm,
-    repo_root,
+    ControlPlane, DNS_REFUSED, NODE_IP, NODE_NAME, NODE_SYSCTLS, Options, ServingCertificate, dns_query,
+    expect_success, helm, repo_root,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -99,7 +99,7 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     let mut camera = Camera::start(plane.dir());
     let models = FileServer::start_on(&assets().join("models"), NODE_IP);
     let dataset = run.dataset_volume();
-    run.apply_tuning(&camera, &models);
+    let tls_key = run.apply_tuning(&camera, &models);
     run.until("capturing with the workloads running", POD_WAIT, |s, pods| {
         (s.phase == Some(Phase::Capturing)
             && pods.running("capture") == 1
@@ -134,8 +134,10 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
             autotuner_api::contract::ENV_ANNOTATOR_URL
         ),
     ]);
+    // Over HTTPS (the TLS Secret): the annotator serves its API on its `https` port only.
     let host = annotator_url
-        .trim_start_matches("http://")
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("{annotator_url}"))
         .split(':')
         .next()
         .unwrap();
@@ -143,6 +145,17 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
         host.parse::<std::net::IpAddr>().is_err() && !host.is_empty(),
         "{annotator_url}"
     );
+    let annotator_args = run.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=annotator",
+        "-o",
+        "jsonpath={..args}",
+    ]);
+    assert!(annotator_args.contains("--tls-cert-file"), "{annotator_args}");
 
     // The annotator admits the capture pods of its namespace and the metrics scraper only (the
     // test node's bridge network does not enforce policies; the object is what is checked).
@@ -218,7 +231,7 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     }
     discovery.abort();
     run.assert_logs_free_of_errors();
-    run.assert_no_secret_shown();
+    run.assert_no_secret_shown(&tls_key);
     run.assert_restricted_pods();
 
     // Deleting the CameraTuning removes everything it made.
@@ -753,12 +766,14 @@ impl<'a> Run<'a> {
         Dataset { root }
     }
 
-    fn apply_tuning(&self, camera: &Camera, models: &FileServer) {
+    /// The camera's Secret, the annotator's TLS Secret (a certificate for the annotator's Service
+    /// name, which the teacher's spec determines) and the CameraTuning. Returns the TLS key.
+    fn apply_tuning(&self, camera: &Camera, models: &FileServer) -> String {
         self.kubectl_apply(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {NAME}-camera, namespace: {NS} }}\n\
              stringData: {{ username: {CAMERA_USER}, password: {CAMERA_PASSWORD} }}\n"
         ));
-        self.kubectl_apply(&format!(
+        let tuning = format!(
             r#"apiVersion: autotuner.io/v1alpha1
 kind: CameraTuning
 metadata: {{ name: {NAME}, namespace: {NS} }}
@@ -772,9 +787,11 @@ spec:
   # One label a second: a round's 24 images in under a minute, and the teacher (YOLO on the
   # CPU here) leaves the machine's second core to the rest.
   sampling: {{ maxUploadsPerMinute: 60 }}
+  # The capture pods label over HTTPS, trusting the Secret's issuer alone.
   annotation:
     teacher:
       model: {{ uri: {teacher}, family: yolo }}
+      tlsSecretName: {NAME}-annotator-tls
       gpus: 1
       resources: {{ requests: {{ cpu: 100m, memory: 256Mi }} }}
   dataset:
@@ -803,7 +820,26 @@ spec:
             camera = camera.url(),
             teacher = models.url("yolov12n.onnx"),
             student = models.url(STUDENT),
-        ));
+        );
+        let spec: CameraTuning = serde_yaml_ng::from_str(&tuning).unwrap();
+        let teacher = spec.spec.annotation.teacher.as_ref().unwrap();
+        let service = autotuner_operator::children::names::annotator(
+            &autotuner_operator::children::teacher_hash(teacher),
+        );
+        let names = [
+            service.clone(),
+            format!("{service}.{NS}"),
+            format!("{service}.{NS}.svc"),
+        ];
+        let tls = ServingCertificate::generate(&names).unwrap();
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": { "name": format!("{NAME}-annotator-tls"), "namespace": NS },
+            "stringData": { "tls.crt": tls.cert, "tls.key": tls.key, "ca.crt": tls.ca_cert },
+        });
+        self.kubectl_apply(&secret.to_string());
+        self.kubectl_apply(&tuning);
+        tls.key
     }
 
     async fn status(&self) -> CameraTuningStatus {
@@ -902,7 +938,8 @@ spec:
     /// The camera's password shows nowhere an operator looks: no pod's log (the operator's, the
     /// workers', the training Jobs', the cluster's own), no Event, not the CameraTuning, not the
     /// control plane's and the node's logs.
-    fn assert_no_secret_shown(&self) {
+    /// Neither the camera's password nor the annotator's TLS key (`tls_key`, PEM) shows anywhere.
+    fn assert_no_secret_shown(&self, tls_key: &str) {
         let mut places: Vec<(String, String)> = Vec::new();
         for namespace in [NS, RELEASE_NS, "kube-system"] {
             let names = self.kubectl(&["-n", namespace, "get", "pods", "-o", "name"]);
@@ -927,11 +964,14 @@ spec:
             }
         }
         assert!(places.len() > 10, "{} places read", places.len());
+        // The key's body (a line of its base64), as PEM or folded into JSON.
+        let key_line = tls_key.lines().find(|l| !l.starts_with("-----")).unwrap();
         for (place, text) in places {
             assert!(
                 !text.contains(CAMERA_PASSWORD),
                 "the camera's password is in {place}"
             );
+            assert!(!text.contains(key_line), "the annotator's TLS key is in {place}");
         }
     }
 
