@@ -53,6 +53,7 @@ fn harness() -> &'static Harness {
             max_batch: 8,
             max_wait: Duration::ZERO,
             queue: 32,
+            ..BatchConfig::default()
         };
 
         let model = ModelInfo {

@@ -4,12 +4,13 @@
 //! replays the capture worker's requests (multipart, three crops of real frames of vtest.avi with
 //! their offsets) at its own rate, open loop, without retrying a refusal (so that refusals count).
 //!
-//! Three runs on the same server: the quiet cameras alone (the baseline: what they get without
-//! the busy one), then all twenty with every camera named (`Autotuner-Caller`, as the capture
-//! worker sends it: fair queuing and admission by camera) and with none named (every request
-//! from one caller: one first-come-first-served queue, the annotator before fairness). The rates
-//! are set from the annotator's measured capacity: the nineteen quiet cameras together ask for
-//! 70% of it, the busy one for ten times a quiet one's (another 37%, so 107% in all) in bursts of
+//! Two servers, one after the other: the annotator's defaults, and the same with batches of
+//! eight images whatever they cost (the annotator before `max_batch_time`, the baseline). On
+//! each: the quiet cameras alone (what they get without the busy one), then all twenty with every
+//! camera named (`Autotuner-Caller`, as the capture worker sends it: fair queuing and admission by
+//! camera), and on the defaults also with none named (every request from one caller: one
+//! first-come-first-served queue, the annotator before fairness). The rates are set from the
+//! baseline's measured capacity: the nineteen quiet cameras together ask for 70% of it, the busy one for ten times a quiet one's (another 37%, so 107% in all) in bursts of
 //! ten (a backlog replayed at once): the annotator is overloaded and must refuse someone.
 //!
 //! `cargo bench -p autotuner-annotator --bench fairness` (after `scripts/fetch-assets`). Writes
@@ -117,7 +118,7 @@ struct Server {
     url: String,
 }
 
-async fn start_server(runtime: &Runtime) -> Server {
+async fn start_server(runtime: &Runtime, batch: BatchConfig) -> Server {
     let detector = Detector::load(
         runtime,
         &autotuner_detect::assets::dir().join("models/yolov12n.onnx"),
@@ -130,8 +131,7 @@ async fn start_server(runtime: &Runtime) -> Server {
         version: "1".into(),
         device: "cpu".into(),
     };
-    // The annotator's defaults (its command line's): batches of 8, 5 ms, a queue of 32, 40 in flight.
-    let (app, _, _worker) = serve_model(detector, BatchConfig::default(), ServerConfig::new(info));
+    let (app, _, _worker) = serve_model(detector, batch, ServerConfig::new(info));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/annotate", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -306,50 +306,72 @@ fn main() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
         let requests = Arc::new(requests(40));
-        let server = start_server(&runtime).await;
-        // Idle: one request at a time.
-        for r in requests.iter().take(3) {
-            send(&client, &server.url, None, r).await;
-        }
-        let mut idle: Vec<f64> = Vec::new();
-        for r in requests.iter().cycle().take(40) {
-            idle.push(send(&client, &server.url, None, r).await.1);
-        }
-        let idle_p99 = percentile(&mut idle, 0.99);
-        let capacity = capacity(&client, &server.url, &requests).await;
-        // The quiet cameras together ask for 70% of the capacity.
-        let quiet_rate = 0.7 * capacity / CROPS as f64 / (CAMERAS - 1) as f64;
-        println!(
-            "capacity {capacity:.1} images/s; idle p99 {:.0} ms; a quiet camera sends a request every {:.1} s, the busy one {BURST} every {:.1} s",
-            idle_p99 * 1e3,
-            1.0 / quiet_rate,
-            BURST as f64 / (quiet_rate * BUSY_FACTOR)
-        );
-        let mut by_mode = HashMap::new();
-        let mut quiet_alone_p99 = f64::NAN;
-        for (mode, named, busy) in [("quietAlone", true, false), ("oneQueue", false, true), ("byCamera", true, true)] {
-            let mut tallies = run(&client, &server.url, &requests, quiet_rate, named, busy).await;
-            let mut s = summary(&mut tallies, capacity, quiet_rate, idle_p99);
-            let p99 = s["quiet"]["p99LatencySeconds"].as_f64().unwrap_or(f64::NAN);
-            if !busy {
-                quiet_alone_p99 = p99;
+        // The annotator's defaults, and beside them the same with batches of eight images
+        // whatever they cost (the baseline: the annotator before `max_batch_time`). The cameras'
+        // rates are set from the baseline's capacity and are the same for both.
+        let eights = BatchConfig {
+            max_batch_time: Duration::MAX,
+            ..BatchConfig::default()
+        };
+        let servers = [
+            ("batchesOfEight", start_server(&runtime, eights).await),
+            ("defaults", start_server(&runtime, BatchConfig::default()).await),
+        ];
+        let mut results = serde_json::Map::new();
+        let mut quiet_rate = None;
+        for (name, server) in &servers {
+            // Idle: one request at a time.
+            for r in requests.iter().take(3) {
+                send(&client, &server.url, None, r).await;
             }
-            s["quiet"]["p99OverQuietAlone"] = json!(p99 / quiet_alone_p99);
-            println!("{mode}: {s}");
-            by_mode.insert(mode, s);
+            let mut idle: Vec<f64> = Vec::new();
+            for r in requests.iter().cycle().take(40) {
+                idle.push(send(&client, &server.url, None, r).await.1);
+            }
+            let idle_p99 = percentile(&mut idle, 0.99);
+            let capacity = capacity(&client, &server.url, &requests).await;
+            // The quiet cameras together ask for 70% of the (baseline's) capacity.
+            let quiet_rate =
+                *quiet_rate.get_or_insert(0.7 * capacity / CROPS as f64 / (CAMERAS - 1) as f64);
+            println!(
+                "{name}: capacity {capacity:.1} images/s; idle p99 {:.0} ms; a quiet camera sends a request every {:.1} s, the busy one {BURST} every {:.1} s",
+                idle_p99 * 1e3,
+                1.0 / quiet_rate,
+                BURST as f64 / (quiet_rate * BUSY_FACTOR)
+            );
+            let mut by_mode = HashMap::new();
+            let mut quiet_alone_p99 = f64::NAN;
+            for (mode, named, busy) in [("quietAlone", true, false), ("oneQueue", false, true), ("byCamera", true, true)] {
+                if mode == "oneQueue" && *name != "defaults" {
+                    continue;
+                }
+                let mut tallies = run(&client, &server.url, &requests, quiet_rate, named, busy).await;
+                let mut s = summary(&mut tallies, capacity, quiet_rate, idle_p99);
+                let p99 = s["quiet"]["p99LatencySeconds"].as_f64().unwrap_or(f64::NAN);
+                if !busy {
+                    quiet_alone_p99 = p99;
+                }
+                s["quiet"]["p99OverQuietAlone"] = json!(p99 / quiet_alone_p99);
+                println!("{name} {mode}: {s}");
+                by_mode.insert(mode, s);
+            }
+            results.insert(
+                name.to_string(),
+                json!({
+                    "capacityImagesPerSecond": capacity,
+                    "idleP99LatencySeconds": idle_p99,
+                    "quietRequestsPerSecondEach": quiet_rate,
+                    "runs": by_mode,
+                }),
+            );
         }
-        json!({
-            "capacityImagesPerSecond": capacity,
-            "idleP99LatencySeconds": idle_p99,
-            "quietRequestsPerSecondEach": quiet_rate,
-            "runs": by_mode,
-        })
+        serde_json::Value::Object(results)
     });
     let cpu = autotuner_vision::cpu_model();
     let out = json!({
         "command": "cargo bench -p autotuner-annotator --bench fairness",
         "machine": cpu,
-        "setup": format!("{CAMERAS} cameras (19 quiet at 70% of the capacity together, 1 busy) on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batch 8, 5 ms, queue 32, 40 in flight)"),
+        "setup": format!("{CAMERAS} cameras (19 quiet at 70% of the capacity together, 1 busy) on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batches of up to 8 images or 250 ms of expected inference, 5 ms, queue 32, 40 in flight), and beside them batches of 8 whatever they cost (the annotator before max_batch_time); the cameras' rates from the latter's capacity"),
         "result": result,
     });
     let path = manifest_dir().join("../../bench-results/annotator-fairness.json");

@@ -5,6 +5,13 @@
 //! as the others waits behind them, not they behind it. A full queue refuses the newest request
 //! of the caller with the most waiting (the server answers 429), so the refusals go to the
 //! heaviest caller; nothing is buffered without bound.
+//!
+//! A batch also stops growing where its expected inference time would pass `max_batch_time`
+//! (the time per image learnt from the batches run so far): a request that arrives while a batch
+//! runs waits at most about that long for it. On a GPU, where a batch of eight costs little more
+//! than one image, the bound is `max_batch`; on a CPU, where each image costs its own time and
+//! batching gains next to nothing, a batch is a request or two, and a quiet camera's request no
+//! longer waits behind eight of a busy one's images (`benches/fairness.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +29,9 @@ use crate::metrics::Metrics;
 pub struct BatchConfig {
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// A batch takes no further request once its expected inference time would pass this (its
+    /// first request always runs, however large).
+    pub max_batch_time: Duration,
     /// Requests that may wait, all callers together; beyond, the heaviest caller's newest is
     /// refused.
     pub queue: usize,
@@ -32,6 +42,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
+            max_batch_time: Duration::from_millis(250),
             queue: 32,
         }
     }
@@ -173,12 +184,21 @@ impl<J> FairQueue<J> {
 
     /// The next request: the oldest of the caller served least so far, charged `size` images.
     fn pop(&mut self, size: impl Fn(&J) -> usize) -> Option<J> {
+        self.pop_if(size, |_| true)
+    }
+
+    /// [`FairQueue::pop`], when the next request `fits`; `None` (and the queue unchanged) when
+    /// it does not: it stays first for the next batch.
+    fn pop_if(&mut self, size: impl Fn(&J) -> usize, fits: impl Fn(&J) -> bool) -> Option<J> {
         let next = self
             .callers
             .iter()
             .min_by_key(|(_, w)| (w.served, w.jobs.front().map_or(u64::MAX, |(a, _)| *a)))
             .map(|(c, _)| c.clone())?;
         let waiting = self.callers.get_mut(&next).expect("present");
+        if !waiting.jobs.front().is_some_and(|(_, job)| fits(job)) {
+            return None;
+        }
         let (_, job) = waiting.jobs.pop_front().expect("callers in the map have jobs");
         waiting.served += size(&job) as u64;
         if waiting.jobs.is_empty() {
@@ -278,8 +298,11 @@ impl Batcher {
                 .name("inference".into())
                 .spawn(move || {
                     let _guard = guard;
-                    while let Some(jobs) = next_batch(&shared, &config, &metrics) {
-                        run_batch(&mut model, jobs, &metrics);
+                    let mut cost = ImageCost::default();
+                    while let Some(jobs) = next_batch(&shared, &config, &cost, &metrics) {
+                        if let Some((inference, images)) = run_batch(&mut model, jobs, &metrics) {
+                            cost.observe(inference, images);
+                        }
                     }
                 })
                 .expect("spawn the inference thread")
@@ -345,9 +368,45 @@ impl Batcher {
     }
 }
 
-/// Waits for a request, then for more until `max_batch` images or `max_wait` after the first;
-/// `None` once the queue is closed and drained.
-fn next_batch(shared: &Shared, config: &BatchConfig, metrics: &Metrics) -> Option<Vec<Job>> {
+/// The model's inference time per image, learnt from the batches it ran (an exponentially
+/// weighted mean: the device's speed, whatever the batch sizes were).
+#[derive(Debug, Default, Clone, Copy)]
+struct ImageCost {
+    seconds: Option<f64>,
+}
+
+impl ImageCost {
+    /// The weight of the latest batch.
+    const WEIGHT: f64 = 0.25;
+
+    fn observe(&mut self, inference: Duration, images: usize) {
+        if images == 0 {
+            return;
+        }
+        let latest = inference.as_secs_f64() / images as f64;
+        self.seconds = Some(match self.seconds {
+            None => latest,
+            Some(mean) => mean + Self::WEIGHT * (latest - mean),
+        });
+    }
+
+    /// Whether a batch of `images` is expected to run within `budget` (yes while nothing is
+    /// known).
+    fn within(&self, images: usize, budget: Duration) -> bool {
+        self.seconds
+            .is_none_or(|s| s * images as f64 <= budget.as_secs_f64())
+    }
+}
+
+/// Waits for a request, then for more until `max_batch` images, `max_wait` after the first or
+/// the next would take the batch past `max_batch_time`; `None` once the queue is closed and
+/// drained.
+fn next_batch(
+    shared: &Shared,
+    config: &BatchConfig,
+    cost: &ImageCost,
+    metrics: &Metrics,
+) -> Option<Vec<Job>> {
     let images_of = |j: &Job| j.images.len();
     let mut queue = shared.lock();
     let first = loop {
@@ -363,10 +422,15 @@ fn next_batch(shared: &Shared, config: &BatchConfig, metrics: &Metrics) -> Optio
     let mut jobs = vec![first];
     let deadline = Instant::now() + config.max_wait;
     while images < config.max_batch {
-        if let Some(job) = queue.jobs.pop(images_of) {
+        let fits = |j: &Job| cost.within(images + j.images.len(), config.max_batch_time);
+        if let Some(job) = queue.jobs.pop_if(images_of, fits) {
             images += job.images.len();
             jobs.push(job);
             continue;
+        }
+        if queue.jobs.len() > 0 {
+            // The next request does not fit: it leads the next batch.
+            break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || queue.closed {
@@ -389,9 +453,10 @@ fn next_batch(shared: &Shared, config: &BatchConfig, metrics: &Metrics) -> Optio
 /// cap, then gives each job what its own options keep. (Class-aware greedy NMS at a lower score
 /// threshold, filtered afterwards, keeps exactly what NMS at the higher threshold keeps; the cap
 /// and the class filter apply per job, so a job's answer does not depend on its batch mates.)
-fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) {
+/// Returns the inference time and the images of a batch the model ran.
+fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) -> Option<(Duration, usize)> {
     if jobs.is_empty() {
-        return;
+        return None;
     }
     let loosest = DetectOptions {
         min_score: jobs
@@ -417,6 +482,7 @@ fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) {
     metrics.batch_images.observe(count as f64);
     metrics.images.inc_by(count as u64);
     drop(images);
+    let ran = result.is_ok().then_some((inference, count));
     match result {
         Ok(mut all) => {
             let mut rest = all.drain(..);
@@ -453,6 +519,7 @@ fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) {
             }
         }
     }
+    ran
 }
 
 #[cfg(test)]
@@ -547,5 +614,89 @@ mod tests {
         let sizes: Vec<usize> = (0..5).map(|_| q.pop(|_| 1).unwrap().1).collect();
         assert_eq!(sizes, [0, 1, 2, 3, 4]);
         assert!(q.pop(size).is_none());
+    }
+
+    #[test]
+    fn a_request_that_does_not_fit_stays_first_for_the_next_batch() {
+        let mut q = FairQueue::new(10);
+        q.push(&caller("a"), ("a", 4)).unwrap();
+        q.push(&caller("b"), ("b", 1)).unwrap();
+        // "a"'s request is next and too large: nothing is taken, not even "b"'s behind it.
+        assert_eq!(q.pop_if(size, |j| j.1 <= 2), None);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop(size), Some(("a", 4)));
+        assert_eq!(q.pop_if(size, |j| j.1 <= 2), Some(("b", 1)));
+    }
+
+    #[test]
+    fn the_time_per_image_is_learnt_from_the_batches_run() {
+        let mut cost = ImageCost::default();
+        let budget = Duration::from_millis(250);
+        assert!(cost.within(1000, budget), "nothing known: no bound but max_batch");
+        // A CPU: 80 ms an image, in batches of any size.
+        cost.observe(Duration::from_millis(640), 8);
+        assert!(cost.within(3, budget) && !cost.within(4, budget));
+        // It follows the device: batches at 10 ms an image move the estimate most of the way
+        // in a few batches.
+        for _ in 0..12 {
+            cost.observe(Duration::from_millis(30), 3);
+        }
+        assert!(cost.within(8, budget));
+        cost.observe(Duration::ZERO, 0);
+        assert!(cost.within(8, budget), "a batch of nothing teaches nothing");
+    }
+
+    /// A model that takes `per_image` per image and finds nothing.
+    struct Slow {
+        per_image: Duration,
+    }
+
+    impl Model for Slow {
+        fn detect(
+            &mut self,
+            images: &[RgbImage<'_>],
+            _: &DetectOptions,
+        ) -> Result<Vec<Vec<Detection>>, String> {
+            std::thread::sleep(self.per_image * images.len() as u32);
+            Ok(vec![Vec::new(); images.len()])
+        }
+    }
+
+    #[tokio::test]
+    async fn once_the_model_is_known_to_be_slow_a_batch_stays_within_its_time() {
+        let config = BatchConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(50),
+            max_batch_time: Duration::from_millis(100),
+            queue: 32,
+        };
+        let model = Slow {
+            per_image: Duration::from_millis(40),
+        };
+        let (batcher, _worker) = Batcher::start(model, config, Metrics::new());
+        let image = || RgbBuffer {
+            data: vec![0; 3],
+            width: 1,
+            height: 1,
+        };
+        let batch_sizes = async |requests: usize| {
+            let receivers: Vec<_> = (0..requests)
+                .map(|i| {
+                    let caller = caller(&format!("camera-{i}"));
+                    batcher
+                        .submit(&caller, vec![image()], DetectOptions::default())
+                        .unwrap()
+                })
+                .collect();
+            let mut sizes = Vec::new();
+            for r in receivers {
+                sizes.push(r.await.unwrap().unwrap().batch_images);
+            }
+            sizes
+        };
+        // Nothing known yet: eight requests that arrive together run as one batch of eight ...
+        assert_eq!(batch_sizes(8).await, [8; 8]);
+        // ... which showed 40 ms an image: now two fit in 100 ms.
+        assert_eq!(batch_sizes(8).await, [2; 8]);
     }
 }

@@ -63,6 +63,10 @@ struct Args {
     max_batch: usize,
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
+    /// A batch takes no further request once its expected inference time (learnt per image)
+    /// would pass this: what a request arriving meanwhile waits for it at most, about.
+    #[arg(long, default_value_t = 250)]
+    max_batch_ms: u64,
     /// Requests that may wait for the model; beyond, 429.
     #[arg(long, default_value_t = 32)]
     queue: usize,
@@ -162,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let batch = BatchConfig {
         max_batch: args.max_batch.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
+        max_batch_time: Duration::from_millis(args.max_batch_ms),
         queue: args.queue.max(1),
     };
     let (batcher, worker) = Batcher::start(detector, batch, metrics.clone());

@@ -519,6 +519,8 @@ async fn concurrent_requests_are_batched() {
     let batch = BatchConfig {
         max_batch: 8,
         max_wait: Duration::from_millis(100),
+        // Batches as large as arrive: the batching is what is tested.
+        max_batch_time: Duration::MAX,
         queue: 64,
     };
     let server = Server::start(batch, |_| {}).await;
@@ -559,6 +561,7 @@ async fn a_full_queue_answers_429_with_retry_after_and_nothing_fails() {
         max_batch: 1,
         max_wait: Duration::ZERO,
         queue: 2,
+        ..BatchConfig::default()
     };
     let server = Server::start(batch, |_| {}).await;
     let url = format!("{}/v1/annotate", server.url);
@@ -586,6 +589,7 @@ async fn a_busy_camera_gets_the_refusals_and_a_quiet_one_is_served() {
         max_batch: 1,
         max_wait: Duration::ZERO,
         queue: 4,
+        ..BatchConfig::default()
     };
     let server = Server::start(batch, |c| c.max_in_flight = 8).await;
     let url = format!("{}/v1/annotate", server.url);
@@ -808,6 +812,7 @@ async fn the_client_retries_what_may_succeed_and_stops_on_what_cannot() {
         max_batch: 1,
         max_wait: Duration::ZERO,
         queue: 1,
+        ..BatchConfig::default()
     };
     let server = Server::start(batch, |c| c.token = Some("t".into())).await;
     let retry = RetryPolicy {
@@ -880,6 +885,7 @@ async fn shutdown_finishes_requests_in_flight() {
         max_batch: 8,
         max_wait: Duration::from_millis(1500),
         queue: 8,
+        ..BatchConfig::default()
     };
     let server = Server::start(batch, |_| {}).await;
     let url = format!("{}/v1/annotate", server.url);
