@@ -251,12 +251,14 @@ async fn the_loop_runs_in_pods_on_a_real_node_from_helm_install_to_delete() {
     )
     .unwrap();
     run.until_gone().await;
-    assert_eq!(
-        run.kubectl(&["-n", NS, "get", "secret", &format!("{NAME}-camera"), "-o", "name"])
-            .trim(),
-        format!("secret/{NAME}-camera"),
-        "the operator leaves the user's Secret alone"
-    );
+    for secret in [format!("{NAME}-camera"), format!("{NAME}-annotator-tls")] {
+        assert_eq!(
+            run.kubectl(&["-n", NS, "get", "secret", &secret, "-o", "name"])
+                .trim(),
+            format!("secret/{secret}"),
+            "the operator leaves the user's Secrets alone"
+        );
+    }
     run.stage("kubectl delete: everything it made is gone");
     run.write_figures();
 
@@ -1010,11 +1012,15 @@ spec:
                 "-o",
                 "name",
             ]);
-            // The camera's Secret is the user's, not the CameraTuning's: it stays (checked below).
-            let camera_secret = format!("secret/{NAME}-camera");
+            // The camera's Secret and the annotator's TLS Secret are the user's, not the
+            // CameraTuning's: they stay (checked below).
+            let users = [
+                format!("secret/{NAME}-camera"),
+                format!("secret/{NAME}-annotator-tls"),
+            ];
             let left: Vec<&str> = left
                 .lines()
-                .filter(|l| !l.starts_with("configmap/kube-root-ca.crt") && *l != camera_secret)
+                .filter(|l| !l.starts_with("configmap/kube-root-ca.crt") && !users.iter().any(|u| u == l))
                 .collect();
             if left.is_empty() {
                 return;
