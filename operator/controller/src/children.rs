@@ -15,13 +15,15 @@ use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    ResourceRequirements, Service, ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -239,49 +241,93 @@ fn typed<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("the builders produce valid Kubernetes objects")
 }
 
-fn metadata(name: &str, component: &str, instance: Option<&str>, owner: Option<&OwnerReference>) -> Value {
-    let mut labels = json!({
-        labels::NAME: labels::APP,
-        labels::COMPONENT: component,
-        labels::MANAGED_BY: labels::MANAGER,
-    });
+fn metadata(
+    name: &str,
+    component: &str,
+    instance: Option<&str>,
+    owner: Option<&OwnerReference>,
+) -> ObjectMeta {
+    let mut labels = BTreeMap::from([
+        (labels::NAME.to_string(), labels::APP.to_string()),
+        (labels::COMPONENT.to_string(), component.to_string()),
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+    ]);
     if let Some(instance) = instance {
-        labels[labels::INSTANCE] = json!(instance);
+        labels.insert(labels::INSTANCE.to_string(), instance.to_string());
     }
-    let mut meta = json!({ "name": name, "labels": labels });
-    if let Some(owner) = owner {
-        meta["ownerReferences"] = json!([owner]);
+    ObjectMeta {
+        name: Some(name.to_string()),
+        labels: Some(labels),
+        owner_references: owner.map(|o| vec![o.clone()]),
+        ..ObjectMeta::default()
     }
+}
+
+/// The label `key` set to `value` in `meta`.
+fn with_label(mut meta: ObjectMeta, key: &str, value: &str) -> ObjectMeta {
+    meta.labels
+        .get_or_insert_default()
+        .insert(key.to_string(), value.to_string());
     meta
 }
 
+/// The user and group every pod runs as (the distroless images' `nonroot`).
+const NON_ROOT: i64 = 65532;
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
+}
+
 /// The restricted Pod Security profile, for the pod and for each container.
-fn pod_security_context() -> Value {
-    json!({
-        "runAsNonRoot": true,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "fsGroup": 65532,
-        "seccompProfile": { "type": "RuntimeDefault" }
-    })
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NON_ROOT),
+        run_as_group: Some(NON_ROOT),
+        fs_group: Some(NON_ROOT),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
+    }
 }
 
-fn container_security_context() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "capabilities": { "drop": ["ALL"] },
-        "seccompProfile": { "type": "RuntimeDefault" }
-    })
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
 }
 
-fn env(name: &str, value: impl Into<Value>) -> Value {
-    json!({ "name": name, "value": value.into() })
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> Value {
-    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// Where the dataset is kept, as the pods see it.
@@ -289,7 +335,7 @@ struct Dataset {
     uri: String,
     /// The claim to mount at [`DATASET_MOUNT`], when on a volume.
     claim: Option<String>,
-    env: Vec<Value>,
+    env: Vec<EnvVar>,
 }
 
 impl Dataset {
@@ -355,32 +401,45 @@ impl Dataset {
 }
 
 fn worker_service_account(name: &str, owner: &OwnerReference) -> ServiceAccount {
-    typed(json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
-    }))
+    ServiceAccount {
+        metadata: metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+        ..ServiceAccount::default()
+    }
 }
 
 /// A worker may read its own CameraTuning and write its own status fields, nothing else. (`list`
 /// with a resource name allows only a list by `metadata.name`: what a watch starts with.)
 fn worker_role(name: &str, owner: &OwnerReference) -> Role {
-    typed(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
-        "rules": [
-            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings"], "resourceNames": [name], "verbs": ["get", "list", "watch"] },
-            { "apiGroups": ["autotuner.io"], "resources": ["cameratunings/status"], "resourceNames": [name], "verbs": ["get", "patch"] }
-        ]
-    }))
+    let rule = |resource: &str, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec!["autotuner.io".into()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: Some(vec![name.into()]),
+        verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    Role {
+        metadata: metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+        rules: Some(vec![
+            rule("cameratunings", &["get", "list", "watch"]),
+            rule("cameratunings/status", &["get", "patch"]),
+        ]),
+    }
 }
 
 fn worker_role_binding(name: &str, owner: &OwnerReference) -> RoleBinding {
-    typed(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": metadata(&names::worker(name), "worker", Some(name), Some(owner)),
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names::worker(name) },
-        "subjects": [{ "kind": "ServiceAccount", "name": names::worker(name) }]
-    }))
+    RoleBinding {
+        metadata: metadata(&names::worker(name), "worker", Some(name), Some(owner)),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: names::worker(name),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: names::worker(name),
+            ..Subject::default()
+        }]),
+    }
 }
 
 /// The claim the operator creates when the spec asks for a size (not when it names a claim).
@@ -391,18 +450,19 @@ fn dataset_claim(tuning: &CameraTuning, owner: &OwnerReference) -> Option<Persis
     }
     let name = tuning.name_any();
     let size = pvc.size.as_ref().map_or("10Gi", |q| q.0.as_str());
-    let mut spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": size } }
-    });
-    if let Some(class) = &pvc.storage_class_name {
-        spec["storageClassName"] = json!(class);
-    }
-    Some(typed(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": metadata(&names::dataset_claim(&name), "dataset", Some(&name), Some(owner)),
-        "spec": spec
-    })))
+    Some(PersistentVolumeClaim {
+        metadata: metadata(&names::dataset_claim(&name), "dataset", Some(&name), Some(owner)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.into()))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: pvc.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
 }
 
 /// Size of the spool claim in S3 mode: the capture worker's spool bound (2 GiB by default) and
@@ -515,10 +575,20 @@ fn annotator_ca(tuning: &CameraTuning) -> Option<(String, String)> {
     }
 }
 
-fn worker_env(tuning: &CameraTuning, dataset: &Dataset) -> Vec<Value> {
+fn worker_env(tuning: &CameraTuning, dataset: &Dataset) -> Vec<EnvVar> {
     let mut vars = vec![
         env(contract::ENV_NAME, tuning.name_any()),
-        json!({ "name": contract::ENV_NAMESPACE, "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } }),
+        EnvVar {
+            name: contract::ENV_NAMESPACE.into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
         env(contract::ENV_DATASET_URI, dataset.uri.clone()),
     ];
     vars.extend(dataset.env.iter().cloned());
@@ -529,7 +599,7 @@ fn worker_env(tuning: &CameraTuning, dataset: &Dataset) -> Vec<Value> {
 fn worker_pod(
     tuning: &CameraTuning,
     worker: &str,
-    vars: Vec<Value>,
+    vars: Vec<EnvVar>,
     resources: ResourceRequirements,
     dataset: &Dataset,
     config: &Config,
@@ -658,7 +728,7 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
             "selector": { "matchLabels": selector },
             "template": {
                 "metadata": {
-                    "labels": metadata(&names::capture(&name), "capture", Some(&name), None)["labels"],
+                    "labels": metadata(&names::capture(&name), "capture", Some(&name), None).labels,
                     // The worker reads its settings from the spec when it starts: an edit rolls it.
                     "annotations": { annotations::CAPTURE_SETTINGS: capture_settings_hash(tuning) },
                 },
@@ -675,6 +745,7 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
     let name = names::annotator(&hash);
     let ModelRef { uri, family } = &teacher.model;
     let family = serde_json::to_value(family).unwrap();
+    let family = family.as_str().expect("a model family is a string");
     let mut resources = serde_json::to_value(
         teacher
             .resources
@@ -747,8 +818,7 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
     if let Some(selector) = &teacher.node_selector {
         pod_spec["nodeSelector"] = json!(selector);
     }
-    let mut meta = metadata(&name, "annotator", None, None);
-    meta["labels"][labels::TEACHER] = json!(hash);
+    let meta = with_label(metadata(&name, "annotator", None, None), labels::TEACHER, &hash);
     let selector = json!({ labels::COMPONENT: "annotator", labels::TEACHER: hash });
     let deployment = typed(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -756,7 +826,7 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
         "spec": {
             "replicas": 1,
             "selector": { "matchLabels": selector },
-            "template": { "metadata": { "labels": meta["labels"] }, "spec": pod_spec }
+            "template": { "metadata": { "labels": meta.labels }, "spec": pod_spec }
         }
     }));
     let service = typed(json!({
@@ -855,13 +925,16 @@ fn training_job(
         )
         .to_env_value(),
     ));
-    let mut meta = metadata(
-        &names::training_job(&name, iteration),
-        "trainer",
-        Some(&name),
-        Some(owner),
+    let meta = with_label(
+        metadata(
+            &names::training_job(&name, iteration),
+            "trainer",
+            Some(&name),
+            Some(owner),
+        ),
+        labels::ITERATION,
+        &iteration.to_string(),
     );
-    meta["labels"][labels::ITERATION] = json!(iteration.to_string());
     let mut pod_spec = worker_pod(
         tuning,
         "trainer",
@@ -890,7 +963,7 @@ fn training_job(
                 "action": "Ignore",
                 "onExitCodes": { "operator": "In", "values": [contract::EXIT_DATASET_INCOMPLETE] }
             }] },
-            "template": { "metadata": { "labels": meta["labels"] }, "spec": pod_spec }
+            "template": { "metadata": { "labels": meta.labels }, "spec": pod_spec }
         }
     }))
 }
