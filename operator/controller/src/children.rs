@@ -12,12 +12,16 @@ use autotuner_api::contract::{
     TrainingSettings,
 };
 use autotuner_api::{CameraTuning, ModelRef, TeacherSpec};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, EnvVar, EnvVarSource, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
@@ -28,8 +32,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
 use crate::Config;
 
@@ -120,10 +122,9 @@ pub mod default_resources {
 mod probes {
     use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use serde_json::Value;
 
-    fn get(path: &str, period_seconds: i32, failure_threshold: i32) -> Value {
-        serde_json::to_value(Probe {
+    fn get(path: &str, period_seconds: i32, failure_threshold: i32) -> Option<Probe> {
+        Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some(path.into()),
                 port: IntOrString::String("http".into()),
@@ -133,21 +134,20 @@ mod probes {
             failure_threshold: Some(failure_threshold),
             ..Probe::default()
         })
-        .expect("a probe serializes")
     }
 
     /// Liveness is held back until the worker first answers: the annotator answers only once it
     /// has fetched and loaded its model (a large teacher over HTTP or S3), so allow 5 minutes.
-    pub fn startup(path: &str) -> Value {
+    pub fn startup(path: &str) -> Option<Probe> {
         get(path, 5, 60)
     }
 
     /// Three missed answers, 30 s: the process is stuck and restarting it is the fix.
-    pub fn liveness(path: &str) -> Value {
+    pub fn liveness(path: &str) -> Option<Probe> {
         get(path, 10, 3)
     }
 
-    pub fn readiness(path: &str) -> Value {
+    pub fn readiness(path: &str) -> Option<Probe> {
         get(path, 5, 1)
     }
 }
@@ -235,10 +235,6 @@ pub fn build(tuning: &CameraTuning, rollout: &Rollout<'_>, config: &Config) -> C
             .train_iteration
             .map(|iteration| training_job(tuning, &owner, &dataset, iteration, rollout, config)),
     }
-}
-
-fn typed<T: DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("the builders produce valid Kubernetes objects")
 }
 
 fn metadata(
@@ -383,18 +379,25 @@ impl Dataset {
         }
     }
 
-    fn volumes(&self) -> Vec<Value> {
-        let mut volumes = vec![json!({ "name": "tmp", "emptyDir": {} })];
+    fn volumes(&self) -> Vec<Volume> {
+        let mut volumes = vec![tmp_volume()];
         if let Some(claim) = &self.claim {
-            volumes.push(json!({ "name": "dataset", "persistentVolumeClaim": { "claimName": claim } }));
+            volumes.push(Volume {
+                name: "dataset".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    ..PersistentVolumeClaimVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
         }
         volumes
     }
 
-    fn mounts(&self) -> Vec<Value> {
-        let mut mounts = vec![json!({ "name": "tmp", "mountPath": "/tmp" })];
+    fn mounts(&self) -> Vec<VolumeMount> {
+        let mut mounts = vec![mount("tmp", "/tmp")];
         if self.claim.is_some() {
-            mounts.push(json!({ "name": "dataset", "mountPath": DATASET_MOUNT }));
+            mounts.push(mount("dataset", DATASET_MOUNT));
         }
         mounts
     }
@@ -504,18 +507,32 @@ fn child_labels(component: &str, instance: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Placement on the camera's node: by name through node affinity (so the scheduler still checks
-/// resources and taints, unlike `spec.nodeName`), or by the spec's node selector.
-fn camera_placement(tuning: &CameraTuning) -> Value {
+/// Places `pod` on the camera's node: by name through node affinity (so the scheduler still
+/// checks resources and taints, unlike `spec.nodeName`), or by the spec's node selector.
+fn place_on_camera_node(pod: &mut PodSpec, tuning: &CameraTuning) {
     let camera = &tuning.spec.camera;
     match (&camera.node_name, &camera.node_selector) {
         (Some(node), _) => {
-            json!({ "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [node] }] }]
-        } } } })
+            let term = NodeSelectorTerm {
+                match_fields: Some(vec![NodeSelectorRequirement {
+                    key: "metadata.name".into(),
+                    operator: "In".into(),
+                    values: Some(vec![node.clone()]),
+                }]),
+                ..NodeSelectorTerm::default()
+            };
+            pod.affinity = Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![term],
+                    }),
+                    ..NodeAffinity::default()
+                }),
+                ..Affinity::default()
+            });
         }
-        (None, Some(selector)) => json!({ "nodeSelector": selector }),
-        (None, None) => json!({}),
+        (None, Some(selector)) => pod.node_selector = Some(selector.clone()),
+        (None, None) => {}
     }
 }
 
@@ -529,18 +546,37 @@ pub fn capture_settings_hash(tuning: &CameraTuning) -> String {
     object_hash(&spec)
 }
 
-fn push(list: &mut Value, item: impl serde::Serialize) {
-    let item = serde_json::to_value(item).expect("a Kubernetes object serialises");
-    match list.as_array_mut() {
-        Some(items) => items.push(item),
-        None => *list = json!([item]),
+fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
     }
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
-        into.extend(from);
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
     }
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        ..ContainerPort::default()
+    }
+}
+
+/// A pod template's metadata: `meta`'s labels (and `annotations`).
+fn template_metadata(meta: &ObjectMeta, annotations: Option<BTreeMap<String, String>>) -> Option<ObjectMeta> {
+    Some(ObjectMeta {
+        labels: meta.labels.clone(),
+        annotations,
+        ..ObjectMeta::default()
+    })
 }
 
 fn annotator_url(tuning: &CameraTuning) -> String {
@@ -603,21 +639,23 @@ fn worker_pod(
     resources: ResourceRequirements,
     dataset: &Dataset,
     config: &Config,
-) -> Value {
-    json!({
-        "serviceAccountName": names::worker(&tuning.name_any()),
-        "securityContext": pod_security_context(),
-        "containers": [{
-            "name": worker,
-            "image": config.worker_image,
-            "args": [worker],
-            "env": vars,
-            "resources": resources,
-            "securityContext": container_security_context(),
-            "volumeMounts": dataset.mounts(),
+) -> PodSpec {
+    PodSpec {
+        service_account_name: Some(names::worker(&tuning.name_any())),
+        security_context: Some(pod_security_context()),
+        containers: vec![Container {
+            name: worker.into(),
+            image: Some(config.worker_image.clone()),
+            args: Some(vec![worker.into()]),
+            env: Some(vars),
+            resources: Some(resources),
+            security_context: Some(container_security_context()),
+            volume_mounts: Some(dataset.mounts()),
+            ..Container::default()
         }],
-        "volumes": dataset.volumes(),
-    })
+        volumes: Some(dataset.volumes()),
+        ..PodSpec::default()
+    }
 }
 
 /// The capture Deployment. It names no model: the worker reads the deployed one from its
@@ -668,7 +706,10 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
             &credentials.password_key,
         ));
     }
-    let selector = json!({ labels::INSTANCE: name, labels::COMPONENT: "capture" });
+    let selector = BTreeMap::from([
+        (labels::INSTANCE.to_string(), name.clone()),
+        (labels::COMPONENT.to_string(), "capture".to_string()),
+    ]);
     let mut pod_spec = worker_pod(
         tuning,
         "capture",
@@ -682,11 +723,11 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
     );
     // Metrics, the detections (JSON and Server-Sent Events) and health, on one port. Ready once
     // the student serves (when spec.inference asks for one).
-    let container = &mut pod_spec["containers"][0];
-    container["ports"] = json!([{ "name": "http", "containerPort": contract::CAPTURE_PORT }]);
-    container["startupProbe"] = probes::startup("/healthz");
-    container["livenessProbe"] = probes::liveness("/healthz");
-    container["readinessProbe"] = probes::readiness("/readyz");
+    let container = &mut pod_spec.containers[0];
+    container.ports = Some(vec![container_port("http", contract::CAPTURE_PORT)]);
+    container.startup_probe = probes::startup("/healthz");
+    container.liveness_probe = probes::liveness("/healthz");
+    container.readiness_probe = probes::readiness("/readyz");
     if dataset.claim.is_none() {
         let spool = Volume {
             name: "spool".into(),
@@ -696,46 +737,44 @@ fn capture(tuning: &CameraTuning, owner: &OwnerReference, dataset: &Dataset, con
             }),
             ..Volume::default()
         };
-        let mount = VolumeMount {
-            name: "spool".into(),
-            mount_path: SPOOL_MOUNT.into(),
-            ..VolumeMount::default()
-        };
-        let folder = |name: &str, path: &str| EnvVar {
-            name: name.into(),
-            value: Some(format!("{SPOOL_MOUNT}/{path}")),
-            ..EnvVar::default()
-        };
-        push(&mut pod_spec["volumes"], spool);
-        push(&mut pod_spec["containers"][0]["volumeMounts"], mount);
-        push(
-            &mut pod_spec["containers"][0]["env"],
-            folder(contract::ENV_SPOOL_DIR, "entries"),
-        );
-        push(
-            &mut pod_spec["containers"][0]["env"],
-            folder(contract::ENV_WORK_DIR, "work"),
-        );
+        pod_spec.volumes.get_or_insert_default().push(spool);
+        let container = &mut pod_spec.containers[0];
+        container
+            .volume_mounts
+            .get_or_insert_default()
+            .push(mount("spool", SPOOL_MOUNT));
+        let vars = container.env.get_or_insert_default();
+        vars.push(env(contract::ENV_SPOOL_DIR, format!("{SPOOL_MOUNT}/entries")));
+        vars.push(env(contract::ENV_WORK_DIR, format!("{SPOOL_MOUNT}/work")));
     }
-    merge(&mut pod_spec, camera_placement(tuning));
-    typed(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": metadata(&names::capture(&name), "capture", Some(&name), Some(owner)),
-        "spec": {
-            "replicas": 1,
+    place_on_camera_node(&mut pod_spec, tuning);
+    let meta = metadata(&names::capture(&name), "capture", Some(&name), Some(owner));
+    // The worker reads its settings from the spec when it starts: an edit rolls it.
+    let settings = BTreeMap::from([(
+        annotations::CAPTURE_SETTINGS.to_string(),
+        capture_settings_hash(tuning),
+    )]);
+    Deployment {
+        spec: DeploymentSpec {
+            replicas: Some(1),
             // One reader per camera and an RWO volume: never two pods at once.
-            "strategy": { "type": "Recreate" },
-            "selector": { "matchLabels": selector },
-            "template": {
-                "metadata": {
-                    "labels": metadata(&names::capture(&name), "capture", Some(&name), None).labels,
-                    // The worker reads its settings from the spec when it starts: an edit rolls it.
-                    "annotations": { annotations::CAPTURE_SETTINGS: capture_settings_hash(tuning) },
-                },
-                "spec": pod_spec
-            }
-        }
-    }))
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: template_metadata(&meta, Some(settings)),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        },
+        metadata: meta,
+        ..Deployment::default()
+    }
 }
 
 /// The shared annotator: no owner reference (several CameraTunings use it); the operator deletes
@@ -746,13 +785,10 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
     let ModelRef { uri, family } = &teacher.model;
     let family = serde_json::to_value(family).unwrap();
     let family = family.as_str().expect("a model family is a string");
-    let mut resources = serde_json::to_value(
-        teacher
-            .resources
-            .clone()
-            .unwrap_or_else(default_resources::annotator),
-    )
-    .expect("resources serialize");
+    let mut resources = teacher
+        .resources
+        .clone()
+        .unwrap_or_else(default_resources::annotator);
     // With a TLS Secret the API is HTTPS on its own port (`https`), and the probes and metrics
     // stay on plain HTTP (`http`, where the kubelet and the PodMonitor look).
     let api_port = if teacher.tls_secret_name.is_some() {
@@ -760,83 +796,118 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
     } else {
         "http"
     };
-    let mut pod_spec = json!({
-        // The annotator needs no Kubernetes API access.
-        "automountServiceAccountToken": false,
-        "securityContext": pod_security_context(),
-        "containers": [{
-            "name": "annotator",
-            "image": config.worker_image,
-            "args": ["annotator"],
-            "env": [env(contract::ENV_TEACHER_URI, uri.as_str()), env(contract::ENV_TEACHER_FAMILY, family)],
-            "ports": [{ "name": api_port, "containerPort": ANNOTATOR_PORT }],
-            // Ready, and alive, while its inference thread runs: a stopped one is restarted.
-            "startupProbe": probes::startup("/v2/health/live"),
-            "livenessProbe": probes::liveness("/v2/health/ready"),
-            "readinessProbe": probes::readiness("/v2/health/ready"),
-            "securityContext": container_security_context(),
-            "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
-        }],
-        "volumes": [{ "name": "tmp", "emptyDir": {} }],
-    });
+    let mut container = Container {
+        name: "annotator".into(),
+        image: Some(config.worker_image.clone()),
+        args: Some(vec!["annotator".into()]),
+        env: Some(vec![
+            env(contract::ENV_TEACHER_URI, uri.as_str()),
+            env(contract::ENV_TEACHER_FAMILY, family),
+        ]),
+        ports: Some(vec![container_port(api_port, ANNOTATOR_PORT)]),
+        // Ready, and alive, while its inference thread runs: a stopped one is restarted.
+        startup_probe: probes::startup("/v2/health/live"),
+        liveness_probe: probes::liveness("/v2/health/ready"),
+        readiness_probe: probes::readiness("/v2/health/ready"),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(vec![mount("tmp", "/tmp")]),
+        ..Container::default()
+    };
+    let mut volumes = vec![tmp_volume()];
     if let Some(secret) = &teacher.tls_secret_name {
-        let container = &mut pod_spec["containers"][0];
-        container["args"] = json!([
-            "annotator",
-            "--tls-cert-file",
+        container.args = Some(vec![
+            "annotator".into(),
+            "--tls-cert-file".into(),
             format!("{ANNOTATOR_TLS_MOUNT}/tls.crt"),
-            "--tls-key-file",
+            "--tls-key-file".into(),
             format!("{ANNOTATOR_TLS_MOUNT}/tls.key"),
-            "--metrics-listen",
+            "--metrics-listen".into(),
             format!("0.0.0.0:{ANNOTATOR_PLAIN_PORT}"),
         ]);
-        container["ports"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({ "name": "http", "containerPort": ANNOTATOR_PLAIN_PORT }));
-        container["volumeMounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({ "name": "tls", "mountPath": ANNOTATOR_TLS_MOUNT, "readOnly": true }));
-        pod_spec["volumes"].as_array_mut().unwrap().push(json!({
-            "name": "tls",
-            "secret": { "secretName": secret, "items": [{ "key": "tls.crt", "path": "tls.crt" }, { "key": "tls.key", "path": "tls.key" }] }
-        }));
+        container
+            .ports
+            .get_or_insert_default()
+            .push(container_port("http", ANNOTATOR_PLAIN_PORT));
+        container.volume_mounts.get_or_insert_default().push(VolumeMount {
+            read_only: Some(true),
+            ..mount("tls", ANNOTATOR_TLS_MOUNT)
+        });
+        // The certificate and the key, not more (the Secret's `ca.crt` is for the clients).
+        let item = |key: &str| KeyToPath {
+            key: key.into(),
+            path: key.into(),
+            ..KeyToPath::default()
+        };
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![item("tls.crt"), item("tls.key")]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
     }
+    let mut tolerations = None;
     if teacher.gpus > 0 {
-        let limits = resources
-            .as_object_mut()
-            .unwrap()
-            .entry("limits")
-            .or_insert(json!({}));
-        limits["nvidia.com/gpu"] = json!(teacher.gpus.to_string());
+        resources
+            .limits
+            .get_or_insert_default()
+            .insert("nvidia.com/gpu".into(), Quantity(teacher.gpus.to_string()));
         // GPU nodes are commonly tainted so that only GPU workloads land there.
-        pod_spec["tolerations"] =
-            json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+        tolerations = Some(vec![Toleration {
+            key: Some("nvidia.com/gpu".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }]);
     }
-    pod_spec["containers"][0]["resources"] = resources;
-    if let Some(selector) = &teacher.node_selector {
-        pod_spec["nodeSelector"] = json!(selector);
-    }
+    container.resources = Some(resources);
+    let pod_spec = PodSpec {
+        // The annotator needs no Kubernetes API access.
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security_context()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        tolerations,
+        node_selector: teacher.node_selector.clone(),
+        ..PodSpec::default()
+    };
     let meta = with_label(metadata(&name, "annotator", None, None), labels::TEACHER, &hash);
-    let selector = json!({ labels::COMPONENT: "annotator", labels::TEACHER: hash });
-    let deployment = typed(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": meta,
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": selector },
-            "template": { "metadata": { "labels": meta.labels }, "spec": pod_spec }
-        }
-    }));
-    let service = typed(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": meta,
-        "spec": {
-            "selector": selector,
-            "ports": [{ "name": api_port, "port": ANNOTATOR_PORT, "targetPort": api_port }]
-        }
-    }));
+    let selector = BTreeMap::from([
+        (labels::COMPONENT.to_string(), "annotator".to_string()),
+        (labels::TEACHER.to_string(), hash.clone()),
+    ]);
+    let deployment = Deployment {
+        metadata: meta.clone(),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: template_metadata(&meta, None),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some(api_port.into()),
+                port: i32::from(ANNOTATOR_PORT),
+                target_port: Some(IntOrString::String(api_port.into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
     let network_policy = config
         .annotator_ingress_from
         .as_ref()
@@ -946,32 +1017,50 @@ fn training_job(
         dataset,
         config,
     );
-    pod_spec["restartPolicy"] = json!("Never");
+    pod_spec.restart_policy = Some("Never".into());
     // A ReadWriteOnce volume is reachable from the camera's node only.
     if dataset.claim.is_some() {
-        merge(&mut pod_spec, camera_placement(tuning));
+        place_on_camera_node(&mut pod_spec, tuning);
     }
-    typed(json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": meta,
-        "spec": {
+    Job {
+        spec: Some(JobSpec {
             // Kubernetes retries the pod this many times before it marks the Job Failed.
-            "backoffLimit": spec.training.max_retries,
+            backoff_limit: Some(i32::try_from(spec.training.max_retries).unwrap_or(i32::MAX)),
             // An attempt that found a split missing (the capture worker had not written it yet)
             // is not a failure of the training: the next attempt takes a new snapshot.
-            "podFailurePolicy": { "rules": [{
-                "action": "Ignore",
-                "onExitCodes": { "operator": "In", "values": [contract::EXIT_DATASET_INCOMPLETE] }
-            }] },
-            "template": { "metadata": { "labels": meta.labels }, "spec": pod_spec }
-        }
-    }))
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        operator: "In".into(),
+                        values: vec![contract::EXIT_DATASET_INCOMPLETE],
+                        ..PodFailurePolicyOnExitCodesRequirement::default()
+                    }),
+                    ..PodFailurePolicyRule::default()
+                }],
+            }),
+            template: PodTemplateSpec {
+                metadata: template_metadata(&meta, None),
+                spec: Some(pod_spec),
+            },
+            ..JobSpec::default()
+        }),
+        metadata: meta,
+        ..Job::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// `from`'s top-level fields set in `into`.
+    fn merge(into: &mut Value, from: Value) {
+        if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+            into.extend(from);
+        }
+    }
 
     fn tuning(spec_changes: Value) -> CameraTuning {
         let mut spec = json!({
