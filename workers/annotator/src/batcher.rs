@@ -369,7 +369,10 @@ impl Batcher {
 }
 
 /// The model's inference time per image, learnt from the batches it ran (an exponentially
-/// weighted mean: the device's speed, whatever the batch sizes were).
+/// weighted mean: the device's speed, whatever the batch sizes were). A batch's time over its
+/// images also spreads the per-call cost, so it bounds what one more image adds from above: with
+/// a large per-call cost (a big teacher on a GPU) batches can stay smaller than the budget
+/// allows, and `max_batch_time` is the setting to raise there.
 #[derive(Debug, Default, Clone, Copy)]
 struct ImageCost {
     seconds: Option<f64>,

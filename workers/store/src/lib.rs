@@ -325,25 +325,12 @@ impl Location {
         if self.local.is_some() {
             return Ok(whole);
         }
-        let mut segments = Vec::new();
-        let folder = journal::segments_of(key);
-        let mut listing = self.store.list(Some(&self.key(&folder)));
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|e| self.error(&folder, e))?;
-            if let Some(name) = meta
-                .location
-                .filename()
-                .filter(|n| journal::segment_range(n).is_some())
-            {
-                segments.push(format!("{folder}/{name}"));
-            }
-        }
+        let segments = self.segments(key).await?;
         if whole.is_none() && segments.is_empty() {
             return Ok(None);
         }
-        segments.sort();
         let mut lines = whole.unwrap_or_default();
-        for segment in segments {
+        for (segment, _) in segments {
             // `None`: a writer that put the file whole deleted it since the listing; the file,
             // read after the journal, holds its entries.
             if let Some(bytes) = self.get_bytes(&segment).await? {
@@ -371,26 +358,41 @@ impl Location {
             // A directory's journal is the file its writer appends to and empties itself.
             return Ok(0);
         }
+        let mut held_objects: Vec<String> = self
+            .segments(key)
+            .await?
+            .into_iter()
+            .filter(|(_, (_, last))| *last <= held)
+            .map(|(segment, _)| segment)
+            .collect();
+        let legacy = journal::key_of(key);
+        match self.store.head(&self.key(&legacy)).await {
+            Ok(_) => held_objects.push(legacy),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.error(&legacy, e)),
+        }
+        for object in &held_objects {
+            self.delete(object).await?;
+        }
+        Ok(held_objects.len())
+    }
+
+    /// The journal segments of the annotation file at `key` in object storage, in sequence
+    /// order: each one's key and the first and last sequence number it holds.
+    async fn segments(&self, key: &str) -> Result<Vec<(String, (u64, u64))>, StoreError> {
         let folder = journal::segments_of(key);
-        let mut held_segments = Vec::new();
+        let mut segments = Vec::new();
         let mut listing = self.store.list(Some(&self.key(&folder)));
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| self.error(&folder, e))?;
             if let Some(name) = meta.location.filename()
-                && journal::segment_range(name).is_some_and(|(_, last)| last <= held)
+                && let Some(range) = journal::segment_range(name)
             {
-                held_segments.push(format!("{folder}/{name}"));
+                segments.push((format!("{folder}/{name}"), range));
             }
         }
-        let legacy = journal::key_of(key);
-        let had_legacy = self.get_bytes(&legacy).await?.is_some();
-        if had_legacy {
-            self.delete(&legacy).await?;
-        }
-        for segment in &held_segments {
-            self.delete(segment).await?;
-        }
-        Ok(held_segments.len() + usize::from(had_legacy))
+        segments.sort_by_key(|(_, range)| *range);
+        Ok(segments)
     }
 
     /// In a directory, `key` hard-linked at `dest` on the same filesystem: nothing is copied,
@@ -465,7 +467,10 @@ impl Location {
         for &key in annotation_keys {
             let dest = dir.join(key);
             // The journal before the file: see `journal` for why that order is consistent.
-            let journal_key = journal::key_of(key);
+            let journal_key = match self.local {
+                Some(_) => journal::key_of(key),
+                None => journal::segments_of(key),
+            };
             let journal = self.get_journal(key).await?;
             if !self.get_file(key, &dest).await? {
                 mirrored.annotations_missing.push(key.to_string());
