@@ -371,7 +371,7 @@ fn main() {
     let out = json!({
         "command": "cargo bench -p autotuner-annotator --bench fairness",
         "machine": cpu,
-        "setup": format!("{CAMERAS} cameras (19 quiet at 70% of the capacity together, 1 busy) on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batches of up to 8 images or 250 ms of expected inference, 5 ms, queue 32, 40 in flight), and beside them batches of 8 whatever they cost (the annotator before max_batch_time); the cameras' rates from the latter's capacity"),
+        "setup": format!("{CAMERAS} cameras (19 quiet at 70% of the capacity together, 1 busy) on loopback, {CROPS} crops of vtest.avi (160x240 JPEG) per multipart request, no retries; camera 0 sends {BUSY_FACTOR}x a quiet camera's requests in bursts of {BURST}; {SECONDS} s per run; the annotator's defaults (batches of up to 8 images or 100 ms of expected inference, a request's images in as many batches as that takes, 5 ms, queue 32, 40 in flight), and beside them batches of 8 whatever they cost (the annotator before max_batch_time); the cameras' rates from the latter's capacity"),
         "result": result,
     });
     let path = manifest_dir().join("../../bench-results/annotator-fairness.json");

@@ -43,9 +43,9 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnnotateResponse {
     pub model: ModelInfo,
-    /// Inference time of the batch this request ran in (preprocessing, model, NMS).
+    /// Inference time of the batches this request's images ran in (preprocessing, model, NMS).
     pub inference_ms: f64,
-    /// Images in that batch (from this and other requests).
+    /// Images in the largest of those batches (from this and other requests).
     pub batch_images: usize,
     pub images: Vec<ImageLabels>,
 }

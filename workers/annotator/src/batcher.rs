@@ -1,17 +1,19 @@
 //! Dynamic batching with fair queuing: requests wait (bounded) for one inference thread, which
-//! takes as many as arrive within `max_wait` of the first, up to `max_batch` images, and runs them
-//! together. One annotator serves many cameras, so the queue is shared between callers by the
-//! images they have been served (start-time fair queuing): a camera that sends ten times as much
-//! as the others waits behind them, not they behind it. A full queue refuses the newest request
-//! of the caller with the most waiting (the server answers 429), so the refusals go to the
-//! heaviest caller; nothing is buffered without bound.
+//! takes as many images as arrive within `max_wait` of the first, up to `max_batch`, and runs
+//! them together. One annotator serves many cameras, so the queue is shared between callers by
+//! the images they have been served (start-time fair queuing, an image at a time): a camera that
+//! sends ten times as much as the others waits behind them, not they behind it, and a camera back
+//! from a pause (a quiet one) has its few crops run before a busy one's backlog. A full queue
+//! refuses the newest request of the caller with the most waiting (the server answers 429), so
+//! the refusals go to the heaviest caller; nothing is buffered without bound.
 //!
 //! A batch also stops growing where its expected inference time would pass `max_batch_time`
 //! (the time per image learnt from the batches run so far): a request that arrives while a batch
 //! runs waits at most about that long for it. On a GPU, where a batch of eight costs little more
 //! than one image, the bound is `max_batch`; on a CPU, where each image costs its own time and
-//! batching gains next to nothing, a batch is a request or two, and a quiet camera's request no
-//! longer waits behind eight of a busy one's images (`benches/fairness.rs`).
+//! batching gains little, a batch is an image, and a request's images may run in different
+//! batches, so a quiet camera's request waits for one image of a busy one's, not for a whole
+//! request of it (`benches/fairness.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +31,8 @@ use crate::metrics::Metrics;
 pub struct BatchConfig {
     pub max_batch: usize,
     pub max_wait: Duration,
-    /// A batch takes no further request once its expected inference time would pass this (its
-    /// first request always runs, however large).
+    /// A batch takes no further image once its expected inference time would pass this (its
+    /// first image always runs).
     pub max_batch_time: Duration,
     /// Requests that may wait, all callers together; beyond, the heaviest caller's newest is
     /// refused.
@@ -42,7 +44,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
-            max_batch_time: Duration::from_millis(250),
+            max_batch_time: Duration::from_millis(100),
             queue: 32,
         }
     }
@@ -72,8 +74,11 @@ impl Model for Detector {
 /// What a request gets back.
 #[derive(Debug)]
 pub struct Labelled {
+    /// One list per image, in the request's order.
     pub detections: Vec<Vec<Detection>>,
+    /// The time of the batches its images ran in, together.
     pub inference: Duration,
+    /// The largest of those batches, in images.
     pub batch_images: usize,
 }
 
@@ -89,11 +94,106 @@ pub enum Failed {
 /// Who a request comes from (a camera, or its address): the unit the queue is fair between.
 pub type Caller = Arc<str>;
 
+/// A queued request: its images not yet taken for a batch, and where their labels gather.
 struct Job {
-    caller: Caller,
-    images: Vec<RgbBuffer>,
+    images: VecDeque<RgbBuffer>,
+    next_index: usize,
+    answer: Arc<Answer>,
+}
+
+/// One image of a request, on its way into a batch.
+struct Part {
+    answer: Arc<Answer>,
+    index: usize,
+    image: RgbBuffer,
+}
+
+/// A request taken for batches an image at a time: its images can run in different batches,
+/// so a request never waits for a whole batch of another caller's request to finish.
+trait Divisible {
+    type Part;
+    /// The next image; `None` once every one is taken.
+    fn take_one(&mut self) -> Option<Self::Part>;
+    fn is_taken(&self) -> bool;
+}
+
+impl Divisible for Job {
+    type Part = Part;
+
+    fn take_one(&mut self) -> Option<Part> {
+        let image = self.images.pop_front()?;
+        self.next_index += 1;
+        Some(Part {
+            answer: self.answer.clone(),
+            index: self.next_index - 1,
+            image,
+        })
+    }
+
+    fn is_taken(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
+/// Where a request's labels gather across the batches its images run in; it is answered with
+/// its last image (or its first failure).
+struct Answer {
     options: DetectOptions,
-    reply: oneshot::Sender<Result<Labelled, Failed>>,
+    gathered: Mutex<Gathered>,
+}
+
+struct Gathered {
+    detections: Vec<Vec<Detection>>,
+    left: usize,
+    inference: Duration,
+    largest_batch: usize,
+    /// The batch whose time was last added (an image is counted once per batch, not per image).
+    last_batch: Option<u64>,
+    /// Taken when the request is answered.
+    reply: Option<oneshot::Sender<Result<Labelled, Failed>>>,
+}
+
+impl Answer {
+    fn gathered(&self) -> MutexGuard<'_, Gathered> {
+        self.gathered.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether anyone still waits for this request (not answered, not given up).
+    fn is_wanted(&self) -> bool {
+        self.gathered().reply.as_ref().is_some_and(|r| !r.is_closed())
+    }
+
+    fn fail(&self, why: Failed) {
+        if let Some(reply) = self.gathered().reply.take() {
+            // A request that gave up (timeout, disconnect) no longer listens: nothing to do.
+            let _ = reply.send(Err(why));
+        }
+    }
+
+    /// Image `index`'s labels, found in `batch` (of `images`, which ran for `inference`).
+    fn deliver(&self, index: usize, found: Vec<Detection>, batch: u64, images: usize, inference: Duration) {
+        let mut g = self.gathered();
+        if g.reply.is_none() {
+            return;
+        }
+        g.detections[index] = found;
+        g.left -= 1;
+        if g.last_batch != Some(batch) {
+            g.last_batch = Some(batch);
+            g.inference += inference;
+        }
+        g.largest_batch = g.largest_batch.max(images);
+        if g.left == 0 {
+            let labelled = Labelled {
+                detections: std::mem::take(&mut g.detections),
+                inference: g.inference,
+                batch_images: g.largest_batch,
+            };
+            if let Some(reply) = g.reply.take() {
+                let _ = reply.send(Ok(labelled));
+            }
+        }
+    }
 }
 
 /// Why a request was not queued.
@@ -111,31 +211,53 @@ pub enum Refused {
 #[derive(Debug)]
 struct Waiting<J> {
     jobs: VecDeque<(u64, J)>,
-    /// Images served to this caller while it had requests waiting (its virtual time).
-    served: u64,
+    /// The virtual time of this caller's next image: one more for each image it is served.
+    next: u64,
 }
 
 /// The fair queue, apart from threads and channels (its decisions are tested alone). `J` is a
-/// job; `size` gives its images.
+/// request, served an image at a time: the caller whose next image has the least virtual time
+/// goes first (start-time fair queuing by image), so callers with work waiting share the model
+/// equally whatever their request sizes.
+///
+/// A caller that comes back after a pause starts up to `credit` images behind the queue's
+/// virtual time, so a quiet camera's request (a few crops) runs before a busy camera's backlog
+/// instead of sharing the model with it image by image: what it waits for is about the image in
+/// flight, not twice its own time. The credit is only what it was not served: a caller that
+/// comes back at once starts where it left off, so returning often buys nothing.
 #[derive(Debug)]
 struct FairQueue<J> {
-    /// Callers with requests waiting; a caller leaves when its last request is taken, so an idle
-    /// caller banks no credit: it comes back at the virtual time of those still waiting.
+    /// Callers with requests waiting.
     callers: HashMap<Caller, Waiting<J>>,
+    /// The next virtual time of callers with nothing waiting, kept while it is later than
+    /// where a newcomer would start (older ones are the same as forgotten).
+    away: HashMap<Caller, u64>,
+    /// The virtual time just after the last image taken (never decreases): where a caller that
+    /// kept up has its next image.
+    now: u64,
+    credit: u64,
     len: usize,
     capacity: usize,
     /// Arrival order, the tie-break between callers served alike.
     arrivals: u64,
 }
 
-impl<J> FairQueue<J> {
-    fn new(capacity: usize) -> Self {
+impl<J: Divisible> FairQueue<J> {
+    fn new(capacity: usize, credit: usize) -> Self {
         Self {
             callers: HashMap::new(),
+            away: HashMap::new(),
+            now: 0,
+            credit: credit as u64,
             len: 0,
             capacity: capacity.max(1),
             arrivals: 0,
         }
+    }
+
+    /// Where a caller that comes back (or is new) starts.
+    fn start_of(&self) -> u64 {
+        self.now.saturating_sub(self.credit)
     }
 
     /// Queues `job` for `caller`. When the queue is full, the caller with the most waiting gives
@@ -148,7 +270,7 @@ impl<J> FairQueue<J> {
             let heaviest = self
                 .callers
                 .iter()
-                .max_by_key(|(_, w)| (w.jobs.len(), w.served))
+                .max_by_key(|(_, w)| (w.jobs.len(), w.next))
                 .map(|(c, w)| (c.clone(), w.jobs.len()))
                 .expect("a full queue has callers");
             // Shedding one of the heaviest's for one of ours must leave us lighter than it was.
@@ -156,56 +278,59 @@ impl<J> FairQueue<J> {
                 return Err(job);
             }
             let waiting = self.callers.get_mut(&heaviest.0).expect("present");
+            // It has two requests or more, so its newest has no image taken yet.
             shed = waiting.jobs.pop_back().map(|(_, j)| j);
             self.len -= 1;
-            if waiting.jobs.is_empty() {
-                self.callers.remove(&heaviest.0);
-            }
         }
-        let now = self.virtual_time();
         let arrival = self.arrivals;
         self.arrivals += 1;
+        if !self.callers.contains_key(caller) {
+            let next = self.away.remove(caller).unwrap_or(0).max(self.start_of());
+            self.callers.insert(
+                caller.clone(),
+                Waiting {
+                    jobs: VecDeque::new(),
+                    next,
+                },
+            );
+        }
         self.callers
-            .entry(caller.clone())
-            .or_insert_with(|| Waiting {
-                jobs: VecDeque::new(),
-                served: now,
-            })
+            .get_mut(caller)
+            .expect("inserted")
             .jobs
             .push_back((arrival, job));
         self.len += 1;
         Ok(shed)
     }
 
-    /// The least virtual time among the callers waiting (0 when none waits).
-    fn virtual_time(&self) -> u64 {
-        self.callers.values().map(|w| w.served).min().unwrap_or(0)
-    }
-
-    /// The next request: the oldest of the caller served least so far, charged `size` images.
-    fn pop(&mut self, size: impl Fn(&J) -> usize) -> Option<J> {
-        self.pop_if(size, |_| true)
-    }
-
-    /// [`FairQueue::pop`], when the next request `fits`; `None` (and the queue unchanged) when
-    /// it does not: it stays first for the next batch.
-    fn pop_if(&mut self, size: impl Fn(&J) -> usize, fits: impl Fn(&J) -> bool) -> Option<J> {
-        let next = self
+    /// The next image: from the oldest request of the caller whose next image has the least
+    /// virtual time (arrival order between equals).
+    fn pop(&mut self) -> Option<J::Part> {
+        let caller = self
             .callers
             .iter()
-            .min_by_key(|(_, w)| (w.served, w.jobs.front().map_or(u64::MAX, |(a, _)| *a)))
+            .min_by_key(|(_, w)| (w.next, w.jobs.front().map_or(u64::MAX, |(a, _)| *a)))
             .map(|(c, _)| c.clone())?;
-        let waiting = self.callers.get_mut(&next).expect("present");
-        if !waiting.jobs.front().is_some_and(|(_, job)| fits(job)) {
-            return None;
+        let waiting = self.callers.get_mut(&caller).expect("present");
+        let (_, job) = waiting.jobs.front_mut().expect("callers in the map have jobs");
+        let part = job.take_one();
+        if job.is_taken() {
+            waiting.jobs.pop_front();
+            self.len -= 1;
         }
-        let (_, job) = waiting.jobs.pop_front().expect("callers in the map have jobs");
-        waiting.served += size(&job) as u64;
+        waiting.next += 1;
+        self.now = self.now.max(waiting.next);
         if waiting.jobs.is_empty() {
-            self.callers.remove(&next);
+            let next = waiting.next;
+            self.callers.remove(&caller);
+            let start = self.start_of();
+            self.away.retain(|_, n| *n > start);
+            if next > start {
+                self.away.insert(caller, next);
+            }
         }
-        self.len -= 1;
-        Some(job)
+        // `submit` queues no request without images, so every one taken gives one.
+        part
     }
 
     fn len(&self) -> usize {
@@ -284,7 +409,7 @@ impl Batcher {
     pub fn start(model: impl Model, config: BatchConfig, metrics: Metrics) -> (Batcher, JoinHandle<()>) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
-                jobs: FairQueue::new(config.queue),
+                jobs: FairQueue::new(config.queue, config.max_batch),
                 closed: false,
             }),
             arrived: Condvar::new(),
@@ -299,10 +424,12 @@ impl Batcher {
                 .spawn(move || {
                     let _guard = guard;
                     let mut cost = ImageCost::default();
-                    while let Some(jobs) = next_batch(&shared, &config, &cost, &metrics) {
-                        if let Some((inference, images)) = run_batch(&mut model, jobs, &metrics) {
+                    let mut batch = 0;
+                    while let Some(parts) = next_batch(&shared, &config, &cost, &metrics) {
+                        if let Some((inference, images)) = run_batch(&mut model, parts, batch, &metrics) {
                             cost.observe(inference, images);
                         }
+                        batch += 1;
                     }
                 })
                 .expect("spawn the inference thread")
@@ -348,10 +475,19 @@ impl Batcher {
         }
         let (reply, receiver) = oneshot::channel();
         let job = Job {
-            caller: caller.clone(),
-            images,
-            options,
-            reply,
+            answer: Arc::new(Answer {
+                options,
+                gathered: Mutex::new(Gathered {
+                    detections: vec![Vec::new(); images.len()],
+                    left: images.len(),
+                    inference: Duration::ZERO,
+                    largest_batch: 0,
+                    last_batch: None,
+                    reply: Some(reply),
+                }),
+            }),
+            images: images.into(),
+            next_index: 0,
         };
         let shed = {
             let mut queue = self.shared.lock();
@@ -361,8 +497,8 @@ impl Batcher {
         };
         self.shared.arrived.notify_one();
         if let Some(shed) = shed {
-            tracing::debug!(caller = %shed.caller, "queue full: shed the newest request of the caller with the most waiting");
-            let _ = shed.reply.send(Err(Failed::Shed));
+            tracing::debug!("queue full: shed the newest request of the caller with the most waiting");
+            shed.answer.fail(Failed::Shed);
         }
         Ok(receiver)
     }
@@ -401,7 +537,7 @@ impl ImageCost {
     }
 }
 
-/// Waits for a request, then for more until `max_batch` images, `max_wait` after the first or
+/// Waits for an image, then for more until `max_batch` images, `max_wait` after the first or
 /// the next would take the batch past `max_batch_time`; `None` once the queue is closed and
 /// drained.
 fn next_batch(
@@ -409,31 +545,23 @@ fn next_batch(
     config: &BatchConfig,
     cost: &ImageCost,
     metrics: &Metrics,
-) -> Option<Vec<Job>> {
-    let images_of = |j: &Job| j.images.len();
+) -> Option<Vec<Part>> {
     let mut queue = shared.lock();
     let first = loop {
-        if let Some(job) = queue.jobs.pop(images_of) {
-            break job;
+        if let Some(part) = queue.jobs.pop() {
+            break part;
         }
         if queue.closed {
             return None;
         }
         queue = shared.arrived.wait(queue).unwrap_or_else(PoisonError::into_inner);
     };
-    let mut images = first.images.len();
-    let mut jobs = vec![first];
+    let mut parts = vec![first];
     let deadline = Instant::now() + config.max_wait;
-    while images < config.max_batch {
-        let fits = |j: &Job| cost.within(images + j.images.len(), config.max_batch_time);
-        if let Some(job) = queue.jobs.pop_if(images_of, fits) {
-            images += job.images.len();
-            jobs.push(job);
+    while parts.len() < config.max_batch && cost.within(parts.len() + 1, config.max_batch_time) {
+        if let Some(part) = queue.jobs.pop() {
+            parts.push(part);
             continue;
-        }
-        if queue.jobs.len() > 0 {
-            // The next request does not fit: it leads the next batch.
-            break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || queue.closed {
@@ -447,36 +575,41 @@ fn next_batch(
     }
     metrics.queue_depth.set(queue.jobs.len() as i64);
     drop(queue);
-    // Requests that gave up (timeout, client gone) are not worth the model's time.
-    jobs.retain(|j| !j.reply.is_closed());
-    Some(jobs)
+    // Requests that gave up (timeout, client gone) or already failed are not worth the model's
+    // time.
+    parts.retain(|p| p.answer.is_wanted());
+    Some(parts)
 }
 
-/// Runs the jobs' images in one call with the loosest score threshold, no class filter and no
-/// cap, then gives each job what its own options keep. (Class-aware greedy NMS at a lower score
+/// Runs the images in one call with the loosest score threshold, no class filter and no cap,
+/// then gives each request what its own options keep. (Class-aware greedy NMS at a lower score
 /// threshold, filtered afterwards, keeps exactly what NMS at the higher threshold keeps; the cap
-/// and the class filter apply per job, so a job's answer does not depend on its batch mates.)
-/// Returns the inference time and the images of a batch the model ran.
-fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) -> Option<(Duration, usize)> {
-    if jobs.is_empty() {
+/// and the class filter apply per request, so a request's answer does not depend on its batch
+/// mates.) Returns the inference time and the images of a batch the model ran.
+fn run_batch(
+    model: &mut impl Model,
+    parts: Vec<Part>,
+    batch: u64,
+    metrics: &Metrics,
+) -> Option<(Duration, usize)> {
+    if parts.is_empty() {
         return None;
     }
     let loosest = DetectOptions {
-        min_score: jobs
+        min_score: parts
             .iter()
-            .map(|j| j.options.min_score)
+            .map(|p| p.answer.options.min_score)
             .fold(f32::INFINITY, f32::min),
-        iou_threshold: jobs[0].options.iou_threshold,
+        iou_threshold: parts[0].answer.options.iou_threshold,
         max_detections: usize::MAX,
         classes: None,
     };
-    let images: Vec<RgbImage<'_>> = jobs
+    let images: Vec<RgbImage<'_>> = parts
         .iter()
-        .flat_map(|j| j.images.iter())
-        .filter_map(|b| RgbImage::new(&b.data, b.width as usize, b.height as usize).ok())
+        .filter_map(|p| RgbImage::new(&p.image.data, p.image.width as usize, p.image.height as usize).ok())
         .collect();
     // `submit` admits only whole images, so none was dropped above.
-    debug_assert_eq!(images.len(), jobs.iter().map(|j| j.images.len()).sum::<usize>());
+    debug_assert_eq!(images.len(), parts.len());
     let started = Instant::now();
     let result = model.detect(&images, &loosest);
     let inference = started.elapsed();
@@ -485,40 +618,32 @@ fn run_batch(model: &mut impl Model, jobs: Vec<Job>, metrics: &Metrics) -> Optio
     metrics.batch_images.observe(count as f64);
     metrics.images.inc_by(count as u64);
     drop(images);
+    let result = result.and_then(|all| {
+        // An answer per image, or none: a request missing one would never be answered.
+        if all.len() == count {
+            Ok(all)
+        } else {
+            Err(format!("the model gave {} answers for {count} images", all.len()))
+        }
+    });
     let ran = result.is_ok().then_some((inference, count));
     match result {
-        Ok(mut all) => {
-            let mut rest = all.drain(..);
-            for job in jobs {
-                let mine: Vec<Vec<Detection>> = rest
-                    .by_ref()
-                    .take(job.images.len())
-                    .map(|found| {
-                        found
-                            .into_iter()
-                            .filter(|d| d.score >= job.options.min_score)
-                            .filter(|d| {
-                                job.options
-                                    .classes
-                                    .as_ref()
-                                    .is_none_or(|c| c.contains(&d.class_id))
-                            })
-                            .take(job.options.max_detections)
-                            .collect()
-                    })
+        Ok(all) => {
+            for (part, found) in parts.into_iter().zip(all) {
+                let options = &part.answer.options;
+                let kept = found
+                    .into_iter()
+                    .filter(|d| d.score >= options.min_score)
+                    .filter(|d| options.classes.as_ref().is_none_or(|c| c.contains(&d.class_id)))
+                    .take(options.max_detections)
                     .collect();
-                // A request that gave up (timeout, disconnect) no longer listens: nothing to do.
-                let _ = job.reply.send(Ok(Labelled {
-                    detections: mine,
-                    inference,
-                    batch_images: count,
-                }));
+                part.answer.deliver(part.index, kept, batch, count, inference);
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "inference failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(Failed::Inference(e.clone())));
+            for part in parts {
+                part.answer.fail(Failed::Inference(e.clone()));
             }
         }
     }
@@ -533,26 +658,62 @@ mod tests {
         Arc::from(name)
     }
 
-    /// (caller, images) jobs.
-    type Sized = (&'static str, usize);
+    /// A request in the tests: its caller, an id and the images not yet taken.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Request {
+        caller: &'static str,
+        id: usize,
+        images: usize,
+    }
 
-    fn size(j: &Sized) -> usize {
-        j.1
+    impl Divisible for Request {
+        /// (caller, request id)
+        type Part = (&'static str, usize);
+
+        fn take_one(&mut self) -> Option<Self::Part> {
+            self.images = self.images.checked_sub(1)?;
+            Some((self.caller, self.id))
+        }
+
+        fn is_taken(&self) -> bool {
+            self.images == 0
+        }
+    }
+
+    fn push(
+        q: &mut FairQueue<Request>,
+        name: &'static str,
+        id: usize,
+        images: usize,
+    ) -> Result<Option<Request>, Request> {
+        q.push(
+            &caller(name),
+            Request {
+                caller: name,
+                id,
+                images,
+            },
+        )
+    }
+
+    /// The callers of the next `n` images.
+    fn next_callers(q: &mut FairQueue<Request>, n: usize) -> Vec<&'static str> {
+        (0..n).map(|_| q.pop().unwrap().0).collect()
     }
 
     #[test]
     fn a_caller_with_ten_times_the_requests_waits_behind_the_others() {
-        let mut q = FairQueue::new(100);
-        for _ in 0..30 {
-            q.push(&caller("busy"), ("busy", 1)).unwrap();
+        let mut q = FairQueue::new(100, 0);
+        for i in 0..30 {
+            push(&mut q, "busy", i, 1).unwrap();
         }
         for name in ["a", "b", "c"] {
-            for _ in 0..3 {
-                q.push(&caller(name), (name, 1)).unwrap();
+            for i in 0..3 {
+                push(&mut q, name, i, 1).unwrap();
             }
         }
         // The first 12 served: the three quiet cameras' 9 requests and 3 of the busy one's.
-        let first: Vec<&str> = (0..12).map(|_| q.pop(size).unwrap().0).collect();
+        let first = next_callers(&mut q, 12);
         assert_eq!(first.iter().filter(|c| **c == "busy").count(), 3, "{first:?}");
         for name in ["a", "b", "c"] {
             assert_eq!(first.iter().filter(|c| **c == name).count(), 3, "{first:?}");
@@ -561,74 +722,119 @@ mod tests {
     }
 
     #[test]
-    fn the_share_is_counted_in_images_not_requests() {
-        let mut q = FairQueue::new(100);
-        for _ in 0..4 {
-            q.push(&caller("big"), ("big", 8)).unwrap();
-            q.push(&caller("small"), ("small", 1)).unwrap();
+    fn the_share_is_counted_in_images_and_a_large_request_is_served_an_image_at_a_time() {
+        let mut q = FairQueue::new(100, 0);
+        for i in 0..4 {
+            push(&mut q, "big", i, 8).unwrap();
+            push(&mut q, "small", i, 1).unwrap();
         }
-        let order: Vec<&str> = (0..5).map(|_| q.pop(size).unwrap().0).collect();
-        // One request of 8 images buys the small caller its next 4 requests (and more) first.
-        assert_eq!(order, ["big", "small", "small", "small", "small"]);
+        // The small caller's four requests are done by the eighth image, while the big one's
+        // first request of eight is half done: it is still queued.
+        assert_eq!(next_callers(&mut q, 8), ["big", "small"].repeat(4));
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.pop(), Some(("big", 0)));
+    }
+
+    #[test]
+    fn a_request_leaves_the_queue_with_its_last_image() {
+        let mut q = FairQueue::new(10, 0);
+        push(&mut q, "a", 0, 3).unwrap();
+        push(&mut q, "a", 1, 1).unwrap();
+        assert_eq!(q.pop(), Some(("a", 0)));
+        assert_eq!(q.pop(), Some(("a", 0)));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop(), Some(("a", 0)));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop(), Some(("a", 1)));
+        assert_eq!((q.len(), q.pop()), (0, None));
     }
 
     #[test]
     fn a_full_queue_refuses_the_heaviest_callers_newest_request_not_the_newcomers() {
-        let mut q = FairQueue::new(4);
+        let mut q = FairQueue::new(4, 0);
         for i in 0..4 {
-            q.push(&caller("busy"), ("busy", i)).unwrap();
+            push(&mut q, "busy", i, 1).unwrap();
         }
+        let request = |caller, id| Request {
+            caller,
+            id,
+            images: 1,
+        };
         // The busy camera itself is refused at the bound.
-        assert_eq!(q.push(&caller("busy"), ("busy", 9)), Err(("busy", 9)));
+        assert_eq!(push(&mut q, "busy", 9, 1), Err(request("busy", 9)));
         // A quiet one gets in; the busy one's newest request gives way.
-        assert_eq!(q.push(&caller("quiet"), ("quiet", 1)), Ok(Some(("busy", 3))));
+        assert_eq!(push(&mut q, "quiet", 0, 1), Ok(Some(request("busy", 3))));
         assert_eq!(q.len(), 4);
         // Two callers of three requests and one: the quiet one's second still gets in.
-        assert_eq!(q.push(&caller("quiet"), ("quiet", 1)), Ok(Some(("busy", 2))));
+        assert_eq!(push(&mut q, "quiet", 1, 1), Ok(Some(request("busy", 2))));
         // Now two each: whoever comes next is refused rather than shed the other.
-        assert_eq!(q.push(&caller("quiet"), ("quiet", 1)), Err(("quiet", 1)));
-        assert_eq!(q.push(&caller("busy"), ("busy", 9)), Err(("busy", 9)));
+        assert_eq!(push(&mut q, "quiet", 2, 1), Err(request("quiet", 2)));
+        assert_eq!(push(&mut q, "busy", 9, 1), Err(request("busy", 9)));
     }
 
     #[test]
-    fn an_idle_caller_banks_no_credit() {
-        let mut q = FairQueue::new(100);
-        for _ in 0..13 {
-            q.push(&caller("a"), ("a", 1)).unwrap();
+    fn a_caller_back_from_a_pause_is_served_up_to_its_credit_ahead_of_a_backlog() {
+        let mut q = FairQueue::new(100, 2);
+        for i in 0..13 {
+            push(&mut q, "a", i, 1).unwrap();
         }
         // "a" is served 10 images while "b" is away.
-        for _ in 0..10 {
-            q.pop(size).unwrap();
+        next_callers(&mut q, 10);
+        for i in 0..4 {
+            push(&mut q, "b", i, 1).unwrap();
         }
-        for _ in 0..3 {
-            q.push(&caller("b"), ("b", 1)).unwrap();
+        // "b" comes back two images (its credit) behind "a", not ten: then they alternate.
+        assert_eq!(next_callers(&mut q, 6), ["b", "b", "a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn a_quiet_cameras_request_runs_before_a_busy_cameras_backlog() {
+        let mut q = FairQueue::new(100, 8);
+        for i in 0..10 {
+            push(&mut q, "busy", i, 3).unwrap();
         }
-        // "b" comes back at "a"'s virtual time: they alternate, "b" does not take 10 first.
-        let order: Vec<&str> = (0..6).map(|_| q.pop(size).unwrap().0).collect();
-        assert_eq!(order, ["a", "b", "a", "b", "a", "b"]);
+        next_callers(&mut q, 12);
+        push(&mut q, "quiet", 0, 3).unwrap();
+        // Its three crops go next, not one in two beside the busy camera's.
+        assert_eq!(next_callers(&mut q, 4), ["quiet", "quiet", "quiet", "busy"]);
+    }
+
+    #[test]
+    fn coming_back_at_once_buys_no_credit() {
+        let mut q = FairQueue::new(100, 8);
+        for i in 0..40 {
+            push(&mut q, "busy", i, 1).unwrap();
+        }
+        // "eager" sends its next request as soon as its last one is taken: it shares the model
+        // with the backlog, one image each, instead of going first every time.
+        push(&mut q, "eager", 0, 1).unwrap();
+        let mut served = Vec::new();
+        for i in 1..=30 {
+            let (name, _) = q.pop().unwrap();
+            if name == "eager" {
+                push(&mut q, "eager", i, 1).unwrap();
+            }
+            served.push(name);
+        }
+        let eager = served.iter().filter(|c| **c == "eager").count();
+        // Its credit once (eight images), then one in two of the rest.
+        assert!(eager <= 8 + 11, "{eager} of 30: {served:?}");
+        assert_eq!(
+            served[20..].iter().filter(|c| **c == "eager").count(),
+            5,
+            "{served:?}"
+        );
     }
 
     #[test]
     fn one_caller_alone_is_served_in_arrival_order() {
-        let mut q = FairQueue::new(10);
+        let mut q = FairQueue::new(10, 8);
         for i in 0..5 {
-            q.push(&caller("only"), ("only", i)).unwrap();
+            push(&mut q, "only", i, 1).unwrap();
         }
-        let sizes: Vec<usize> = (0..5).map(|_| q.pop(|_| 1).unwrap().1).collect();
-        assert_eq!(sizes, [0, 1, 2, 3, 4]);
-        assert!(q.pop(size).is_none());
-    }
-
-    #[test]
-    fn a_request_that_does_not_fit_stays_first_for_the_next_batch() {
-        let mut q = FairQueue::new(10);
-        q.push(&caller("a"), ("a", 4)).unwrap();
-        q.push(&caller("b"), ("b", 1)).unwrap();
-        // "a"'s request is next and too large: nothing is taken, not even "b"'s behind it.
-        assert_eq!(q.pop_if(size, |j| j.1 <= 2), None);
-        assert_eq!(q.len(), 2);
-        assert_eq!(q.pop(size), Some(("a", 4)));
-        assert_eq!(q.pop_if(size, |j| j.1 <= 2), Some(("b", 1)));
+        let ids: Vec<usize> = (0..5).map(|_| q.pop().unwrap().1).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4]);
+        assert!(q.pop().is_none());
     }
 
     #[test]
@@ -701,5 +907,72 @@ mod tests {
         assert_eq!(batch_sizes(8).await, [8; 8]);
         // ... which showed 40 ms an image: now two fit in 100 ms.
         assert_eq!(batch_sizes(8).await, [2; 8]);
+    }
+
+    /// A model that takes `per_image` per image and finds one box per image, as wide as the
+    /// image (so that answers can be told apart).
+    struct Measuring {
+        per_image: Duration,
+    }
+
+    impl Model for Measuring {
+        fn detect(
+            &mut self,
+            images: &[RgbImage<'_>],
+            _: &DetectOptions,
+        ) -> Result<Vec<Vec<Detection>>, String> {
+            std::thread::sleep(self.per_image * images.len() as u32);
+            Ok(images
+                .iter()
+                .map(|i| {
+                    vec![Detection {
+                        bbox: autotuner_detect::BBox::new(0.0, 0.0, i.width as f32, 1.0),
+                        class_id: 0,
+                        score: 0.9,
+                    }]
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_batch_runs_in_several_and_is_answered_whole_in_order() {
+        let config = BatchConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(5),
+            max_batch_time: Duration::from_millis(50),
+            queue: 32,
+        };
+        let model = Measuring {
+            per_image: Duration::from_millis(20),
+        };
+        let (batcher, _worker) = Batcher::start(model, config, Metrics::new());
+        let images = |widths: std::ops::Range<u32>| -> Vec<RgbBuffer> {
+            widths
+                .map(|w| RgbBuffer {
+                    data: vec![0; 3 * w as usize],
+                    width: w,
+                    height: 1,
+                })
+                .collect()
+        };
+        let widths =
+            |l: &Labelled| -> Vec<u32> { l.detections.iter().map(|d| d[0].bbox.x1 as u32).collect() };
+        let submit = |caller: &str, imgs| {
+            batcher
+                .submit(&Arc::from(caller), imgs, DetectOptions::default())
+                .unwrap()
+        };
+        // Teaches the batcher 20 ms an image: two fit in 50 ms.
+        submit("a", images(1..5)).await.unwrap().unwrap();
+        let seven = submit("a", images(10..17)).await.unwrap().unwrap();
+        assert_eq!(widths(&seven), (10..17).collect::<Vec<_>>());
+        assert_eq!(seven.batch_images, 2, "seven images in batches of two");
+        // Four batches' time (2 + 2 + 2 + 1 images at 20 ms).
+        assert!(
+            seven.inference >= Duration::from_millis(140),
+            "{:?}",
+            seven.inference
+        );
     }
 }
