@@ -44,7 +44,7 @@ impl Default for BatchConfig {
         Self {
             max_batch: 8,
             max_wait: Duration::from_millis(5),
-            max_batch_time: Duration::from_millis(100),
+            max_batch_time: Duration::from_millis(50),
             queue: 32,
         }
     }

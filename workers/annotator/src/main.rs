@@ -65,7 +65,7 @@ struct Args {
     max_wait_ms: u64,
     /// A batch takes no further image once its expected inference time (learnt per image)
     /// would pass this: what a request arriving meanwhile waits for it at most, about.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     max_batch_ms: u64,
     /// Requests that may wait for the model; beyond, 429.
     #[arg(long, default_value_t = 32)]
