@@ -1,6 +1,6 @@
 //! A one-group K×K convolution (the box predictors, the first convolution) on the CPU backend:
 //! each image unfolded into columns and multiplied by the weight, forward and backward, as a
-//! burn backend extension with a hand-written backward pass.
+//! burn backend extension ([`super::kernels`]) with a hand-written backward pass.
 //!
 //! burn computes this convolution's weight gradient as a convolution with the output's gradient
 //! as an OH×OW kernel (unfolding each activation by it) and its input gradient as a transposed
@@ -10,33 +10,16 @@
 //!
 //! Tensors are contiguous NCHW f32; the geometry is the depthwise kernels' [`Geometry`].
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::clip::Bounds;
-use super::tracked::{self, ConvKernels};
+use super::tracked::ConvKernels;
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
 use super::geometry::{Geometry, add_scaled, scatter_scaled};
 use super::lanes;
 use super::matrix::{Matrix, multiply};
-
-#[backend_extension(Flex, Autodiff)]
-pub trait DenseBackend: Backend {
-    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, KH, KW], `bias` [C_out] -> [N, C_out, OH, OW],
-    /// clamped to `clamp` when given.
-    fn dense_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        geometry: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self>;
-}
 
 /// One image's input (`[C, H, W]`) and the convolution's shape.
 #[derive(Clone, Copy)]
@@ -121,19 +104,7 @@ fn shape_of(x: &FlexTensor, g: Geometry) -> (usize, Shape) {
     )
 }
 
-impl DenseBackend for Flex {
-    fn dense_conv(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        geometry: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FlexTensor {
-        Dense::forward(&x, &weight, &bias, geometry, clamp)
-    }
-}
-
-/// The kernels, which the CPU backend runs and [`tracked::conv`] records with autodiff.
+/// The kernels, which the CPU backend runs and [`super::tracked::conv`] records with autodiff.
 #[derive(Debug)]
 pub struct Dense;
 
@@ -253,17 +224,5 @@ impl ConvKernels for Dense {
             from_values(weight, &[c_out, s.channels, kh, kw]),
             from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
         )
-    }
-}
-
-impl<C: CheckpointStrategy> DenseBackend for Autodiff<Flex, C> {
-    fn dense_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        g: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self> {
-        tracked::conv::<Dense, C>(x, weight, bias, g, clamp)
     }
 }

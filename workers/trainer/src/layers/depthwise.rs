@@ -1,5 +1,5 @@
 //! Depthwise convolution (one filter per channel) on the CPU backend, forward and backward, as a
-//! burn backend extension with a hand-written backward pass.
+//! burn backend extension ([`super::kernels`]) with a hand-written backward pass.
 //!
 //! burn computes a grouped convolution's weight gradient one group at a time, each a convolution
 //! of one channel with its output gradient as an H×W kernel: for MobileNetV2's depthwise layers
@@ -9,10 +9,6 @@
 //! Tensors are contiguous NCHW f32. Padding is (top, left, bottom, right), as in ONNX (TF's SAME
 //! puts the odd pixel last).
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -20,34 +16,9 @@ use super::clip::Bounds;
 use super::flex::{contiguous, dims4, from_values, new_tensor};
 use super::geometry::{Geometry, add_scaled, keeping, scatter_scaled};
 use super::lanes::{dot, sum};
-use super::tracked::{self, ConvKernels};
+use super::tracked::ConvKernels;
 
-#[backend_extension(Flex, Autodiff)]
-pub trait DepthwiseBackend: Backend {
-    /// `x` [N, C, H, W], `weight` [C, 1, KH, KW], `bias` [C] -> [N, C, OH, OW], clamped to
-    /// `clamp` when given.
-    fn depthwise_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        geometry: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self>;
-}
-
-impl DepthwiseBackend for Flex {
-    fn depthwise_conv(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        geometry: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FlexTensor {
-        Depthwise::forward(&x, &weight, &bias, geometry, clamp)
-    }
-}
-
-/// The kernels, which the CPU backend runs and [`tracked::conv`] records with autodiff.
+/// The kernels, which the CPU backend runs and [`super::tracked::conv`] records with autodiff.
 #[derive(Debug)]
 pub struct Depthwise;
 
@@ -203,17 +174,5 @@ impl ConvKernels for Depthwise {
         });
         let bias = from_values(per_channel.iter().map(|(_, b)| *b).collect(), &[c]);
         (weight, bias)
-    }
-}
-
-impl<C: CheckpointStrategy> DepthwiseBackend for Autodiff<Flex, C> {
-    fn depthwise_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        g: Geometry,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self> {
-        tracked::conv::<Depthwise, C>(x, weight, bias, g, clamp)
     }
 }

@@ -22,6 +22,7 @@ pub mod dense;
 pub mod depthwise;
 mod flex;
 pub mod geometry;
+mod kernels;
 mod lanes;
 mod matrix;
 pub mod pointwise;
@@ -34,10 +35,8 @@ use burn::tensor::ops::ConvOptions;
 
 pub use clip::Bounds;
 use clip::ClipBackend;
-use dense::DenseBackend;
-use depthwise::DepthwiseBackend;
 use geometry::Geometry;
-use pointwise::PointwiseBackend;
+use kernels::{Kernel, KernelBackend};
 
 /// `x.clamp(min, max)`, on the CPU backend in one pass forward and one backward, in place when
 /// `x` was the only reference to its values ([`clip`]).
@@ -51,13 +50,12 @@ pub fn clip(x: Tensor<4>, min: f32, max: f32) -> Tensor<4> {
 /// How [`conv`] computes a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    /// 1×1, stride 1, no padding, one group, on the CPU backend or with autodiff: a matrix
-    /// product.
-    Pointwise,
-    /// One filter per channel, on the CPU backend: [`depthwise`].
-    Depthwise,
-    /// Any other one-group convolution, on the CPU backend: [`dense`].
-    Dense,
+    /// On the CPU backend (with autodiff or without), one of its kernels: a 1×1 convolution
+    /// (stride 1, no padding, one group) as a matrix product, one filter per channel with
+    /// [`depthwise`]'s, any other one-group convolution with [`dense`]'s.
+    Kernel(Kernel),
+    /// A 1×1 convolution with autodiff on another backend: burn's `matmul`.
+    Matmul,
     /// burn's `conv2d`.
     Burn,
 }
@@ -72,21 +70,26 @@ fn route(x: &Tensor<4>, weight: &Tensor<4>, options: &ConvOptions<2>) -> Route {
         && [kh, kw] == [1, 1]
         && options.stride == [1, 1]
         && options.padding == [(0, 0), (0, 0)];
-    if plain && one_by_one && (cpu || tracked) {
-        return Route::Pointwise;
+    let [(top, bottom), (left, right)] = options.padding;
+    let geometry = Geometry::new(kh, kw, options.stride[0], [top, left, bottom, right]);
+    if plain && one_by_one && cpu {
+        return Route::Kernel(Kernel::Pointwise);
+    }
+    if plain && one_by_one && tracked {
+        return Route::Matmul;
     }
     if plain && cpu && c_in == 1 && options.groups == channels && c_out == channels {
-        return Route::Depthwise;
+        return Route::Kernel(Kernel::Depthwise(geometry));
     }
     if plain && cpu && options.groups == 1 && c_in == channels {
-        return Route::Dense;
+        return Route::Kernel(Kernel::Dense(geometry));
     }
     Route::Burn
 }
 
-/// `conv2d(x, weight, bias, options)`, then clamped to `clamp` when given; with autodiff, a 1×1
-/// convolution as a matrix product and, on the CPU backend, a depthwise one with [`depthwise`]'s
-/// kernels and other one-group ones with [`dense`]'s, each clamping its output as it writes it.
+/// `conv2d(x, weight, bias, options)`, then clamped to `clamp` when given: on the CPU backend
+/// with its own kernels, each clamping its output as it writes it ([`Route`]); with autodiff on
+/// other backends, a 1×1 convolution as a matrix product.
 pub fn conv(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -94,41 +97,24 @@ pub fn conv(
     options: ConvOptions<2>,
     clamp: Option<Bounds>,
 ) -> Tensor<4> {
-    let [c_out, _, kh, kw] = weight.dims();
-    let [(top, bottom), (left, right)] = options.padding;
-    let pads = [top, left, bottom, right];
-    let route = route(&x, &weight, &options);
-    let device = x.device();
-    // The kernels take a bias; a zero one stands in for none (a constant: no gradient kept).
-    let bias_or_zero = |bias: Option<Tensor<1>>| bias.unwrap_or_else(|| Tensor::zeros([c_out], &device));
     let clamped = |y: Tensor<4>| match clamp {
         Some(b) => clip(y, b.min, b.max),
         None => y,
     };
-    match route {
-        Route::Pointwise if on_cpu_backend(&x) => {
-            Tensor::from_dispatch(<Dispatch as PointwiseBackend>::pointwise_conv(
+    match route(&x, &weight, &options) {
+        Route::Kernel(kernel) => {
+            // The kernels take a bias; a zero one stands in for none (a constant: no gradient
+            // kept).
+            let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &x.device()));
+            Tensor::from_dispatch(<Dispatch as KernelBackend>::kernel_conv(
                 x.into_dispatch(),
                 weight.into_dispatch(),
-                bias_or_zero(bias).into_dispatch(),
+                bias.into_dispatch(),
+                kernel,
                 clamp,
             ))
         }
-        Route::Pointwise => clamped(pointwise_as_matmul(x, weight, bias)),
-        Route::Depthwise => Tensor::from_dispatch(<Dispatch as DepthwiseBackend>::depthwise_conv(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            bias_or_zero(bias).into_dispatch(),
-            Geometry::new(kh, kw, options.stride[0], pads),
-            clamp,
-        )),
-        Route::Dense => Tensor::from_dispatch(<Dispatch as DenseBackend>::dense_conv(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            bias_or_zero(bias).into_dispatch(),
-            Geometry::new(kh, kw, options.stride[0], pads),
-            clamp,
-        )),
+        Route::Matmul => clamped(pointwise_as_matmul(x, weight, bias)),
         Route::Burn => clamped(conv2d(x, weight, bias, options)),
     }
 }
@@ -333,14 +319,22 @@ mod tests {
         let x = Tensor::<4>::zeros([1, 4, 5, 5], &device);
         let depthwise = Tensor::<4>::zeros([4, 1, 3, 3], &device);
         let pointwise = Tensor::<4>::zeros([6, 4, 1, 1], &device);
-        assert_eq!(route(&x, &depthwise, &options(1, 1, 4)), Route::Depthwise);
-        assert_eq!(route(&x, &pointwise, &options(1, 0, 1)), Route::Pointwise);
+        let depthwise_3x3 = Route::Kernel(Kernel::Depthwise(Geometry::new(3, 3, 1, [1; 4])));
+        let pointwise_route = Route::Kernel(Kernel::Pointwise);
+        assert_eq!(route(&x, &depthwise, &options(1, 1, 4)), depthwise_3x3);
+        assert_eq!(route(&x, &pointwise, &options(1, 0, 1)), pointwise_route);
         let tracked = Tensor::<4>::zeros([1, 4, 5, 5], &device.clone().autodiff()).require_grad();
-        assert_eq!(route(&tracked, &depthwise, &options(1, 1, 4)), Route::Depthwise);
-        assert_eq!(route(&tracked, &pointwise, &options(1, 0, 1)), Route::Pointwise);
+        assert_eq!(route(&tracked, &depthwise, &options(1, 1, 4)), depthwise_3x3);
+        assert_eq!(route(&tracked, &pointwise, &options(1, 0, 1)), pointwise_route);
         let dense = Tensor::<4>::zeros([6, 4, 3, 3], &device);
-        assert_eq!(route(&x, &dense, &options(1, 1, 1)), Route::Dense);
-        assert_eq!(route(&tracked, &dense, &options(2, 1, 1)), Route::Dense);
+        assert_eq!(
+            route(&x, &dense, &options(1, 1, 1)),
+            Route::Kernel(Kernel::Dense(Geometry::new(3, 3, 1, [1; 4])))
+        );
+        assert_eq!(
+            route(&tracked, &dense, &options(2, 1, 1)),
+            Route::Kernel(Kernel::Dense(Geometry::new(3, 3, 2, [1; 4])))
+        );
         let grouped = Tensor::<4>::zeros([4, 2, 3, 3], &device);
         assert_eq!(route(&tracked, &grouped, &options(1, 1, 2)), Route::Burn);
     }

@@ -1,5 +1,5 @@
 //! 1×1 convolution (stride 1, no padding, one group) on the CPU backend as matrix products per
-//! image, forward and backward, as a burn backend extension with a hand-written backward pass.
+//! image, forward and backward, as a burn backend extension ([`super::kernels`]) with a hand-written backward pass.
 //!
 //! burn's `matmul` with the weight broadcast over the batch computes the same products, but adds
 //! the bias as a second pass over a second tensor, keeps a weight gradient per image to sum
@@ -9,44 +9,17 @@
 //!
 //! Tensors are contiguous NCHW f32.
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Flex, backend_extension};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::clip::Bounds;
-use super::tracked::{self, ConvKernels};
+use super::tracked::ConvKernels;
 
 use super::flex::{contiguous, dims4, from_values, new_tensor};
 use super::lanes;
 use super::matrix::{Matrix, multiply};
 
-#[backend_extension(Flex, Autodiff)]
-pub trait PointwiseBackend: Backend {
-    /// `x` [N, C_in, H, W], `weight` [C_out, C_in, 1, 1], `bias` [C_out] -> [N, C_out, H, W],
-    /// clamped to `clamp` when given.
-    fn pointwise_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self>;
-}
-
-impl PointwiseBackend for Flex {
-    fn pointwise_conv(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        clamp: Option<Bounds>,
-    ) -> FlexTensor {
-        Pointwise::forward(&x, &weight, &bias, (), clamp)
-    }
-}
-
-/// The kernels, which the CPU backend runs and [`tracked::conv`] records with autodiff.
+/// The kernels, which the CPU backend runs and [`super::tracked::conv`] records with autodiff.
 #[derive(Debug)]
 pub struct Pointwise;
 
@@ -144,16 +117,5 @@ impl ConvKernels for Pointwise {
             from_values(weight, &[c_out, c_in, 1, 1]),
             from_values(bias.into_iter().map(|v| v as f32).collect(), &[c_out]),
         )
-    }
-}
-
-impl<C: CheckpointStrategy> PointwiseBackend for Autodiff<Flex, C> {
-    fn pointwise_conv(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        clamp: Option<Bounds>,
-    ) -> FloatTensor<Self> {
-        tracked::conv::<Pointwise, C>(x, weight, bias, (), clamp)
     }
 }
