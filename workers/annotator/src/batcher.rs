@@ -284,19 +284,13 @@ impl<J: Divisible> FairQueue<J> {
         }
         let arrival = self.arrivals;
         self.arrivals += 1;
-        if !self.callers.contains_key(caller) {
-            let next = self.away.remove(caller).unwrap_or(0).max(self.start_of());
-            self.callers.insert(
-                caller.clone(),
-                Waiting {
-                    jobs: VecDeque::new(),
-                    next,
-                },
-            );
-        }
+        let (start, away) = (self.start_of(), &mut self.away);
         self.callers
-            .get_mut(caller)
-            .expect("inserted")
+            .entry(caller.clone())
+            .or_insert_with(|| Waiting {
+                jobs: VecDeque::new(),
+                next: away.remove(caller).unwrap_or(0).max(start),
+            })
             .jobs
             .push_back((arrival, job));
         self.len += 1;
