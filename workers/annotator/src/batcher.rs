@@ -849,60 +849,6 @@ mod tests {
         assert!(cost.within(8, budget), "a batch of nothing teaches nothing");
     }
 
-    /// A model that takes `per_image` per image and finds nothing.
-    struct Slow {
-        per_image: Duration,
-    }
-
-    impl Model for Slow {
-        fn detect(
-            &mut self,
-            images: &[RgbImage<'_>],
-            _: &DetectOptions,
-        ) -> Result<Vec<Vec<Detection>>, String> {
-            std::thread::sleep(self.per_image * images.len() as u32);
-            Ok(vec![Vec::new(); images.len()])
-        }
-    }
-
-    #[tokio::test]
-    async fn once_the_model_is_known_to_be_slow_a_batch_stays_within_its_time() {
-        let config = BatchConfig {
-            max_batch: 8,
-            max_wait: Duration::from_millis(50),
-            max_batch_time: Duration::from_millis(100),
-            queue: 32,
-        };
-        let model = Slow {
-            per_image: Duration::from_millis(40),
-        };
-        let (batcher, _worker) = Batcher::start(model, config, Metrics::new());
-        let image = || RgbBuffer {
-            data: vec![0; 3],
-            width: 1,
-            height: 1,
-        };
-        let batch_sizes = async |requests: usize| {
-            let receivers: Vec<_> = (0..requests)
-                .map(|i| {
-                    let caller = caller(&format!("camera-{i}"));
-                    batcher
-                        .submit(&caller, vec![image()], DetectOptions::default())
-                        .unwrap()
-                })
-                .collect();
-            let mut sizes = Vec::new();
-            for r in receivers {
-                sizes.push(r.await.unwrap().unwrap().batch_images);
-            }
-            sizes
-        };
-        // Nothing known yet: eight requests that arrive together run as one batch of eight ...
-        assert_eq!(batch_sizes(8).await, [8; 8]);
-        // ... which showed 40 ms an image: now two fit in 100 ms.
-        assert_eq!(batch_sizes(8).await, [2; 8]);
-    }
-
     /// A model that takes `per_image` per image and finds one box per image, as wide as the
     /// image (so that answers can be told apart).
     struct Measuring {
@@ -929,27 +875,56 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_request_larger_than_a_batch_runs_in_several_and_is_answered_whole_in_order() {
+    /// A batcher over [`Measuring`] (`per_image`) that waits 50 ms for a batch to fill, up to
+    /// eight images or `max_batch_time`.
+    fn measuring(per_image: Duration, max_batch_time: Duration) -> Batcher {
         let config = BatchConfig {
             max_batch: 8,
-            max_wait: Duration::from_millis(5),
-            max_batch_time: Duration::from_millis(50),
+            max_wait: Duration::from_millis(50),
+            max_batch_time,
             queue: 32,
         };
-        let model = Measuring {
-            per_image: Duration::from_millis(20),
-        };
-        let (batcher, _worker) = Batcher::start(model, config, Metrics::new());
-        let images = |widths: std::ops::Range<u32>| -> Vec<RgbBuffer> {
-            widths
-                .map(|w| RgbBuffer {
-                    data: vec![0; 3 * w as usize],
-                    width: w,
-                    height: 1,
+        Batcher::start(Measuring { per_image }, config, Metrics::new()).0
+    }
+
+    /// Images of one row of pixels, `widths` wide.
+    fn images(widths: std::ops::Range<u32>) -> Vec<RgbBuffer> {
+        widths
+            .map(|w| RgbBuffer {
+                data: vec![0; 3 * w as usize],
+                width: w,
+                height: 1,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn once_the_model_is_known_to_be_slow_a_batch_stays_within_its_time() {
+        let batcher = measuring(Duration::from_millis(40), Duration::from_millis(100));
+        let batch_sizes = async |requests: u32| {
+            let receivers: Vec<_> = (0..requests)
+                .map(|i| {
+                    let caller = caller(&format!("camera-{i}"));
+                    batcher
+                        .submit(&caller, images(1..2), DetectOptions::default())
+                        .unwrap()
                 })
-                .collect()
+                .collect();
+            let mut sizes = Vec::new();
+            for r in receivers {
+                sizes.push(r.await.unwrap().unwrap().batch_images);
+            }
+            sizes
         };
+        // Nothing known yet: eight requests that arrive together run as one batch of eight ...
+        assert_eq!(batch_sizes(8).await, [8; 8]);
+        // ... which showed 40 ms an image: now two fit in 100 ms.
+        assert_eq!(batch_sizes(8).await, [2; 8]);
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_batch_runs_in_several_and_is_answered_whole_in_order() {
+        let batcher = measuring(Duration::from_millis(20), Duration::from_millis(50));
         let widths =
             |l: &Labelled| -> Vec<u32> { l.detections.iter().map(|d| d[0].bbox.x1 as u32).collect() };
         let submit = |caller: &str, imgs| {
