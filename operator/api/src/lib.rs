@@ -12,6 +12,8 @@
 
 pub mod contract;
 pub mod duration;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod promotion;
 #[cfg(feature = "crd")]
 mod spec;

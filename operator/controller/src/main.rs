@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use autotuner_api::contract;
 use autotuner_operator::{Config, Election, Ended, Metrics, http};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Reconciles CameraTuning resources (autotuner.io/v1alpha1).
 #[derive(Debug, Parser)]
@@ -75,17 +74,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        use std::io::IsTerminal;
-        let colors = std::io::stdout().is_terminal();
-        tracing_subscriber::fmt()
-            .with_ansi(colors)
-            .with_env_filter(filter)
-            .init();
-    }
+    autotuner_api::logging::init(args.log_json, "info,kube=warn");
     match run(args).await {
         Ok(Ended::Shutdown) => ExitCode::SUCCESS,
         Ok(Ended::LostLeadership) => ExitCode::from(3),

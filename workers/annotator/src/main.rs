@@ -73,6 +73,9 @@ struct Args {
     /// Requests admitted at once (beyond, 429 before the body is read).
     #[arg(long, default_value_t = 40)]
     max_in_flight: usize,
+    /// Logs as JSON lines (for a cluster's log pipeline) instead of text.
+    #[arg(long, env = contract::ENV_LOG_JSON)]
+    log_json: bool,
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
     /// Most pixels in one request, all its images together.
@@ -100,15 +103,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Colours only on a terminal: a pod's log (`kubectl logs`) shows escape codes as text.
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    autotuner_api::logging::init(args.log_json, "info");
     let token = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)

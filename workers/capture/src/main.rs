@@ -280,22 +280,7 @@ fn spawn_drift_checks(
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        // Colours only on a terminal: a pod's log (`kubectl logs`) shows escape codes as text.
-        use std::io::IsTerminal;
-        tracing_subscriber::fmt()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    autotuner_api::logging::init(args.log_json, "info");
     // Settings the annotator or the encoder would refuse frame after frame: refused here, once.
     if !(0.0..=1.0).contains(&args.min_score) || !(1..=100).contains(&args.jpeg_quality) {
         eprintln!(

@@ -147,13 +147,7 @@ struct TuneArgs {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    autotuner_api::logging::init(false, "warn");
     let args = match Cli::parse().command {
         Command::Tune(args) => {
             // `tune` trains in this process, which ends with it; `serve` runs for long and keeps

@@ -160,23 +160,7 @@ fn device(name: &str) -> Result<(Device, String), String> {
 fn main() -> ExitCode {
     autotuner_trainer::memory::keep_freed_memory();
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        // Colours only on a terminal: a pod's log (`kubectl logs`) shows escape codes as text.
-        use std::io::IsTerminal;
-        tracing_subscriber::fmt()
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    autotuner_api::logging::init(args.log_json, "info");
     let (device, backend) = match device(&args.device) {
         Ok(d) => d,
         Err(e) => {
