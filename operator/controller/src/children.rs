@@ -631,6 +631,15 @@ fn worker_env(tuning: &CameraTuning, dataset: &Dataset) -> Vec<EnvVar> {
     vars
 }
 
+/// The workers log as the operator does (nothing set: text, the workers' default).
+fn log_format(config: &Config) -> Vec<EnvVar> {
+    if config.log_json {
+        vec![env(contract::ENV_LOG_JSON, "true")]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A pod running one worker binary as the CameraTuning's worker identity, with the dataset.
 fn worker_pod(
     tuning: &CameraTuning,
@@ -647,7 +656,7 @@ fn worker_pod(
             name: worker.into(),
             image: Some(config.worker_image.clone()),
             args: Some(vec![worker.into()]),
-            env: Some(vars),
+            env: Some([vars, log_format(config)].concat()),
             resources: Some(resources),
             security_context: Some(container_security_context()),
             volume_mounts: Some(dataset.mounts()),
@@ -800,10 +809,16 @@ fn annotator(teacher: &TeacherSpec, config: &Config) -> Annotator {
         name: "annotator".into(),
         image: Some(config.worker_image.clone()),
         args: Some(vec!["annotator".into()]),
-        env: Some(vec![
-            env(contract::ENV_TEACHER_URI, uri.as_str()),
-            env(contract::ENV_TEACHER_FAMILY, family),
-        ]),
+        env: Some(
+            [
+                vec![
+                    env(contract::ENV_TEACHER_URI, uri.as_str()),
+                    env(contract::ENV_TEACHER_FAMILY, family),
+                ],
+                log_format(config),
+            ]
+            .concat(),
+        ),
         ports: Some(vec![container_port(api_port, ANNOTATOR_PORT)]),
         // Ready, and alive, while its inference thread runs: a stopped one is restarted.
         startup_probe: probes::startup("/v2/health/live"),
@@ -1286,6 +1301,52 @@ mod tests {
             ));
         }
         pods
+    }
+
+    #[test]
+    fn the_workers_log_json_lines_when_the_operator_does() {
+        let t = tuning(
+            json!({ "annotation": { "teacher": { "model": { "uri": "file:///m/yolo.onnx", "family": "yolo" } } } }),
+        );
+        let rollout = Rollout {
+            deployed_model_uri: "file:///m/ssd.onnx",
+            train_iteration: Some(1),
+            round_started_at: None,
+        };
+        let log_json = |children: &Children| -> Vec<(String, Option<String>)> {
+            pods(children)
+                .into_iter()
+                .map(|(name, pod)| {
+                    let env = pod["spec"]["containers"][0]["env"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let value = env
+                        .iter()
+                        .find(|v| v["name"] == contract::ENV_LOG_JSON)
+                        .map(|v| v["value"].as_str().unwrap().to_string());
+                    (name, value)
+                })
+                .collect()
+        };
+        let json = build(
+            &t,
+            &rollout,
+            &Config {
+                log_json: true,
+                ..Config::default()
+            },
+        );
+        let text = build(&t, &rollout, &Config::default());
+        let (json, text) = (log_json(&json), log_json(&text));
+        // Capture, the annotator and the trainer.
+        assert_eq!(json.len(), 3, "{json:?}");
+        for (name, value) in json {
+            assert_eq!(value.as_deref(), Some("true"), "{name}");
+        }
+        for (name, value) in text {
+            assert_eq!(value, None, "{name}");
+        }
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Config {
     /// With `Some`, each annotator gets a NetworkPolicy that admits the capture pods of its
     /// namespace and these peers (its metrics scraper) and nothing else; `None`: no policy.
     pub annotator_ingress_from: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+    /// The workers log as the operator does: JSON lines (`--log-json`) or text.
+    pub log_json: bool,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             reconcile_timeout: Duration::from_secs(30),
             namespace: None,
             annotator_ingress_from: None,
+            log_json: false,
         }
     }
 }

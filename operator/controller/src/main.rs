@@ -99,6 +99,7 @@ async fn run(args: Args) -> anyhow::Result<Ended> {
         concurrency: args.concurrency,
         namespace: args.watch_namespace,
         annotator_ingress_from: args.annotator_ingress_from.map(|peers| peers.0),
+        log_json: args.log_json,
         ..Config::default()
     };
     let election = Election {

@@ -36,6 +36,9 @@ fn the_annotator_logs_json_lines_when_the_contract_says_so_and_text_otherwise() 
     assert_eq!(json["fields"]["message"], "model loaded", "{json}");
     assert_eq!(json["fields"]["device"], "cpu", "{json}");
     let text = first_line_with(false, "model loaded");
-    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err(), "{text}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "{text}"
+    );
     assert!(text.contains("INFO") && text.contains("device=cpu"), "{text}");
 }
