@@ -1,4 +1,4 @@
-//! The annotator binary's log format: JSON lines with `AUTOTUNER_LOG_JSON` (as the operator's
+//! The annotator binary's log format: JSON lines with `contract::ENV_LOG_JSON` (as the operator's
 //! and the other workers'), text without.
 
 use std::io::{BufRead, BufReader};
@@ -12,7 +12,7 @@ fn first_line_with(log_json: bool, needle: &str) -> String {
         .arg(assets.join("models/yolov12n.onnx"))
         .arg("--onnxruntime")
         .arg(assets.join("libonnxruntime.so"))
-        .env("AUTOTUNER_LOG_JSON", log_json.to_string())
+        .env(autotuner_api::contract::ENV_LOG_JSON, log_json.to_string())
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
